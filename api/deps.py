@@ -1,0 +1,62 @@
+"""FastAPI dependencies: settings, Redis, the job store, and the caller's identity."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Annotated
+
+import redis.asyncio as aioredis
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from api.errors import APIError
+from api.events import EventHub
+from api.queueing import JobQueue
+from textgen_core.keys import Keys
+from textgen_core.settings import Settings
+from textgen_core.store import AsyncJobStore
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    redis: aioredis.Redis
+    keys: Keys
+    store: AsyncJobStore
+    hub: EventHub
+    queue: JobQueue
+
+
+def get_state(request: Request) -> AppState:
+    return request.app.state.textgen  # type: ignore[no-any-return]
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
+_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
+
+
+def authenticate(
+    state: StateDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    header: Annotated[str | None, Security(_header)],
+) -> str:
+    """The caller's owner id. Keys are compared as sha256 digests in constant time."""
+    key = bearer.credentials if bearer else header
+    if not key:
+        raise APIError(401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+                       code="invalid_api_key")
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    owner = None
+    for known, owner_id in state.settings.owner_ids().items():
+        if hmac.compare_digest(digest, known):
+            owner = owner_id
+    if owner is None:
+        raise APIError(401, "invalid API key", code="invalid_api_key")
+    return owner
+
+
+OwnerDep = Annotated[str, Depends(authenticate)]

@@ -1,0 +1,111 @@
+"""The one error envelope, ``{"error": {"message", "type", "code", "param"}}`` (OpenAI's shape),
+and the handlers that put every failure into it."""
+
+from __future__ import annotations
+
+import logging
+
+import redis.exceptions
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    409: "conflict_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+}
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, code: str | None = None, param: str | None = None,
+                 type: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = ErrorBody(message=message, type=type or _TYPES.get(status, "server_error"), code=code,
+                              param=param)
+        self.headers = headers
+
+
+def error_response(status: int, body: ErrorBody, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(ErrorResponse(error=body).model_dump(), status_code=status, headers=headers)
+
+
+def not_found(what: str, param: str | None = None) -> APIError:
+    return APIError(404, f"{what} not found", code=f"{what.split()[0].lower()}_not_found", param=param)
+
+
+def _param(loc: tuple[int | str, ...]) -> str | None:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or None
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, APIError)
+    return error_response(exc.status, exc.body, exc.headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    param = _param(tuple(first.get("loc", ())))
+    message = first.get("msg", "invalid request")
+    if param:
+        message = f"{param}: {message}"
+    return error_response(422, ErrorBody(message=message, type="invalid_request_error", code="invalid_value",
+                                         param=param))
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    body = ErrorBody(message=str(exc.detail), type=_TYPES.get(exc.status_code, "server_error"))
+    return error_response(exc.status_code, body, getattr(exc, "headers", None))
+
+
+async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
+    log.warning("redis unavailable: %s", exc)
+    body = ErrorBody(message="the job store is unavailable; retry shortly", type="service_unavailable",
+                     code="store_unavailable")
+    return error_response(503, body, {"Retry-After": "2"})
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return error_response(500, ErrorBody(message="internal error", type="server_error"))
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(APIError, _api_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(redis.exceptions.ConnectionError, _redis_down)
+    app.add_exception_handler(redis.exceptions.TimeoutError, _redis_down)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (401, 404, 422, 503)
+}

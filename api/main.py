@@ -1,0 +1,66 @@
+"""The FastAPI app: settings, Redis, routers, error handlers. Run with ``textgen api``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from api import errors
+from api.deps import AppState
+from api.events import EventHub
+from api.queueing import JobQueue
+from api.routes import conversations, health, jobs
+from textgen_core.keys import Keys
+from textgen_core.settings import Settings, get_settings
+from textgen_core.store import AsyncJobStore
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        client = aioredis.Redis.from_url(
+            settings.redis_url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=None,
+            health_check_interval=15, retry_on_timeout=False,
+        )
+        keys = Keys(settings.key_prefix)
+        hub = EventHub(client, keys.events_channel)
+        app.state.textgen = AppState(
+            settings=settings,
+            redis=client,
+            keys=keys,
+            store=AsyncJobStore(client, keys, job_ttl=settings.job_ttl_seconds, stream_ttl=settings.stream_ttl_seconds),
+            hub=hub,
+            queue=JobQueue(keys),
+        )
+        hub.start()
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await client.aclose()
+
+    app = FastAPI(
+        title="textgen",
+        version="0.1.0",
+        summary="Asynchronous text generation: submit jobs, poll or stream results.",
+        lifespan=lifespan,
+    )
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"])
+    errors.install(app)
+    for module in (health, jobs, conversations):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,121 @@
+"""``/v1/jobs``: submit, read (poll or long-poll), stream, cancel."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from redis.exceptions import RedisError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from api.deps import AppState, OwnerDep, StateDep
+from api.errors import ERROR_RESPONSES, APIError, not_found
+from api.schemas import JobCreate, JobOut
+from textgen_core.jobs import JobRecord
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+
+async def _owned(state: AppState, job_id: str, owner: str) -> JobRecord:
+    job = await state.store.get(job_id, owner)
+    if job is None:
+        raise not_found("job", "job_id")
+    return job
+
+
+async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "interactive") -> JobRecord:
+    """Validate the model, attach conversation history, store the job, then enqueue it."""
+    model = body.model or state.settings.default_model
+    if state.settings.model(model) is None:
+        raise APIError(404, f"model '{model}' not found", code="model_not_found", param="model")
+    history = await state.store.history(owner, body.conversation_id) if body.conversation_id else None
+    job = body.to_record(owner=owner, model=model, history=history or [])
+    job.lane = lane
+    await state.store.create(job)
+    try:
+        await state.queue.enqueue(job.id, model, lane)
+    except Exception as exc:  # not enqueued means not accepted: leave no orphan record behind
+        log.warning("enqueue of %s failed: %s", job.id, exc)
+        await state.store.delete(job.id)
+        raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
+                       headers={"Retry-After": "2"}) from exc
+    return job
+
+
+@router.post("", status_code=202, response_model=JobOut, summary="Submit a generation job")
+async def create_job(body: JobCreate, owner: OwnerDep, state: StateDep, response: Response) -> JobOut:
+    job = await submit(state, body, owner)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobOut.of(job)
+
+
+@router.get("/{job_id}", response_model=JobOut, summary="Read a job; ?wait=N holds until it ends")
+async def get_job(
+    job_id: str,
+    owner: OwnerDep,
+    state: StateDep,
+    wait: Annotated[float, Query(ge=0, description="Seconds to hold the request until the job ends "
+                                 "(capped at the server's maximum, 60 by default).")] = 0,
+) -> JobOut:
+    await _owned(state, job_id, owner)
+    timeout = min(wait, state.settings.max_wait_seconds)
+    job = await state.hub.wait(job_id, timeout, lambda: state.store.get(job_id, owner))
+    if job is None:
+        raise not_found("job", "job_id")
+    return JobOut.of(job)
+
+
+@router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job")
+async def cancel_job(job_id: str, owner: OwnerDep, state: StateDep) -> JobOut:
+    outcome = await state.store.cancel(job_id, owner)
+    if outcome == "missing":
+        raise not_found("job", "job_id")
+    if outcome in ("succeeded", "failed", "expired"):
+        raise APIError(409, f"job already {outcome}; nothing to cancel", code="job_not_cancelable",
+                       param="job_id")
+    return JobOut.of(await _owned(state, job_id, owner))
+
+
+@router.get(
+    "/{job_id}/stream",
+    summary="Stream the job's text as Server-Sent Events",
+    description="Events: `delta` ({\"text\"}) for each piece of output from the start, then `done` with "
+                "the final job record. A subscriber that arrives late still gets every delta.",
+    response_class=EventSourceResponse,
+)
+async def stream_job(job_id: str, owner: OwnerDep, state: StateDep) -> EventSourceResponse:
+    await _owned(state, job_id, owner)
+    return EventSourceResponse(_events(state, job_id, owner), ping=15)
+
+
+async def _events(state: AppState, job_id: str, owner: str) -> AsyncIterator[ServerSentEvent]:
+    key = state.keys.tokens(job_id)
+    last = "0-0"
+    while True:
+        try:
+            batches = await state.redis.xread({key: last}, count=256, block=5000)
+        except RedisError as exc:
+            yield ServerSentEvent(event="error", data=json.dumps({"message": f"stream interrupted: {exc}"}))
+            return
+        entries = batches[0][1] if batches else []
+        for entry_id, fields in entries:
+            last = entry_id
+            if "d" in fields:
+                yield ServerSentEvent(event="delta", data=json.dumps({"text": fields["d"]}), id=entry_id)
+            elif "end" in fields:
+                break
+        else:
+            if entries:
+                continue
+            job = await state.store.get(job_id, owner)  # quiet for a while: did it end without a stream?
+            if job is not None and not job.status.terminal:
+                continue
+        job = await state.store.get(job_id, owner)
+        if job is not None:
+            yield ServerSentEvent(event="done", data=JobOut.of(job).model_dump_json())
+        return

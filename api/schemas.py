@@ -1,0 +1,87 @@
+"""Request and response bodies of the jobs and conversations endpoints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from textgen_core.jobs import ChatMessage, Job, JobInput, JobRecord, SamplingParams
+from textgen_core.modes import Mode
+
+CONVERSATION_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+
+
+class JobCreate(SamplingParams):
+    """A generation job: a prompt or chat messages, a mode, and sampling parameters."""
+
+    prompt: str | None = Field(default=None, min_length=1, max_length=32_000)
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=64)
+    model: str | None = Field(default=None, description="Defaults to the configured default model.")
+    mode: Mode = Mode.general
+    conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID)
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back; at most 16 keys, 4 KB.")
+
+    model_config = {
+        "extra": "forbid",
+        "json_schema_extra": {
+            "examples": [
+                {"prompt": "Write a tagline for a solar-powered lamp.", "mode": "ecommerce", "max_tokens": 48,
+                 "temperature": 0},
+                {"messages": [{"role": "user", "content": "My order arrived damaged."}], "mode": "support",
+                 "conversation_id": "order-1234"},
+            ]
+        },
+    }
+
+    @model_validator(mode="after")
+    def _prompt_or_messages(self) -> JobCreate:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' or 'messages'")
+        if self.messages is not None and not any(m.role == "user" for m in self.messages):
+            raise ValueError("'messages' needs at least one user message")
+        return self
+
+    @field_validator("metadata")
+    @classmethod
+    def _small(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if len(value) > 16 or len(json.dumps(value)) > 4096:
+            raise ValueError("metadata is limited to 16 keys and 4 KB of JSON")
+        return value
+
+    def to_record(self, *, owner: str, model: str, history: list[ChatMessage]) -> JobRecord:
+        return JobRecord.new(
+            owner=owner,
+            model=model,
+            mode=self.mode,
+            input=JobInput(prompt=self.prompt, messages=self.messages),
+            params=SamplingParams.model_validate(self.model_dump(include=set(SamplingParams.model_fields))),
+            conversation_id=self.conversation_id,
+            history=history,
+            metadata=self.metadata,
+        )
+
+
+class JobOut(Job):
+    """A job as the API returns it, with links to its stream and cancel endpoints."""
+
+    links: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        base = f"/v1/jobs/{job.id}"
+        data = job.model_dump(exclude={"owner", "history"})
+        return cls(**data, links={"self": base, "stream": f"{base}/stream", "cancel": f"{base}/cancel"})
+
+
+class Conversation(BaseModel):
+    id: str
+    object: Literal["conversation"] = "conversation"
+    messages: list[ChatMessage]
+
+
+class Deleted(BaseModel):
+    id: str
+    object: str
+    deleted: bool = True

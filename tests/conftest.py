@@ -1,0 +1,138 @@
+"""Shared fixtures. Integration tests run the real stack: a private redis-server (the bundled
+one), a real Celery worker process with the real model, and the real API under uvicorn."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from textgen_cli.processes import api_command, child_env, worker_command
+from textgen_cli.redis_server import free_port, start_redis
+from textgen_core.keys import Keys
+from textgen_core.settings import DEFAULT_MODEL_ID, Settings
+
+KEY_A = "test-key-alpha"
+KEY_B = "test-key-bravo"
+# A model that is configured but that no worker serves: its jobs stay queued.
+IDLE_MODEL = "idle-model"
+
+
+@dataclass
+class Stack:
+    url: str
+    redis_url: str
+    keys: Keys
+    env: dict[str, str]
+    logs: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def client(self, key: str = KEY_A, timeout: float = 120) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout)
+
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    def start_worker(self, name: str, **env: str) -> subprocess.Popen[bytes]:
+        settings = Settings(_env_file=None, **_settings_kwargs(self.env))
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(worker_command(settings, f"{name}@test", loglevel="INFO"),
+                                env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def wait_for_worker(self, name: str, timeout: float = 180) -> None:
+        r = self.redis()
+        deadline = time.monotonic() + timeout
+        while not r.exists(self.keys.worker(f"{name}@test")):
+            proc = self.procs.get(name)
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"worker {name} exited:\n{tail(self.logs / f'{name}.log')}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"worker {name} not up:\n{tail(self.logs / f'{name}.log')}")
+            time.sleep(0.2)
+
+
+def _settings_kwargs(env: dict[str, str]) -> dict[str, object]:
+    return {"models": json.loads(env["TEXTGEN_MODELS"]), "worker_models": env["TEXTGEN_WORKER_MODELS"]}
+
+
+def tail(path: Path, lines: int = 60) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    redis_url, redis_proc = start_redis(root / "redis")
+    prefix = f"test{uuid.uuid4().hex[:8]}"
+    models = [{"id": DEFAULT_MODEL_ID, "max_batch": 8},
+              {"id": IDLE_MODEL, "source": "local", "location": str(root / "nowhere")}]
+    env = child_env(
+        TEXTGEN_ENV="test",
+        TEXTGEN_REDIS_URL=redis_url,
+        TEXTGEN_KEY_PREFIX=prefix,
+        TEXTGEN_API_KEYS=f"{KEY_A},{KEY_B}",
+        TEXTGEN_MODELS=json.dumps(models),
+        TEXTGEN_WORKER_MODELS=DEFAULT_MODEL_ID,
+        TEXTGEN_LOG_LEVEL="INFO",
+        TEXTGEN_HEARTBEAT_SECONDS="1",
+    )
+    port = free_port()
+    st = Stack(url=f"http://127.0.0.1:{port}", redis_url=redis_url, keys=Keys(prefix), env=env, logs=root)
+    st.procs["redis"] = redis_proc
+    api_log = (root / "api.log").open("ab")
+    st.procs["api"] = subprocess.Popen(api_command("127.0.0.1", port), env=env, stdout=api_log,
+                                       stderr=subprocess.STDOUT)
+    st.start_worker("worker")
+    try:
+        st.wait_for_worker("worker")
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{st.url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"API not up:\n{tail(root / 'api.log')}")
+            time.sleep(0.1)
+        yield st
+    finally:
+        for proc in reversed(list(st.procs.values())):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        if os.environ.get("TEXTGEN_TEST_LOGS"):
+            for log in root.glob("*.log"):
+                print(f"==== {log.name}\n{tail(log)}")
+
+
+@pytest.fixture
+def client(stack: Stack) -> Iterator[httpx.Client]:
+    with stack.client() as c:
+        yield c
+
+
+def wait_job(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
+    """Long-poll until the job ends."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 30}).json()
+        if job["status"] not in ("queued", "running") or time.monotonic() > deadline:
+            return job

@@ -1,0 +1,225 @@
+"""The ``textgen`` command: run the platform (whole or in parts) and talk to it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+
+from textgen_cli.processes import api_command, child_env, gpu_environment, worker_command, worker_name
+from textgen_cli.redis_server import ensure_redis
+from textgen_core.settings import get_settings
+
+app = typer.Typer(help="textgen: asynchronous text generation on Redis, Celery and transformers.",
+                  no_args_is_help=True, add_completion=False)
+err = Console(stderr=True)
+
+DATA_DIR = Path(".textgen")
+ApiUrl = Annotated[str, typer.Option("--url", envvar="TEXTGEN_URL", help="API base URL.")]
+ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="TEXTGEN_API_KEY",
+                                            help="API key (default: the first configured key).")]
+
+
+def _api_key(given: str | None) -> str:
+    return given or get_settings().api_keys[0]
+
+
+class Supervisor:
+    """Child processes started together and stopped together (Ctrl-C / SIGTERM)."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(cmd, env=env)
+        self.children.append((name, proc))
+        return proc
+
+    def adopt(self, name: str, proc: subprocess.Popen[bytes]) -> None:
+        self.children.append((name, proc))
+
+    def dead(self) -> str | None:
+        return next((name for name, p in self.children if p.poll() is not None), None)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _stop_on_signals() -> None:
+    def raise_interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, raise_interrupt)
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    host: Annotated[str, typer.Option(help="API bind address.")] = "127.0.0.1",
+) -> None:
+    """Run the whole platform locally: Redis (found or bundled), one worker and the API."""
+    settings = get_settings()
+    _stop_on_signals()
+    sup = Supervisor()
+    try:
+        redis_url, redis_proc = ensure_redis(settings.redis_url, DATA_DIR / "redis")
+        if redis_proc:
+            sup.adopt("redis", redis_proc)
+            err.print(f"[dim]no Redis at {settings.redis_url}: started the bundled one at {redis_url}[/]")
+        env = child_env(TEXTGEN_REDIS_URL=redis_url)
+        sup.start("worker", worker_command(settings, worker_name(None)), env)
+        sup.start("api", api_command(host, port, settings.log_level), env)
+        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+        _wait_ready(base, sup)
+        key = settings.api_keys[0]
+        err.print(f"\n[bold green]textgen is up[/] at {base}  (API docs: {base}/docs)\n")
+        print("Try it:\n")
+        print(f"  curl -s {base}/v1/jobs -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\")
+        print("    -d '{\"prompt\": \"Write a haiku about the sea.\", \"max_tokens\": 48}'\n")
+        print(f"  curl -s '{base}/v1/jobs/<id>?wait=30' -H 'Authorization: Bearer {key}'\n", flush=True)
+        while (name := sup.dead()) is None:
+            time.sleep(0.5)
+        err.print(f"[red]{name} exited; stopping[/]")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        err.print("\nstopping...")
+    finally:
+        sup.stop()
+
+
+def _wait_ready(base: str, sup: Supervisor, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    with err.status("starting (the first start converts the model once)..."):
+        while time.monotonic() < deadline:
+            if (name := sup.dead()) is not None:
+                err.print(f"[red]{name} exited during start-up[/]")
+                raise typer.Exit(1)
+            try:
+                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+    err.print("[red]not ready in time[/]")
+    raise typer.Exit(1)
+
+
+@app.command()
+def api(
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+) -> None:
+    """Run the API only (uvicorn)."""
+    cmd = api_command(host, port, get_settings().log_level)
+    os.execvpe(cmd[0], cmd, child_env())
+
+
+def parse_gpus(gpu: int | None, gpus: str | None) -> list[int | None]:
+    """``--gpu 1`` -> [1]; ``--gpus 0,1`` -> [0, 1]; neither -> [None] (CPU or default device)."""
+    if gpu is not None and gpus:
+        raise typer.BadParameter("give --gpu or --gpus, not both")
+    if gpus:
+        try:
+            return [int(x) for x in gpus.split(",") if x.strip()]
+        except ValueError as exc:
+            raise typer.BadParameter("--gpus takes comma-separated GPU indexes, e.g. 0,1") from exc
+    return [gpu]
+
+
+@app.command()
+def worker(
+    gpu: Annotated[int | None, typer.Option(help="Pin this worker to one GPU index.")] = None,
+    gpus: Annotated[str | None, typer.Option(help="One worker process per GPU, e.g. 0,1.")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Jobs taken at once (default: max batch).")] = None,
+) -> None:
+    """Run a Celery worker (one process per GPU) that loads its models once and batches jobs."""
+    settings = get_settings()
+    devices = parse_gpus(gpu, gpus)
+    if len(devices) == 1:
+        env = child_env(**gpu_environment(devices[0]))
+        cmd = worker_command(settings, worker_name(devices[0]), concurrency)
+        os.execvpe(cmd[0], cmd, env)
+    _stop_on_signals()
+    sup = Supervisor()
+    try:
+        for device in devices:
+            sup.start(f"gpu{device}", worker_command(settings, worker_name(device), concurrency),
+                      child_env(**gpu_environment(device)))
+        while (name := sup.dead()) is None:
+            time.sleep(0.5)
+        err.print(f"[red]worker {name} exited; stopping the others[/]")
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sup.stop()
+
+
+@app.command("prepare-model")
+def prepare_model(model: Annotated[str | None, typer.Option(help="Model id (default: all).")] = None) -> None:
+    """Convert packaged GGUF weights into the cache once, so workers start in seconds."""
+    from textgen_core.engine.loader import prepare
+
+    settings = get_settings()
+    for spec in settings.models:
+        if model in (None, spec.id):
+            err.print(f"{spec.id}: {prepare(spec, settings.cache_dir)}")
+
+
+@app.command()
+def submit(
+    prompt: Annotated[str, typer.Argument(help="The prompt.")],
+    url: ApiUrl = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+    mode: Annotated[str, typer.Option(help="general | recommendation | support | ecommerce")] = "general",
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 for greedy.")] = 0.7,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
+    conversation: Annotated[str | None, typer.Option(help="conversation_id to continue.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the whole job record.")] = False,
+) -> None:
+    """Submit a job, wait for it, and print the generated text."""
+    headers = {"Authorization": f"Bearer {_api_key(api_key)}"}
+    body = {"prompt": prompt, "mode": mode, "max_tokens": max_tokens, "temperature": temperature}
+    if seed is not None:
+        body["seed"] = seed
+    if conversation:
+        body["conversation_id"] = conversation
+    with httpx.Client(base_url=url, headers=headers, timeout=90) as client:
+        resp = client.post("/v1/jobs", json=body)
+        if resp.status_code != 202:
+            err.print(f"[red]{resp.status_code}[/] {resp.text}")
+            raise typer.Exit(1)
+        job = resp.json()
+        while job["status"] in ("queued", "running"):
+            job = client.get(f"/v1/jobs/{job['id']}", params={"wait": 60}).json()
+    if as_json:
+        print(json.dumps(job, indent=2))
+    elif job["status"] == "succeeded":
+        print(job["output"])
+    else:
+        err.print(f"[red]job {job['status']}[/]: {job.get('error')}")
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

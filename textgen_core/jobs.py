@@ -1,0 +1,166 @@
+"""Job records and their state machine.
+
+A job is accepted ``queued``, claimed ``running`` by exactly one worker attempt, and ends in
+exactly one terminal state. Transitions not listed here are refused by the store's scripts.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from textgen_core.modes import Mode
+
+
+class JobStatus(enum.StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    canceled = "canceled"
+    expired = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled, JobStatus.expired})
+
+# The allowed transitions; JobStore's Lua scripts enforce the same table.
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.canceled, JobStatus.expired, JobStatus.failed}),
+    # running -> queued: a lapsed lease is handed back to the queue.
+    JobStatus.running: frozenset(
+        {JobStatus.succeeded, JobStatus.failed, JobStatus.canceled, JobStatus.queued}
+    ),
+    JobStatus.succeeded: frozenset(),
+    JobStatus.failed: frozenset(),
+    JobStatus.canceled: frozenset(),
+    JobStatus.expired: frozenset(),
+}
+
+
+def can_transition(current: JobStatus, new: JobStatus) -> bool:
+    return new in TRANSITIONS[current]
+
+
+FinishReason = Literal["stop", "length", "canceled", "time_limit", "error"]
+
+
+class ChatMessage(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str = Field(min_length=0, max_length=32_000)
+
+
+class SamplingParams(BaseModel):
+    """Everything that decides the generated text besides the input. Bounds live here once."""
+
+    max_tokens: int = Field(default=128, ge=1, le=1024, description="Tokens to generate at most.")
+    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="0 means greedy.")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, le=1000, description="0 disables top-k.")
+    repetition_penalty: float = Field(default=1.0, ge=0.5, le=2.0)
+    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    stop: list[str] = Field(default_factory=list, max_length=4)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [value]
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_strings(cls, value: list[str]) -> list[str]:
+        for s in value:
+            if not s or len(s) > 64:
+                raise ValueError("each stop string must be 1..64 characters")
+        return value
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0
+
+
+class JobInput(BaseModel):
+    """What the model reads: a plain prompt (rendered through the mode) or chat messages."""
+
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    # raw=True: the prompt is continued as plain text, no chat template (OpenAI completions).
+    raw: bool = False
+
+    @model_validator(mode="after")
+    def _one_of(self) -> JobInput:
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt or messages")
+        return self
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Timings(BaseModel):
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    queue_seconds: float | None = None
+    generation_seconds: float | None = None
+
+
+class JobError(BaseModel):
+    message: str
+    type: str = "generation_error"
+
+
+class Job(BaseModel):
+    """The job record as stored in Redis and returned by the API."""
+
+    id: str
+    object: Literal["job"] = "job"
+    model: str
+    mode: Mode = Mode.general
+    lane: str = "interactive"
+    status: JobStatus = JobStatus.queued
+    input: JobInput
+    params: SamplingParams
+    conversation_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    output: str | None = None
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    timings: Timings
+    error: JobError | None = None
+    attempts: int = 0
+    worker: str | None = None
+    batch_size: int | None = Field(default=None, description="Most rows that shared a forward pass with it.")
+    cancel_requested: bool = False
+
+
+class JobRecord(Job):
+    """A job with what only the platform sees: its owner and the history it was given."""
+
+    owner: str
+    history: list[ChatMessage] = Field(default_factory=list)
+
+    @classmethod
+    def new(cls, **fields: Any) -> JobRecord:
+        return cls(id=new_job_id(), timings=Timings(created_at=time.time()), **fields)
+
+    def public(self) -> Job:
+        return Job.model_validate(self.model_dump(exclude={"owner", "history"}))
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_hex(12)

@@ -1,0 +1,246 @@
+"""JobStore: job records in Redis hashes, moved between states only by atomic Lua scripts.
+
+The API holds an :class:`AsyncJobStore` (create, read, cancel); a worker holds a
+:class:`JobStore` (claim, stream, finish). Both encode records the same way, below.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
+from textgen_core.keys import Keys
+
+# Hash fields stored as plain strings; every other field is JSON.
+_RAW = ("id", "owner", "model", "mode", "lane", "status", "worker", "conversation_id", "output",
+        "finish_reason", "attempt_token")
+_NUM = ("created_at", "started_at", "finished_at", "attempts", "batch_size")
+_JSON = ("input", "params", "metadata", "history", "usage", "error")
+
+
+def encode_job(job: JobRecord) -> dict[str, str]:
+    data = job.model_dump(mode="json")
+    out: dict[str, str] = {}
+    for name in _RAW:
+        value = data.get(name)
+        out[name] = "" if value is None else str(value)
+    for name in _JSON:
+        out[name] = json.dumps(data.get(name), separators=(",", ":"))
+    timings = data["timings"]
+    out["created_at"] = repr(timings["created_at"])
+    out["started_at"] = out["finished_at"] = ""
+    out["attempts"] = str(job.attempts)
+    out["batch_size"] = "" if job.batch_size is None else str(job.batch_size)
+    out["cancel_requested"] = "1" if job.cancel_requested else "0"
+    return out
+
+
+def _num(value: str | None) -> float | None:
+    return float(value) if value else None
+
+
+def decode_job(raw: dict[str, str]) -> JobRecord:
+    created = float(raw["created_at"])
+    started = _num(raw.get("started_at"))
+    finished = _num(raw.get("finished_at"))
+    fields: dict[str, Any] = {name: (raw.get(name) or None) for name in _RAW if name != "attempt_token"}
+    for name in _JSON:
+        fields[name] = json.loads(raw[name]) if raw.get(name) else None
+    fields["metadata"] = fields["metadata"] or {}
+    fields["history"] = fields["history"] or []
+    fields["timings"] = {
+        "created_at": created,
+        "started_at": started,
+        "finished_at": finished,
+        "queue_seconds": round(started - created, 4) if started else None,
+        "generation_seconds": round(finished - started, 4) if (started and finished) else None,
+    }
+    fields["attempts"] = int(raw.get("attempts") or 0)
+    fields["batch_size"] = int(raw["batch_size"]) if raw.get("batch_size") else None
+    fields["cancel_requested"] = raw.get("cancel_requested") == "1"
+    return JobRecord.model_validate(fields)
+
+
+# KEYS: job. ARGV: worker, now, attempt_token, ttl, max_attempts, events channel.
+# Returns the status the job has afterwards; "running" means this attempt owns it.
+_CLAIM = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'missing' end
+if st ~= 'queued' then return st end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if attempts > tonumber(ARGV[5]) then
+  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'finish_reason', 'error',
+    'error', cjson.encode({message = 'gave up after ' .. ARGV[5] .. ' attempts: the job stopped its '
+      .. 'worker each time', type = 'max_attempts_exceeded'}))
+  redis.call('PUBLISH', ARGV[6], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = 'failed'}))
+  return 'failed'
+end
+redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'attempt_token', ARGV[3],
+  'started_at', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 'running'
+"""
+
+# KEYS: job, tokens stream, history list. ARGV: attempt_token, status, now, ttl, fields (JSON object
+# of strings), history entries (JSON list of strings), history max, history ttl, events channel,
+# stream ttl, stream maxlen. Only the attempt that owns the job can finish it, exactly once.
+_FINISH = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
+for k, v in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local entries = cjson.decode(ARGV[6])
+if #entries > 0 then
+  for _, e in ipairs(entries) do redis.call('RPUSH', KEYS[3], e) end
+  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[7]), -1)
+  redis.call('EXPIRE', KEYS[3], ARGV[8])
+end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'end', ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[10])
+redis.call('PUBLISH', ARGV[9], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = ARGV[2]}))
+return 1
+"""
+
+# KEYS: job, tokens stream. ARGV: owner, now, events channel, cancel channel, stream ttl.
+# Returns the status afterwards ("running" means a stop was requested), or "missing".
+_CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'missing' end
+local id = redis.call('HGET', KEYS[1], 'id')
+if st == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[2], 'finish_reason', 'canceled',
+    'output', '')
+  redis.call('XADD', KEYS[2], '*', 'end', 'canceled')
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+  redis.call('PUBLISH', ARGV[3], cjson.encode({id = id, status = 'canceled'}))
+  return 'canceled'
+end
+if st == 'running' then
+  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
+  redis.call('PUBLISH', ARGV[4], id)
+end
+return st
+"""
+
+# KEYS: job. ARGV: attempt_token. Hands a running job back to the queue (warm shutdown, lapsed lease).
+_REQUEUE = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'attempt_token', '')
+return 1
+"""
+
+
+class JobStore:
+    """Worker-side store over a synchronous Redis client."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, *, job_ttl: int, stream_ttl: int, stream_maxlen: int):
+        self.r = client
+        self.keys = keys
+        self.job_ttl = job_ttl
+        self.stream_ttl = stream_ttl
+        self.stream_maxlen = stream_maxlen
+        self._claim = client.register_script(_CLAIM)
+        self._finish = client.register_script(_FINISH)
+        self._requeue = client.register_script(_REQUEUE)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        raw = self.r.hgetall(self.keys.job(job_id))
+        return decode_job(raw) if raw else None
+
+    def claim(self, job_id: str, *, worker: str, attempt_token: str, max_attempts: int) -> JobStatus | None:
+        """Atomically queued -> running for this attempt; returns the status afterwards."""
+        result = self._claim(
+            keys=[self.keys.job(job_id)],
+            args=[worker, time.time(), attempt_token, self.job_ttl, max_attempts, self.keys.events_channel],
+        )
+        return None if result == "missing" else JobStatus(result)
+
+    def append_deltas(self, deltas: dict[str, str]) -> None:
+        """One pipelined round trip for a decoding step's text deltas of many jobs."""
+        if not deltas:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for job_id, text in deltas.items():
+            key = self.keys.tokens(job_id)
+            pipe.xadd(key, {"d": text}, maxlen=self.stream_maxlen, approximate=True)
+            pipe.expire(key, self.stream_ttl)
+        pipe.execute()
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.r.hget(self.keys.job(job_id), "cancel_requested") == "1"
+
+    def finish(
+        self,
+        job: JobRecord,
+        *,
+        attempt_token: str,
+        status: JobStatus,
+        fields: dict[str, Any],
+        history_append: list[ChatMessage] | None = None,
+        history_max_turns: int = 20,
+        history_ttl: int = 3600,
+    ) -> bool:
+        """Write the outcome (and append history) if this attempt still owns the job."""
+        encoded = {k: (v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))) for k, v in fields.items()}
+        entries = [m.model_dump_json() for m in history_append or []] if job.conversation_id else []
+        history_key = self.keys.history(job.owner, job.conversation_id or "-")
+        done = self._finish(
+            keys=[self.keys.job(job.id), self.keys.tokens(job.id), history_key],
+            args=[
+                attempt_token, status.value, time.time(), self.job_ttl, json.dumps(encoded),
+                json.dumps(entries), history_max_turns * 2, history_ttl, self.keys.events_channel,
+                self.stream_ttl, self.stream_maxlen,
+            ],
+        )
+        return bool(done)
+
+    def requeue(self, job_id: str, attempt_token: str = "") -> bool:
+        return bool(self._requeue(keys=[self.keys.job(job_id)], args=[attempt_token]))
+
+
+class AsyncJobStore:
+    """API-side store over an asyncio Redis client."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, job_ttl: int, stream_ttl: int):
+        self.r = client
+        self.keys = keys
+        self.job_ttl = job_ttl
+        self.stream_ttl = stream_ttl
+        self._cancel = client.register_script(_CANCEL)
+
+    async def create(self, job: JobRecord) -> None:
+        key = self.keys.job(job.id)
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=encode_job(job))
+            pipe.expire(key, self.job_ttl)
+            await pipe.execute()
+
+    async def delete(self, job_id: str) -> None:
+        await self.r.delete(self.keys.job(job_id), self.keys.tokens(job_id))
+
+    async def get(self, job_id: str, owner: str) -> JobRecord | None:
+        """The job if it exists and belongs to ``owner`` (others see nothing)."""
+        raw = await self.r.hgetall(self.keys.job(job_id))
+        if not raw or raw.get("owner") != owner:
+            return None
+        return decode_job(raw)
+
+    async def cancel(self, job_id: str, owner: str) -> str:
+        return await self._cancel(
+            keys=[self.keys.job(job_id), self.keys.tokens(job_id)],
+            args=[owner, time.time(), self.keys.events_channel, self.keys.cancel_channel, self.stream_ttl],
+        )
+
+    async def history(self, owner: str, conversation_id: str) -> list[ChatMessage] | None:
+        raw = await self.r.lrange(self.keys.history(owner, conversation_id), 0, -1)
+        return [ChatMessage.model_validate_json(m) for m in raw] if raw else None
+
+    async def delete_history(self, owner: str, conversation_id: str) -> bool:
+        return bool(await self.r.delete(self.keys.history(owner, conversation_id)))

@@ -1,0 +1,48 @@
+"""The Celery app. Start a worker with ``textgen worker`` (or ``celery -A workers.app worker``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import celeryd_after_setup, worker_init, worker_shutdown
+
+from textgen_core.keys import LANES, Keys
+from textgen_core.settings import get_settings
+
+app = Celery("textgen")
+app.config_from_object("celeryconfig")
+app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+
+log = logging.getLogger(__name__)
+
+
+def served_models() -> list[str]:
+    settings = get_settings()
+    ids = [m.id for m in settings.models]
+    return [m for m in ids if m in settings.worker_models] if settings.worker_models else ids
+
+
+@celeryd_after_setup.connect
+def _consume_model_queues(sender: str, instance: Any, **_: Any) -> None:
+    """Consume the queues of the models this worker serves (both lanes)."""
+    keys = Keys(get_settings().key_prefix)
+    for model_id in served_models():
+        for lane in LANES:
+            instance.app.amqp.queues.select_add(keys.queue(model_id, lane))
+
+
+@worker_init.connect
+def _boot(sender: Any = None, **_: Any) -> None:
+    # Imported here: loading torch is the worker's business, not the app module's.
+    from workers.runtime import start_runtime
+
+    start_runtime(served_models(), name=getattr(sender, "hostname", None) or "worker")
+
+
+@worker_shutdown.connect
+def _shutdown(**_: Any) -> None:
+    from workers.runtime import stop_runtime
+
+    stop_runtime()

@@ -1,0 +1,154 @@
+"""Per-process worker state: models loaded once, one engine per model, and two helper threads.
+
+The pool is ``threads`` (see ``textgen worker``): concurrent tasks share this process, so
+they share the engines and land in the same batches; nothing forks after CUDA is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from textgen_core.engine.batching import Engine
+from textgen_core.engine.loader import LoadedModel, load
+from textgen_core.executor import JobExecutor
+from textgen_core.keys import Keys
+from textgen_core.settings import Settings, get_settings
+from textgen_core.store import JobStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    name: str
+    settings: Settings
+    client: redis.Redis
+    store: JobStore
+    models: dict[str, LoadedModel]
+    engines: dict[str, Engine]
+    executor: JobExecutor
+    started_at: float = field(default_factory=time.time)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def heartbeat_payload(self) -> str:
+        return json.dumps({
+            "name": self.name,
+            "started_at": self.started_at,
+            "models": [
+                {
+                    "id": model_id,
+                    "device": m.device,
+                    "dtype": m.dtype,
+                    "max_batch": self.engines[model_id].max_batch,
+                    "context_length": m.context_length,
+                    "load_seconds": round(m.load_seconds, 2),
+                    "running": self.engines[model_id].running,
+                    "waiting": self.engines[model_id].waiting,
+                }
+                for model_id, m in self.models.items()
+            ],
+        })
+
+    def _heartbeat_loop(self) -> None:
+        key = self.store.keys.worker(self.name)
+        period = self.settings.heartbeat_seconds
+        while True:
+            try:
+                self.client.set(key, self.heartbeat_payload(), ex=max(2, int(period * 3)))
+            except redis.RedisError as exc:
+                log.warning("heartbeat failed: %s", exc)
+            if self._stop.wait(period):
+                break
+        try:
+            self.client.delete(key)
+        except redis.RedisError:
+            pass
+
+    def _cancel_loop(self) -> None:
+        """Cancels requested while a job runs arrive on a channel; stop the row at the next step."""
+        while not self._stop.is_set():
+            try:
+                pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.store.keys.cancel_channel)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message and message["type"] == "message":
+                        self.executor.cancel(message["data"])
+            except redis.RedisError as exc:
+                log.warning("cancel listener reconnecting: %s", exc)
+                self._stop.wait(1.0)
+
+    def start_threads(self) -> None:
+        for target, name in ((self._heartbeat_loop, "heartbeat"), (self._cancel_loop, "cancel-listener")):
+            threading.Thread(target=target, name=f"textgen-{name}", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for engine in self.engines.values():
+            engine.stop()
+
+
+_runtime: Runtime | None = None
+
+
+def start_runtime(model_ids: list[str], name: str) -> Runtime:
+    """Load every served model once and start the engines; called when the worker boots."""
+    global _runtime
+    if _runtime is not None:
+        return _runtime
+    settings = get_settings()
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+    store = JobStore(
+        client,
+        Keys(settings.key_prefix),
+        job_ttl=settings.job_ttl_seconds,
+        stream_ttl=settings.stream_ttl_seconds,
+        stream_maxlen=settings.stream_maxlen,
+    )
+    models: dict[str, LoadedModel] = {}
+    engines: dict[str, Engine] = {}
+    for model_id in model_ids:
+        spec = settings.model(model_id)
+        assert spec is not None
+        loaded = load(spec, settings.cache_dir)
+        log.info("loaded %s on %s (%s) in %.1fs", model_id, loaded.device, loaded.dtype, loaded.load_seconds)
+        models[model_id] = loaded
+        engines[model_id] = Engine(
+            loaded,
+            max_batch=spec.max_batch,
+            batch_wait_s=settings.batch_wait_ms / 1000,
+            time_limit_s=settings.generation_time_limit_seconds,
+            on_step=store.append_deltas,
+        ).start()
+    executor = JobExecutor(
+        store=store,
+        settings=settings,
+        worker_name=name,
+        engines=dict(engines),
+        tokenizers={model_id: m.tokenizer for model_id, m in models.items()},
+    )
+    _runtime = Runtime(name=name, settings=settings, client=client, store=store, models=models,
+                       engines=engines, executor=executor)
+    _runtime.start_threads()
+    return _runtime
+
+
+def runtime() -> Runtime:
+    if _runtime is None:
+        raise RuntimeError("worker runtime not started (the worker_init signal did not run)")
+    return _runtime
+
+
+def stop_runtime() -> None:
+    if _runtime is not None:
+        _runtime.stop()
