@@ -168,3 +168,11 @@ def test_late_stream_subscriber_gets_everything(client: httpx.Client) -> None:
              if line.startswith("data:") and '"text"' in line and '"object"' not in line]
     assert "".join(texts) == job["output"]
     assert "event: done" in body
+
+
+def test_concurrent_jobs_share_a_batch(client: httpx.Client) -> None:
+    first = submit(client, prompt="Write a long story about a lighthouse keeper.", temperature=0, max_tokens=48)
+    second = submit(client, prompt="Write a long story about a mountain village.", temperature=0, max_tokens=48)
+    done = [wait_job(client, first["id"]), wait_job(client, second["id"])]
+    assert all(j["status"] == "succeeded" for j in done)
+    assert all(j["batch_size"] >= 2 for j in done), [j["batch_size"] for j in done]

@@ -1,0 +1,113 @@
+"""The batching engine with the real model, in-process: what a row produces must not depend on
+its batchmates, and cancel / limits act on one row only."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from textgen_core.engine.batching import Engine, PromptTooLong
+from textgen_core.engine.loader import LoadedModel, load
+from textgen_core.jobs import SamplingParams
+from textgen_core.modes import Mode, build_messages
+from textgen_core.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+GREEDY = SamplingParams(temperature=0, max_tokens=24)
+
+
+@pytest.fixture(scope="module")
+def model() -> LoadedModel:
+    settings = Settings(_env_file=None)
+    return load(settings.models[0], settings.cache_dir)
+
+
+@pytest.fixture
+def engine(model: LoadedModel) -> Iterator[Engine]:
+    eng = Engine(model, max_batch=8, batch_wait_s=0.05).start()
+    yield eng
+    eng.stop()
+
+
+def ids(model: LoadedModel, prompt: str) -> list[int]:
+    return list(model.tokenizer.apply_chat_template(build_messages(Mode.general, prompt=prompt),
+                                                    add_generation_prompt=True, tokenize=True, return_dict=False))
+
+
+OTHERS = ["Write a poem about the sea.", "List five animals.", "Explain gravity briefly.",
+          "What is 2 + 2? Explain in detail."]
+
+
+def test_greedy_text_is_the_same_alone_and_in_a_batch(model: LoadedModel, engine: Engine) -> None:
+    alone = engine.submit("solo", ids(model, "Describe a red apple."), GREEDY).result(120)
+    assert alone.batch_size == 1
+    mixed = [engine.submit(f"o{i}", ids(model, p), SamplingParams(temperature=0.9, max_tokens=30, seed=i))
+             for i, p in enumerate(OTHERS)]
+    inside = engine.submit("in-batch", ids(model, "Describe a red apple."), GREEDY)
+    result = inside.result(120)
+    for f in mixed:
+        f.result(120)
+    assert result.batch_size >= 2
+    assert result.text == alone.text
+    assert result.completion_tokens == alone.completion_tokens
+
+
+def test_seeded_sampling_is_reproducible_across_batches(model: LoadedModel, engine: Engine) -> None:
+    params = SamplingParams(temperature=1.0, top_p=0.9, top_k=40, seed=1234, max_tokens=24)
+    first = engine.submit("s1", ids(model, "Invent a name for a cat."), params).result(120)
+    crowd = [engine.submit(f"c{i}", ids(model, p), GREEDY) for i, p in enumerate(OTHERS)]
+    second = engine.submit("s2", ids(model, "Invent a name for a cat."), params).result(120)
+    for f in crowd:
+        f.result(120)
+    assert second.text == first.text
+    other_seed = engine.submit("s3", ids(model, "Invent a name for a cat."),
+                               params.model_copy(update={"seed": 99})).result(120)
+    assert other_seed.text != first.text
+
+
+def test_cancel_stops_one_row_and_leaves_the_others_intact(model: LoadedModel, engine: Engine) -> None:
+    solo = {p: engine.submit(f"solo{i}", ids(model, p), GREEDY).result(120) for i, p in enumerate(OTHERS[:2])}
+    long_row = engine.submit("long", ids(model, "Write a very long story about a dragon."),
+                             SamplingParams(temperature=0, max_tokens=200))
+    others = {p: engine.submit(f"b{i}", ids(model, p), GREEDY) for i, p in enumerate(OTHERS[:2])}
+    time.sleep(0.5)
+    engine.cancel("long")
+    canceled = long_row.result(120)
+    assert canceled.finish_reason == "canceled"
+    assert canceled.completion_tokens < 200
+    for prompt, future in others.items():
+        result = future.result(120)
+        assert result.text == solo[prompt].text
+
+
+def test_max_tokens_stop_strings_and_time_limit(model: LoadedModel) -> None:
+    eng = Engine(model, max_batch=4, time_limit_s=0.3).start()
+    try:
+        slow = eng.submit("t", ids(model, "Write a long essay about rivers."),
+                          SamplingParams(temperature=0, max_tokens=1000)).result(120)
+        assert slow.finish_reason == "time_limit"
+        assert 0 < slow.completion_tokens < 1000
+    finally:
+        eng.stop()
+    eng = Engine(model, max_batch=4).start()
+    try:
+        capped = eng.submit("m", ids(model, "Write a long essay about rivers."),
+                            SamplingParams(temperature=0, max_tokens=5)).result(120)
+        assert (capped.finish_reason, capped.completion_tokens) == ("length", 5)
+        free = eng.submit("f", ids(model, "List the numbers from 1 to 10, one per line."),
+                          SamplingParams(temperature=0, max_tokens=60)).result(120)
+        stopped = eng.submit("s", ids(model, "List the numbers from 1 to 10, one per line."),
+                             SamplingParams(temperature=0, max_tokens=60, stop=["5"])).result(120)
+        assert stopped.finish_reason == "stop"
+        assert "5" not in stopped.text
+        assert free.text.startswith(stopped.text)
+    finally:
+        eng.stop()
+
+
+def test_prompt_longer_than_the_context_is_refused(model: LoadedModel, engine: Engine) -> None:
+    with pytest.raises(PromptTooLong, match="context"):
+        engine.submit("big", [1] * (model.context_length - 10), SamplingParams(max_tokens=64))
