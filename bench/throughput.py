@@ -90,6 +90,19 @@ def engine(lm: LoadedModel, ids: list[list[int]], max_tokens: int, batch: int) -
     return total / elapsed
 
 
+def transformers_cb(lm: LoadedModel, ids: list[list[int]], max_tokens: int) -> float:
+    """transformers' own continuous-batching manager (``generate_batch``), for comparison."""
+    from transformers import GenerationConfig
+
+    eos = sorted(lm.eos_token_ids)
+    config = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=eos,
+                              pad_token_id=lm.tokenizer.pad_token_id)
+    started = time.perf_counter()
+    outputs = lm.model.generate_batch(ids, generation_config=config, max_new_tokens=max_tokens)
+    total = sum(len(o.generated_tokens) for o in outputs.values())
+    return total / (time.perf_counter() - started)
+
+
 async def _stack_run(stack: LocalStack, texts: list[str], max_tokens: int) -> tuple[float, list[int]]:
     headers = {"Authorization": f"Bearer {stack.api_keys[0]}"}
     limits = httpx.Limits(max_connections=len(texts) + 8)
@@ -129,6 +142,8 @@ def main() -> None:
     parser.add_argument("--naive-prompts", type=int, default=16,
                         help="prompts for the one-at-a-time path (a rate; a subset keeps the run short)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--no-transformers-cb", dest="transformers_cb", action="store_false",
+                        help="skip transformers' continuous-batching manager")
     args = parser.parse_args()
 
     settings = Settings(_env_file=None)
@@ -155,6 +170,11 @@ def main() -> None:
         rows.append((f"(b) offline batched generate, best batch {best}", by_batch[best]))
         engine_tok_s = engine(lm, ids, args.max_tokens, best)
         rows.append((f"(c) engine in-process, max batch {best}", engine_tok_s))
+        print(f"{rows[-1][0]:<48} {engine_tok_s:8.1f} tok/s", flush=True)
+        cb_tok_s = transformers_cb(lm, ids, args.max_tokens) if args.transformers_cb else None
+        if cb_tok_s is not None:
+            rows.append(("(e) transformers generate_batch (its own CB)", cb_tok_s))
+            print(f"{rows[-1][0]:<48} {cb_tok_s:8.1f} tok/s", flush=True)
     del lm
     stack_tok_s, sizes = stack(texts, args.max_tokens, best, args.dtype)
     rows.append(("(d) full stack: API -> Redis -> Celery -> engine", stack_tok_s))
@@ -169,6 +189,7 @@ def main() -> None:
         "offline_tok_s": round(by_batch[best], 1),
         "offline_best_batch": best,
         "engine_tok_s": round(engine_tok_s, 1),
+        "transformers_cb_tok_s": round(cb_tok_s, 1) if cb_tok_s is not None else None,
         "stack_tok_s": round(stack_tok_s, 1),
         "stack_vs_offline": round(stack_tok_s / by_batch[best], 2),
         "stack_vs_naive": round(stack_tok_s / naive_tok_s, 1),
