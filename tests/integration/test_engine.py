@@ -3,10 +3,12 @@ its batchmates, and cancel / limits act on one row only."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator
 
 import pytest
+import torch
 
 from textgen_core.engine.batching import Engine, PromptTooLong
 from textgen_core.engine.loader import LoadedModel, load
@@ -111,3 +113,33 @@ def test_max_tokens_stop_strings_and_time_limit(model: LoadedModel) -> None:
 def test_prompt_longer_than_the_context_is_refused(model: LoadedModel, engine: Engine) -> None:
     with pytest.raises(PromptTooLong, match="context"):
         engine.submit("big", [1] * (model.context_length - 10), SamplingParams(max_tokens=64))
+
+
+class OutOfMemoryAbove:
+    """The real model, on a device that runs out of memory above ``rows`` rows per forward."""
+
+    def __init__(self, model: object, rows: int):
+        self.model, self.rows, self.raised = model, rows, 0
+
+    def __call__(self, *, input_ids: torch.Tensor, **kwargs: object) -> object:
+        if input_ids.shape[0] > self.rows:
+            self.raised += 1
+            raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return self.model(input_ids=input_ids, **kwargs)
+
+
+def test_out_of_memory_splits_the_batch_and_loses_no_job(model: LoadedModel) -> None:
+    plain = Engine(model, max_batch=8).start()
+    try:
+        expected = [plain.submit(f"p{i}", ids(model, p), GREEDY).result(120).text for i, p in enumerate(OTHERS)]
+    finally:
+        plain.stop()
+    small = OutOfMemoryAbove(model.model, rows=2)
+    eng = Engine(dataclasses.replace(model, model=small), max_batch=8, batch_wait_s=0.2).start()
+    try:
+        futures = [eng.submit(f"o{i}", ids(model, p), GREEDY) for i, p in enumerate(OTHERS)]
+        texts = [f.result(180).text for f in futures]
+    finally:
+        eng.stop()
+    assert small.raised > 0
+    assert texts == expected

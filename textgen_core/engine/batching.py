@@ -63,6 +63,8 @@ class _Row:
 
 StepSink = Callable[[dict[str, str]], None]
 
+RECOVER_STEPS = 64
+
 
 class Engine:
     def __init__(
@@ -92,6 +94,10 @@ class Engine:
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None  # [rows, width] 1 = real token, 0 = left pad
         self._logits: torch.Tensor | None = None  # [rows, vocab] next-token logits
+        # Rows allowed at once: max_batch, lowered after running out of device memory and
+        # raised again by one row every RECOVER_STEPS clean steps.
+        self._cap = max_batch
+        self._clean_steps = 0
         self.steps = 0
 
     # -- public, any thread -------------------------------------------------------------
@@ -152,7 +158,7 @@ class Engine:
                 self._fail_all(exc)
 
     def _take_new(self) -> list[_Row]:
-        free = self.max_batch - len(self._rows)
+        free = self._cap - len(self._rows)
         if free <= 0:
             return []
         new: list[_Row] = []
@@ -177,13 +183,16 @@ class Engine:
             return
         try:
             logits, cache, mask = self._prefill(rows)
-        except torch.OutOfMemoryError:
-            if len(rows) == 1:
-                raise
-            torch.cuda.empty_cache()
+        except torch.OutOfMemoryError as exc:
+            _empty_device_cache()
+            if len(rows) == 1:  # this row alone does not fit: it fails, the batch goes on
+                rows[0].future.set_exception(exc)
+                return
             half = len(rows) // 2
+            self._cap, self._clean_steps = max(1, len(self._rows) + half), 0
+            for r in rows[half:]:  # over the lowered cap: back to the intake
+                self._intake.put(r)
             self._admit(rows[:half])
-            self._admit(rows[half:])
             return
         self._merge(rows, logits, cache, mask)
 
@@ -298,27 +307,30 @@ class Engine:
         try:
             out = self.model(input_ids=next_ids, attention_mask=mask, position_ids=positions,
                              past_key_values=self._cache, use_cache=True)
-        except torch.OutOfMemoryError:
-            self._preempt_half()
+        except torch.OutOfMemoryError as exc:
+            self._preempt_half(exc)
             return
         self._mask = mask
         self._logits = out.logits[:, -1, :].float()
         for r in self._rows:
             r.length += 1
+        if self._cap < self.max_batch:
+            self._clean_steps += 1
+            if self._clean_steps >= RECOVER_STEPS:
+                self._cap, self._clean_steps = self._cap + 1, 0
 
-    def _preempt_half(self) -> None:
-        """CUDA OOM mid-batch: hand the newer half back to the intake; it resumes by recompute."""
-        torch.cuda.empty_cache()
-        keep = len(self._rows) // 2
-        evicted = self._rows[keep:]
-        if keep == 0:
-            raise torch.OutOfMemoryError("a single row does not fit in GPU memory")
-        # The kept rows lost their last forward; re-prefill everything from their token lists.
+    def _preempt_half(self, exc: torch.OutOfMemoryError) -> None:
+        """Out of device memory mid-batch: the newer half goes back to the intake and the older
+        half is prefilled again from its tokens so far; both resume where they were."""
+        _empty_device_cache()
         rows = self._rows
         self._rows, self._cache, self._mask, self._logits = [], None, None, None
-        for r in rows:
-            r.length = 0
-        for r in evicted:
+        if len(rows) == 1:
+            rows[0].future.set_exception(exc)
+            return
+        keep = len(rows) // 2
+        self._cap, self._clean_steps = keep, 0
+        for r in rows[keep:]:
             self._intake.put(r)
         self._admit(rows[:keep])
 
@@ -350,6 +362,11 @@ class Engine:
             if not row.future.done():
                 row.future.set_exception(exc)
         self._rows, self._cache, self._mask, self._logits = [], None, None, None
+
+
+def _empty_device_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
