@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from textgen_core.jobs import ChatMessage, Job, JobInput, JobRecord, SamplingParams
 from textgen_core.modes import Mode
 from textgen_core.webhooks.events import job_links
-from textgen_core.webhooks.models import JobWebhookEvent
+from textgen_core.webhooks.models import JobWebhookEvent, default_job_events
 from textgen_core.webhooks.urls import UnsafeWebhookURL, parse
 
 CONVERSATION_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -28,7 +28,7 @@ class JobCreate(SamplingParams):
     webhook: str | None = Field(default=None, max_length=2048,
                                 description="http(s) URL that receives signed events (Standard Webhooks).")
     webhook_events_filter: list[JobWebhookEvent] = Field(
-        default_factory=lambda: ["completed"], min_length=1, max_length=3,
+        default_factory=default_job_events, min_length=1, max_length=3,
         description="Events to send: any of start, output (at most every 500 ms), completed.")
 
     model_config = {

@@ -88,7 +88,7 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
     # Seconds to wait before each retry (jitter is added); the default totals about 24 hours.
     webhook_retry_schedule: list[float] = Field(
-        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 21600], max_length=50)
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 21600.0], max_length=50)
     webhook_output_interval_seconds: float = Field(default=0.5, ge=0.5)
     webhook_disabled_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60)  # after a 410 Gone
     webhook_deliveries_max: int = Field(default=200, ge=10)  # attempts kept on a job or batch

@@ -31,8 +31,8 @@ def test_public_addresses_pass(address: str) -> None:
 def test_one_private_address_among_public_ones_refuses_the_host() -> None:
     with pytest.raises(UnsafeWebhookURL, match="non-public"):
         choose("mixed.example", 443, "https://mixed.example/", ["8.8.8.8", "10.0.0.1"], allow_private=False)
-    assert choose("mixed.example", 443, "https://mixed.example/", ["10.0.0.1"], allow_private=True).address == \
-        "10.0.0.1"
+    assert choose("mixed.example", 443, "https://mixed.example/", ["10.0.0.1"], allow_private=True).addresses == \
+        ("10.0.0.1",)
 
 
 @pytest.mark.parametrize("url", ["ftp://example.com/", "file:///etc/passwd", "http://", "http://u:p@example.com/",

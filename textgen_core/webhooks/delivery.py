@@ -116,15 +116,24 @@ class WebhookDeliverer:
         # Connect to the address just checked (no second lookup that DNS could answer differently).
         headers["host"] = url.netloc.decode("ascii")
         extensions = {"sni_hostname": url.host} if url.scheme == "https" else {}
-        try:
-            # Streamed and never read: a receiver's answer body is not ours to hold in memory.
-            with self.http.stream("POST", url.copy_with(host=target.address), content=request.body.encode(),
-                                  headers=headers, extensions=extensions,
-                                  timeout=self.settings.webhook_timeout_seconds) as response:
-                code = response.status_code
-                retry_after_header = response.headers.get("retry-after")
-        except httpx.HTTPError as exc:
-            return Outcome.retry, None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, None
+        code: int | None = None
+        retry_after_header: str | None = None
+        error = "no address"
+        for address in target.addresses:  # e.g. localhost: ::1 refused, then 127.0.0.1
+            try:
+                # Streamed and never read: a receiver's answer body is not ours to hold in memory.
+                with self.http.stream("POST", url.copy_with(host=address), content=request.body.encode(),
+                                      headers=headers, extensions=extensions,
+                                      timeout=self.settings.webhook_timeout_seconds) as response:
+                    code = response.status_code
+                    retry_after_header = response.headers.get("retry-after")
+                break
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if not isinstance(exc, httpx.ConnectError):
+                    break
+        if code is None:
+            return Outcome.retry, None, error, None
         if 200 <= code < 300:
             return Outcome.delivered, code, None, None
         if code == 410:

@@ -52,7 +52,9 @@ class JobWebhooks:
             except TimeoutError:
                 pass
             try:
-                for _, entries in self.store.r.xread({key: last}, count=100_000) or []:
+                batches: list[tuple[str, list[tuple[str, dict[str, str]]]]] = self.store.r.xread(  # type: ignore[assignment]
+                    {key: last}, count=100_000) or []
+                for _, entries in batches:
                     for entry_id, fields in entries:
                         last = entry_id
                         text += fields.get("d", "")

@@ -10,6 +10,10 @@ JobWebhookEvent = Literal["start", "output", "completed"]
 BatchWebhookEvent = Literal["progress", "completed"]
 EventType = Literal["job.started", "job.output", "job.completed", "batch.progress", "batch.completed"]
 
+def default_job_events() -> list[JobWebhookEvent]:
+    return ["completed"]
+
+
 # The filter word each event type answers to (``start`` selects ``job.started``).
 FILTER_WORD: dict[str, str] = {
     "job.started": "start",

@@ -32,12 +32,12 @@ class HostNotFound(UnsafeWebhookURL):
 
 @dataclass(frozen=True)
 class Target:
-    """A checked URL and the address to connect to."""
+    """A checked URL and the addresses to connect to, in resolver order."""
 
     url: str
     host: str
     port: int
-    address: str
+    addresses: tuple[str, ...]
 
 
 def parse(url: str) -> tuple[str, str, int]:
@@ -74,7 +74,7 @@ def choose(host: str, port: int, url: str, addresses: list[str], allow_private: 
         for raw in addresses:
             if not is_public(ipaddress.ip_address(raw.split("%", 1)[0])):
                 raise UnsafeWebhookURL(f"host {host!r} resolves to a non-public address ({raw})")
-    return Target(url=url, host=host, port=port, address=addresses[0])
+    return Target(url=url, host=host, port=port, addresses=tuple(addresses))
 
 
 def _addresses(infos: list[tuple[object, ...]]) -> list[str]:
