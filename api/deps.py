@@ -17,6 +17,7 @@ from api.queueing import JobQueue
 from textgen_core.keys import Keys
 from textgen_core.settings import Settings
 from textgen_core.store import AsyncJobStore
+from textgen_core.webhooks.events import AsyncWebhookEmitter
 
 
 @dataclass
@@ -27,6 +28,7 @@ class AppState:
     store: AsyncJobStore
     hub: EventHub
     queue: JobQueue
+    webhooks: AsyncWebhookEmitter | None = None  # set by api.webhooks.install
 
 
 def get_state(request: Request) -> AppState:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from anyio import to_thread
 from celery import Celery
 
-from textgen_core.keys import GENERATE_TASK, Keys
+from textgen_core.keys import DELIVER_WEBHOOK_TASK, GENERATE_TASK, Keys
 
 
 class JobQueue:
@@ -19,4 +19,11 @@ class JobQueue:
         await to_thread.run_sync(
             lambda: self.celery.send_task(GENERATE_TASK, args=[job_id], queue=queue, task_id=job_id,
                                           retry=False)
+        )
+
+    async def enqueue_webhook(self, request: dict[str, object]) -> None:
+        """Queue one webhook delivery (built by ``AsyncWebhookEmitter``) for the webhook worker."""
+        await to_thread.run_sync(
+            lambda: self.celery.send_task(DELIVER_WEBHOOK_TASK, kwargs={"request": request},
+                                          queue=self.keys.webhook_queue)
         )

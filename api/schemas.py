@@ -9,6 +9,9 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from textgen_core.jobs import ChatMessage, Job, JobInput, JobRecord, SamplingParams
 from textgen_core.modes import Mode
+from textgen_core.webhooks.events import job_links
+from textgen_core.webhooks.models import JobWebhookEvent, default_job_events
+from textgen_core.webhooks.urls import UnsafeWebhookURL, parse
 
 CONVERSATION_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
 
@@ -22,6 +25,11 @@ class JobCreate(SamplingParams):
     mode: Mode = Mode.general
     conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back; at most 16 keys, 4 KB.")
+    webhook: str | None = Field(default=None, max_length=2048,
+                                description="http(s) URL that receives signed events (Standard Webhooks).")
+    webhook_events_filter: list[JobWebhookEvent] = Field(
+        default_factory=default_job_events, min_length=1, max_length=3,
+        description="Events to send: any of start, output (at most every 500 ms), completed.")
 
     model_config = {
         "extra": "forbid",
@@ -50,6 +58,21 @@ class JobCreate(SamplingParams):
             raise ValueError("metadata is limited to 16 keys and 4 KB of JSON")
         return value
 
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_scheme(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse(value)
+            except UnsafeWebhookURL as exc:
+                raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("webhook_events_filter")
+    @classmethod
+    def _unique_events(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))
+
     def to_record(self, *, owner: str, model: str, history: list[ChatMessage]) -> JobRecord:
         return JobRecord.new(
             owner=owner,
@@ -60,6 +83,8 @@ class JobCreate(SamplingParams):
             conversation_id=self.conversation_id,
             history=history,
             metadata=self.metadata,
+            webhook=self.webhook,
+            webhook_events_filter=self.webhook_events_filter,
         )
 
 
@@ -70,9 +95,8 @@ class JobOut(Job):
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
-        base = f"/v1/jobs/{job.id}"
         data = job.model_dump(exclude={"owner", "history"})
-        return cls(**data, links={"self": base, "stream": f"{base}/stream", "cancel": f"{base}/cancel"})
+        return cls(**data, links=job_links(job.id))
 
 
 class Conversation(BaseModel):

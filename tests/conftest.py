@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from textgen_cli.processes import api_command, child_env, worker_command
+from textgen_cli.processes import api_command, child_env, webhook_worker_command, worker_command
 from textgen_cli.redis_server import free_port, start_redis
 from textgen_core.keys import Keys
 from textgen_core.settings import DEFAULT_MODEL_ID, Settings
@@ -25,6 +25,10 @@ KEY_A = "test-key-alpha"
 KEY_B = "test-key-bravo"
 # A model that is configured but that no worker serves: its jobs stay queued.
 IDLE_MODEL = "idle-model"
+# KEY_B's webhook secret comes from the settings; KEY_A's is generated.
+KEY_B_WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+# Webhook retries in the tests: two, half a second apart (plus jitter).
+WEBHOOK_RETRY_SCHEDULE = [0.5, 0.5]
 
 
 @dataclass
@@ -34,6 +38,7 @@ class Stack:
     keys: Keys
     env: dict[str, str]
     logs: Path
+    webhook_metrics_url: str = ""
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
     def client(self, key: str = KEY_A, timeout: float = 120) -> httpx.Client:
@@ -50,6 +55,24 @@ class Stack:
         self.procs[name] = proc
         return proc
 
+    def start_webhook_worker(self, name: str) -> subprocess.Popen[bytes]:
+        settings = Settings(_env_file=None, key_prefix=self.keys.prefix, **_settings_kwargs(self.env))
+        log = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(webhook_worker_command(settings, f"{name}@test", loglevel="INFO"), env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def start_api(self, name: str, **env: str) -> str:
+        """Another API process on the same Redis and prefix, with ``env`` on top; returns its URL."""
+        port = free_port()
+        log = (self.logs / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(api_command("127.0.0.1", port), env={**self.env, **env}, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/health", self.logs / f"{name}.log")
+        return url
+
     def wait_for_worker(self, name: str, timeout: float = 180) -> None:
         r = self.redis()
         deadline = time.monotonic() + timeout
@@ -60,6 +83,19 @@ class Stack:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"worker {name} not up:\n{tail(self.logs / f'{name}.log')}")
             time.sleep(0.2)
+
+
+def wait_http(url: str, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not up:\n{tail(log)}")
+        time.sleep(0.1)
 
 
 def _settings_kwargs(env: dict[str, str]) -> dict[str, object]:
@@ -89,16 +125,24 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         TEXTGEN_WORKER_MODELS=DEFAULT_MODEL_ID,
         TEXTGEN_LOG_LEVEL="INFO",
         TEXTGEN_HEARTBEAT_SECONDS="1",
+        # Webhook receivers in the tests listen on 127.0.0.1.
+        TEXTGEN_WEBHOOK_ALLOW_PRIVATE="true",
+        TEXTGEN_WEBHOOK_RETRY_SCHEDULE=json.dumps(WEBHOOK_RETRY_SCHEDULE),
+        TEXTGEN_WEBHOOK_SECRETS=json.dumps({KEY_B: KEY_B_WEBHOOK_SECRET}),
+        TEXTGEN_WEBHOOK_METRICS_PORT=str(metrics_port := free_port()),
     )
     port = free_port()
-    st = Stack(url=f"http://127.0.0.1:{port}", redis_url=redis_url, keys=Keys(prefix), env=env, logs=root)
+    st = Stack(url=f"http://127.0.0.1:{port}", redis_url=redis_url, keys=Keys(prefix), env=env, logs=root,
+               webhook_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
     st.procs["redis"] = redis_proc
     api_log = (root / "api.log").open("ab")
     st.procs["api"] = subprocess.Popen(api_command("127.0.0.1", port), env=env, stdout=api_log,
                                        stderr=subprocess.STDOUT)
     st.start_worker("worker")
+    st.start_webhook_worker("webhooks")
     try:
         st.wait_for_worker("worker")
+        wait_http(st.webhook_metrics_url, root / "webhooks.log")
         deadline = time.monotonic() + 30
         while True:
             try:

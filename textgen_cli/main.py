@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,14 @@ import httpx
 import typer
 from rich.console import Console
 
-from textgen_cli.processes import api_command, child_env, gpu_environment, worker_command, worker_name
+from textgen_cli.processes import (
+    api_command,
+    child_env,
+    gpu_environment,
+    webhook_worker_command,
+    worker_command,
+    worker_name,
+)
 from textgen_cli.redis_server import ensure_redis
 from textgen_core.settings import get_settings
 
@@ -72,7 +80,7 @@ def up(
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
     host: Annotated[str, typer.Option(help="API bind address.")] = "127.0.0.1",
 ) -> None:
-    """Run the whole platform locally: Redis (found or bundled), one worker and the API."""
+    """Run the whole platform locally: Redis (found or bundled), one worker, the webhook worker and the API."""
     settings = get_settings()
     _stop_on_signals()
     sup = Supervisor()
@@ -83,6 +91,7 @@ def up(
             err.print(f"[dim]no Redis at {settings.redis_url}: started the bundled one at {redis_url}[/]")
         env = child_env(TEXTGEN_REDIS_URL=redis_url)
         sup.start("worker", worker_command(settings, worker_name(None)), env)
+        sup.start("webhook-worker", webhook_worker_command(settings, webhook_worker_name()), env)
         sup.start("api", api_command(host, port, settings.log_level), env)
         base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
         _wait_ready(base, sup)
@@ -168,6 +177,17 @@ def worker(
         pass
     finally:
         sup.stop()
+
+
+def webhook_worker_name() -> str:
+    return f"textgen-webhooks@{socket.gethostname()}"
+
+
+@app.command("webhook-worker")
+def webhook_worker() -> None:
+    """Run the webhook worker: signs, delivers and retries webhooks from the webhooks queue (no model)."""
+    cmd = webhook_worker_command(get_settings(), webhook_worker_name())
+    os.execvpe(cmd[0], cmd, child_env())
 
 
 @app.command("prepare-model")

@@ -34,6 +34,18 @@ def worker_command(settings: Settings, name: str, concurrency: int | None = None
     ]
 
 
+def webhook_worker_command(settings: Settings, name: str, loglevel: str | None = None) -> list[str]:
+    """The webhook worker: no model, only the webhooks queue; threads, because deliveries wait on I/O."""
+    from textgen_core.keys import Keys
+
+    return [
+        sys.executable, "-m", "celery", "-A", "workers.webhook_app", "worker",
+        "--pool", "threads", "--concurrency", str(settings.webhook_worker_concurrency), "--hostname", name,
+        "--queues", Keys(settings.key_prefix).webhook_queue,
+        "--loglevel", (loglevel or settings.log_level).upper(), "--without-gossip", "--without-mingle",
+    ]
+
+
 def api_command(host: str, port: int, loglevel: str = "info") -> list[str]:
     return [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
             "--log-level", loglevel.lower(), "--no-access-log"]

@@ -15,6 +15,7 @@ from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.modes import build_messages
 from textgen_core.settings import Settings
 from textgen_core.store import JobStore
+from textgen_core.webhooks.job_events import JobWebhooks
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class JobExecutor:
     worker_name: str
     engines: dict[str, EngineLike]
     tokenizers: dict[str, Any]
+    webhooks: JobWebhooks | None = None
     _inflight: dict[str, EngineLike] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -76,6 +78,8 @@ class JobExecutor:
             return status
         job = self.store.get(job_id)
         assert job is not None
+        if self.webhooks is not None:
+            self.webhooks.started(job)
         engine = self.engines.get(job.model)
         if engine is None:
             return self._fail(job, attempt, f"model {job.model!r} is not served by worker {self.worker_name}")
@@ -86,7 +90,7 @@ class JobExecutor:
             future = engine.submit(job_id, ids, job.params)
             if self.store.cancel_requested(job_id):
                 engine.cancel(job_id)  # asked before we were listening for it
-            result = future.result()
+            result = self.webhooks.await_result(job, future) if self.webhooks else future.result()
         except Exception as exc:
             log.warning("job %s failed: %s", job_id, exc)
             return self._fail(job, attempt, str(exc), type(exc).__name__)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from textgen_core.modes import Mode
+from textgen_core.webhooks.models import JobWebhookEvent, WebhookDelivery, default_job_events
 
 
 class JobStatus(enum.StrEnum):
@@ -146,6 +147,10 @@ class Job(BaseModel):
     worker: str | None = None
     batch_size: int | None = Field(default=None, description="Most rows that shared a forward pass with it.")
     cancel_requested: bool = False
+    webhook: str | None = Field(default=None, description="URL that receives signed events of this job.")
+    webhook_events_filter: list[JobWebhookEvent] = Field(default_factory=default_job_events)
+    webhook_deliveries: list[WebhookDelivery] = Field(default_factory=list,
+                                                      description="Every delivery attempt, oldest first.")
 
 
 class JobRecord(Job):

@@ -43,6 +43,30 @@ class Keys:
         """Pub/sub: job ids whose cancel was requested while running (workers listen)."""
         return f"{self.prefix}:cancel"
 
+    def webhook_secret(self, owner: str) -> str:
+        """String: the generated ``whsec_`` signing secret of one API key. No TTL: it lives as long as
+        the key; its owner replaces it with ``POST /v1/webhooks/secret/rotate``."""
+        return f"{self.prefix}:webhook_secret:{owner}"
+
+    def webhook_deliveries(self, object_id: str) -> str:
+        """List: JSON records of webhook delivery attempts of a job or batch, capped at
+        settings.webhook_deliveries_max. TTL: settings.job_ttl_seconds, refreshed on every attempt."""
+        return f"{self.prefix}:webhook_deliveries:{object_id}"
+
+    def webhook_disabled(self, owner: str, url_digest: str) -> str:
+        """String: a webhook URL that answered 410 Gone, disabled for one API key.
+        TTL: settings.webhook_disabled_ttl_seconds."""
+        return f"{self.prefix}:webhook_disabled:{owner}:{url_digest}"
+
+    def webhook_throttle(self, object_id: str, event: str) -> str:
+        """String: set while a throttled event (``batch.progress``) was sent recently. TTL: the interval."""
+        return f"{self.prefix}:webhook_throttle:{object_id}:{event}"
+
+    @property
+    def webhook_queue(self) -> str:
+        """Celery queue (a Redis list owned by Celery) of webhook deliveries."""
+        return f"{self.prefix}.webhooks"
+
     def queue(self, model_id: str, lane: str = "interactive") -> str:
         """Celery queue (a Redis list owned by Celery) for one model and lane."""
         safe = re.sub(r"[^A-Za-z0-9_-]", "_", model_id)
@@ -50,4 +74,5 @@ class Keys:
 
 
 GENERATE_TASK = "textgen.generate"
+DELIVER_WEBHOOK_TASK = "textgen.deliver_webhook"
 LANES = ("interactive", "bulk")

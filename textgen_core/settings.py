@@ -6,6 +6,7 @@ one behaviour everywhere. Defaults run on a laptop; production changes the envir
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from functools import lru_cache
 from pathlib import Path
@@ -79,11 +80,38 @@ class Settings(BaseSettings):
     torch_threads: int | None = None
     heartbeat_seconds: float = Field(default=5.0, gt=0)
 
+    # Webhooks: signed deliveries (Standard Webhooks) on their own Celery queue, with retries.
+    # Secrets per API key ("<key>" or "sha256:<hex>" -> "whsec_..."); keys not listed get one generated.
+    webhook_secrets: dict[str, str] = Field(default_factory=dict)
+    # Private, loopback, link-local and metadata addresses are refused unless this is true (development).
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    # Seconds to wait before each retry (jitter is added); the default totals about 24 hours.
+    webhook_retry_schedule: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 21600.0], max_length=50)
+    webhook_output_interval_seconds: float = Field(default=0.5, ge=0.5)
+    webhook_disabled_ttl_seconds: int = Field(default=30 * 24 * 3600, ge=60)  # after a 410 Gone
+    webhook_deliveries_max: int = Field(default=200, ge=10)  # attempts kept on a job or batch
+    webhook_worker_concurrency: int = Field(default=8, ge=1, le=256)
+    webhook_metrics_port: int | None = Field(default=None, ge=1, le=65535)  # Prometheus, webhook worker
+
     @field_validator("api_keys", "worker_models", "cors_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _whsec(cls, value: dict[str, str]) -> dict[str, str]:
+        for secret in value.values():
+            try:
+                raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+            except ValueError:
+                raw = b""
+            if not secret.startswith("whsec_") or len(raw) < 24:
+                raise ValueError("webhook secrets are 'whsec_' followed by base64 of at least 24 bytes")
         return value
 
     @model_validator(mode="after")
@@ -101,6 +129,12 @@ class Settings(BaseSettings):
 
     def model(self, model_id: str) -> ModelSpec | None:
         return next((m for m in self.models if m.id == model_id), None)
+
+    def owner_id(self, key: str) -> str:
+        """The owner id of one API key (plain or ``sha256:<hex>``): the first 16 hex of its digest."""
+        if key.startswith("sha256:"):
+            return key.removeprefix("sha256:").lower()[:16]
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def owner_ids(self) -> dict[str, str]:
         """Map of sha256(key) hex digest -> owner id, for constant-time key checks."""

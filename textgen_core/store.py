@@ -7,7 +7,9 @@ The API holds an :class:`AsyncJobStore` (create, read, cancel); a worker holds a
 from __future__ import annotations
 
 import json
+import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import redis
@@ -15,12 +17,15 @@ import redis.asyncio as aioredis
 
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.keys import Keys
+from textgen_core.webhooks.records import parse_deliveries
+
+log = logging.getLogger(__name__)
 
 # Hash fields stored as plain strings; every other field is JSON.
 _RAW = ("id", "owner", "model", "mode", "lane", "status", "worker", "conversation_id", "output",
-        "finish_reason", "attempt_token")
+        "finish_reason", "attempt_token", "webhook")
 _NUM = ("created_at", "started_at", "finished_at", "attempts", "batch_size")
-_JSON = ("input", "params", "metadata", "history", "usage", "error")
+_JSON = ("input", "params", "metadata", "history", "usage", "error", "webhook_events_filter")
 
 
 def encode_job(job: JobRecord) -> dict[str, str]:
@@ -44,7 +49,7 @@ def _num(value: str | None) -> float | None:
     return float(value) if value else None
 
 
-def decode_job(raw: dict[str, str]) -> JobRecord:
+def decode_job(raw: dict[str, str], deliveries: list[str] | None = None) -> JobRecord:
     created = float(raw["created_at"])
     started = _num(raw.get("started_at"))
     finished = _num(raw.get("finished_at"))
@@ -53,6 +58,8 @@ def decode_job(raw: dict[str, str]) -> JobRecord:
         fields[name] = json.loads(raw[name]) if raw.get(name) else None
     fields["metadata"] = fields["metadata"] or {}
     fields["history"] = fields["history"] or []
+    fields["webhook_events_filter"] = fields["webhook_events_filter"] or ["completed"]
+    fields["webhook_deliveries"] = parse_deliveries(deliveries or [])
     fields["timings"] = {
         "created_at": created,
         "started_at": started,
@@ -78,7 +85,7 @@ if attempts > tonumber(ARGV[5]) then
     'error', cjson.encode({message = 'gave up after ' .. ARGV[5] .. ' attempts: the job stopped its '
       .. 'worker each time', type = 'max_attempts_exceeded'}))
   redis.call('PUBLISH', ARGV[6], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = 'failed'}))
-  return 'failed'
+  return 'gave_up'
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'attempt_token', ARGV[3],
   'started_at', ARGV[2])
@@ -119,7 +126,7 @@ if st == 'queued' then
   redis.call('XADD', KEYS[2], '*', 'end', 'canceled')
   redis.call('EXPIRE', KEYS[2], ARGV[5])
   redis.call('PUBLISH', ARGV[3], cjson.encode({id = id, status = 'canceled'}))
-  return 'canceled'
+  return 'dequeued'
 end
 if st == 'running' then
   redis.call('HSET', KEYS[1], 'cancel_requested', '1')
@@ -138,7 +145,13 @@ return 1
 
 
 class JobStore:
-    """Worker-side store over a synchronous Redis client."""
+    """Worker-side store over a synchronous Redis client.
+
+    ``on_terminal`` (optional) is called with the job id after a call of this store moved a job
+    into a terminal state, exactly once per job; webhooks hang off it.
+    """
+
+    on_terminal: Callable[[str], None] | None = None
 
     def __init__(self, client: redis.Redis, keys: Keys, *, job_ttl: int, stream_ttl: int, stream_maxlen: int):
         self.r = client
@@ -151,8 +164,18 @@ class JobStore:
         self._requeue = client.register_script(_REQUEUE)
 
     def get(self, job_id: str) -> JobRecord | None:
-        raw = self.r.hgetall(self.keys.job(job_id))
-        return decode_job(raw) if raw else None
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.job(job_id))
+        pipe.lrange(self.keys.webhook_deliveries(job_id), 0, -1)
+        raw, deliveries = pipe.execute()
+        return decode_job(raw, deliveries) if raw else None
+
+    def _ended(self, job_id: str) -> None:
+        if self.on_terminal is not None:
+            try:
+                self.on_terminal(job_id)
+            except Exception:  # a hook must never undo or hide the transition itself
+                log.exception("on_terminal hook failed for %s", job_id)
 
     def claim(self, job_id: str, *, worker: str, attempt_token: str, max_attempts: int) -> JobStatus | None:
         """Atomically queued -> running for this attempt; returns the status afterwards."""
@@ -160,6 +183,9 @@ class JobStore:
             keys=[self.keys.job(job_id)],
             args=[worker, time.time(), attempt_token, self.job_ttl, max_attempts, self.keys.events_channel],
         )
+        if result == "gave_up":
+            self._ended(job_id)
+            return JobStatus.failed
         return None if result == "missing" else JobStatus(result)
 
     def append_deltas(self, deltas: dict[str, str]) -> None:
@@ -199,6 +225,8 @@ class JobStore:
                 self.stream_ttl, self.stream_maxlen,
             ],
         )
+        if done:
+            self._ended(job.id)
         return bool(done)
 
     def requeue(self, job_id: str, attempt_token: str = "") -> bool:
@@ -206,7 +234,9 @@ class JobStore:
 
 
 class AsyncJobStore:
-    """API-side store over an asyncio Redis client."""
+    """API-side store over an asyncio Redis client. ``on_terminal`` as in :class:`JobStore`."""
+
+    on_terminal: Callable[[str], Awaitable[None]] | None = None
 
     def __init__(self, client: aioredis.Redis, keys: Keys, *, job_ttl: int, stream_ttl: int):
         self.r = client
@@ -227,16 +257,27 @@ class AsyncJobStore:
 
     async def get(self, job_id: str, owner: str) -> JobRecord | None:
         """The job if it exists and belongs to ``owner`` (others see nothing)."""
-        raw = await self.r.hgetall(self.keys.job(job_id))
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.job(job_id))
+            pipe.lrange(self.keys.webhook_deliveries(job_id), 0, -1)
+            raw, deliveries = await pipe.execute()
         if not raw or raw.get("owner") != owner:
             return None
-        return decode_job(raw)
+        return decode_job(raw, deliveries)
 
     async def cancel(self, job_id: str, owner: str) -> str:
-        return await self._cancel(
+        outcome: str = await self._cancel(
             keys=[self.keys.job(job_id), self.keys.tokens(job_id)],
             args=[owner, time.time(), self.keys.events_channel, self.keys.cancel_channel, self.stream_ttl],
         )
+        if outcome != "dequeued":
+            return outcome
+        if self.on_terminal is not None:
+            try:
+                await self.on_terminal(job_id)
+            except Exception:
+                log.exception("on_terminal hook failed for %s", job_id)
+        return "canceled"
 
     async def history(self, owner: str, conversation_id: str) -> list[ChatMessage] | None:
         raw = await self.r.lrange(self.keys.history(owner, conversation_id), 0, -1)

@@ -17,9 +17,11 @@ import redis
 from textgen_core.engine.batching import Engine
 from textgen_core.engine.loader import LoadedModel, load
 from textgen_core.executor import JobExecutor
-from textgen_core.keys import Keys
+from textgen_core.keys import DELIVER_WEBHOOK_TASK, Keys
 from textgen_core.settings import Settings, get_settings
 from textgen_core.store import JobStore
+from textgen_core.webhooks.events import WebhookEmitter
+from textgen_core.webhooks.job_events import JobWebhooks
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,7 @@ class Runtime:
     models: dict[str, LoadedModel]
     engines: dict[str, Engine]
     executor: JobExecutor
+    webhooks: JobWebhooks
     started_at: float = field(default_factory=time.time)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -130,17 +133,30 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
             time_limit_s=settings.generation_time_limit_seconds,
             on_step=store.append_deltas,
         ).start()
+    webhooks = JobWebhooks(store, webhook_emitter(client, store.keys), settings.webhook_output_interval_seconds)
+    store.on_terminal = webhooks.completed
     executor = JobExecutor(
         store=store,
         settings=settings,
         worker_name=name,
         engines=dict(engines),
         tokenizers={model_id: m.tokenizer for model_id, m in models.items()},
+        webhooks=webhooks,
     )
     _runtime = Runtime(name=name, settings=settings, client=client, store=store, models=models,
-                       engines=engines, executor=executor)
+                       engines=engines, executor=executor, webhooks=webhooks)
     _runtime.start_threads()
     return _runtime
+
+
+def webhook_emitter(client: redis.Redis, keys: Keys) -> WebhookEmitter:
+    """Queues webhook events on the webhooks queue (``emit`` is the one call for any event)."""
+    from workers.app import app
+
+    def send(request: dict[str, object]) -> None:
+        app.send_task(DELIVER_WEBHOOK_TASK, kwargs={"request": request}, queue=keys.webhook_queue)
+
+    return WebhookEmitter(client, keys, send)
 
 
 def runtime() -> Runtime:

@@ -14,6 +14,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from api.deps import AppState, OwnerDep, StateDep
 from api.errors import ERROR_RESPONSES, APIError, not_found
 from api.schemas import JobCreate, JobOut
+from api.webhooks import check_webhook_url
 from textgen_core.jobs import JobRecord
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,8 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
     model = body.model or state.settings.default_model
     if state.settings.model(model) is None:
         raise APIError(404, f"model '{model}' not found", code="model_not_found", param="model")
+    if body.webhook:
+        await check_webhook_url(state, owner, body.webhook)
     history = await state.store.history(owner, body.conversation_id) if body.conversation_id else None
     job = body.to_record(owner=owner, model=model, history=history or [])
     job.lane = lane

@@ -1,0 +1,89 @@
+"""Turning an event into a queued delivery: the one call jobs and batches both use.
+
+``WebhookEmitter.emit`` (workers, synchronous) and ``AsyncWebhookEmitter.emit`` (API) check the
+object's filter, apply an optional throttle shared by every process, build the payload (the
+object exactly as ``GET`` returns it, plus ``type``) and queue it with a fresh ``webhook_id``.
+The sending itself is injected (a Celery ``send_task``), so this module stays free of Celery.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from textgen_core.keys import Keys
+from textgen_core.webhooks.models import FILTER_WORD, DeliveryRequest
+
+Send = Callable[[dict[str, Any]], None]
+AsyncSend = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def job_links(job_id: str) -> dict[str, str]:
+    base = f"/v1/jobs/{job_id}"
+    return {"self": base, "stream": f"{base}/stream", "cancel": f"{base}/cancel"}
+
+
+def job_payload(job: Any) -> dict[str, Any]:
+    """A job as ``GET /v1/jobs/{id}`` returns it (without what only the platform sees)."""
+    data: dict[str, Any] = job.model_dump(mode="json", exclude={"owner", "history"})
+    data["links"] = job_links(job.id)
+    return data
+
+
+def wanted(event: str, events_filter: Sequence[str] | None) -> bool:
+    """Whether an object whose filter is ``events_filter`` asked for ``event`` (None: every event)."""
+    return events_filter is None or FILTER_WORD.get(event) in events_filter
+
+
+def make_delivery(*, owner: str, url: str, event: str, object_id: str, payload: Mapping[str, Any]) -> DeliveryRequest:
+    body = json.dumps({"type": event, **payload}, separators=(",", ":"))
+    return DeliveryRequest(owner=owner, url=url, event=event, object_id=object_id,
+                           webhook_id="msg_" + secrets.token_hex(16), body=body)
+
+
+@dataclass
+class WebhookEmitter:
+    """Queues webhook events from synchronous code (workers)."""
+
+    client: redis.Redis
+    keys: Keys
+    send: Send
+
+    def emit(self, *, owner: str, url: str | None, event: str, object_id: str, payload: Mapping[str, Any],
+             events_filter: Sequence[str] | None = None, throttle_seconds: float | None = None) -> str | None:
+        """Queue ``event`` for ``url``; returns its webhook id, or None when filtered or throttled."""
+        if not url or not wanted(event, events_filter):
+            return None
+        if throttle_seconds and not self.client.set(self.keys.webhook_throttle(object_id, event), "1", nx=True,
+                                                    px=max(1, int(throttle_seconds * 1000))):
+            return None
+        request = make_delivery(owner=owner, url=url, event=event, object_id=object_id, payload=payload)
+        self.send(request.model_dump())
+        return request.webhook_id
+
+
+@dataclass
+class AsyncWebhookEmitter:
+    """Queues webhook events from the API's event loop."""
+
+    client: aioredis.Redis
+    keys: Keys
+    send: AsyncSend
+
+    async def emit(self, *, owner: str, url: str | None, event: str, object_id: str, payload: Mapping[str, Any],
+                   events_filter: Sequence[str] | None = None, throttle_seconds: float | None = None) -> str | None:
+        """Same contract as :meth:`WebhookEmitter.emit`."""
+        if not url or not wanted(event, events_filter):
+            return None
+        if throttle_seconds and not await self.client.set(self.keys.webhook_throttle(object_id, event), "1",
+                                                          nx=True, px=max(1, int(throttle_seconds * 1000))):
+            return None
+        request = make_delivery(owner=owner, url=url, event=event, object_id=object_id, payload=payload)
+        await self.send(request.model_dump())
+        return request.webhook_id

@@ -1,0 +1,106 @@
+"""The SSRF guard: webhook URLs must be http(s) and resolve only to public addresses.
+
+Checked when a job is submitted and again before every attempt, because DNS can change in
+between; the attempt then connects to the very address that was checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# Cloud metadata endpoints that are not already link-local or private.
+METADATA_ADDRESSES = frozenset({
+    ipaddress.ip_address("100.100.100.200"),  # Alibaba Cloud
+    ipaddress.ip_address("fd00:ec2::254"),  # AWS over IPv6
+})
+METADATA_HOSTS = frozenset({"metadata", "metadata.google.internal", "metadata.goog", "instance-data"})
+
+
+class UnsafeWebhookURL(ValueError):
+    """The URL is not one textgen will send to (scheme, host or the addresses it resolves to)."""
+
+
+class HostNotFound(UnsafeWebhookURL):
+    """The host does not resolve (perhaps only for now: a delivery retries this one)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked URL and the addresses to connect to, in resolver order."""
+
+    url: str
+    host: str
+    port: int
+    addresses: tuple[str, ...]
+
+
+def parse(url: str) -> tuple[str, str, int]:
+    """Scheme, host and port of an http(s) URL; anything else is refused."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise UnsafeWebhookURL("only http and https URLs are allowed")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError as exc:
+        raise UnsafeWebhookURL("the URL has an invalid port") from exc
+    host = (parts.hostname or "").rstrip(".").lower()
+    if not host:
+        raise UnsafeWebhookURL("the URL has no host")
+    if parts.username or parts.password:
+        raise UnsafeWebhookURL("credentials in the URL are not allowed")
+    return parts.scheme, host, port
+
+
+def is_public(address: IPAddress) -> bool:
+    """False for private, loopback, link-local, multicast, reserved and metadata addresses."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_global and not address.is_multicast and address not in METADATA_ADDRESSES
+
+
+def choose(host: str, port: int, url: str, addresses: list[str], allow_private: bool) -> Target:
+    """The first usable address, or an error naming why none is."""
+    if not addresses:
+        raise HostNotFound(f"host {host!r} does not resolve")
+    if not allow_private:
+        if host in METADATA_HOSTS:
+            raise UnsafeWebhookURL("cloud metadata hosts are not allowed")
+        for raw in addresses:
+            if not is_public(ipaddress.ip_address(raw.split("%", 1)[0])):
+                raise UnsafeWebhookURL(f"host {host!r} resolves to a non-public address ({raw})")
+    return Target(url=url, host=host, port=port, addresses=tuple(addresses))
+
+
+def _addresses(infos: list[tuple[object, ...]]) -> list[str]:
+    seen: list[str] = []
+    for info in infos:
+        raw = str(info[4][0])  # type: ignore[index]
+        if raw not in seen:
+            seen.append(raw)
+    return seen
+
+
+def resolve(url: str, allow_private: bool) -> Target:
+    """Check ``url`` now (blocking DNS): used by the webhook worker before each attempt."""
+    _, host, port = parse(url)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise HostNotFound(f"host {host!r} does not resolve") from exc
+    return choose(host, port, url, _addresses(infos), allow_private)  # type: ignore[arg-type]
+
+
+async def resolve_async(url: str, allow_private: bool) -> Target:
+    """Check ``url`` without blocking the event loop: used by the API at submit."""
+    _, host, port = parse(url)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise HostNotFound(f"host {host!r} does not resolve") from exc
+    return choose(host, port, url, _addresses(infos), allow_private)  # type: ignore[arg-type]

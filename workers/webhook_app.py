@@ -1,0 +1,32 @@
+"""The webhook worker's Celery app: delivery only, no model. Run it with ``textgen webhook-worker``.
+
+Deliveries live on their own queue and in their own lightweight process, so a slow or dead
+receiver (10 s timeouts, retries for a day) never takes a slot from generation.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init
+
+from textgen_core.keys import Keys
+from textgen_core.settings import get_settings
+
+app = Celery("textgen-webhooks", include=["workers.webhook_tasks"])
+app.config_from_object("celeryconfig")
+app.conf.task_default_queue = Keys(get_settings().key_prefix).webhook_queue
+
+log = logging.getLogger(__name__)
+
+
+@worker_init.connect
+def _serve_metrics(**_: Any) -> None:
+    port = get_settings().webhook_metrics_port
+    if port:
+        from prometheus_client import start_http_server
+
+        start_http_server(port, addr="127.0.0.1")
+        log.info("webhook metrics on http://127.0.0.1:%d/metrics", port)
