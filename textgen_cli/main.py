@@ -155,12 +155,15 @@ def worker(
     gpu: Annotated[int | None, typer.Option(help="Pin this worker to one GPU index.")] = None,
     gpus: Annotated[str | None, typer.Option(help="One worker process per GPU, e.g. 0,1.")] = None,
     concurrency: Annotated[int | None, typer.Option(help="Jobs taken at once (default: max batch).")] = None,
+    dtype: Annotated[str | None, typer.Option(
+        help="float16 | bfloat16 | float32 (default: float16 on CUDA, float32 on CPU).")] = None,
 ) -> None:
     """Run a Celery worker (one process per GPU) that loads its models once and batches jobs."""
     settings = get_settings()
     devices = parse_gpus(gpu, gpus)
+    extra = {"TEXTGEN_WORKER_DTYPE": dtype} if dtype else {}
     if len(devices) == 1:
-        env = child_env(**gpu_environment(devices[0]))
+        env = child_env(**gpu_environment(devices[0]), **extra)
         cmd = worker_command(settings, worker_name(devices[0]), concurrency)
         os.execvpe(cmd[0], cmd, env)
     _stop_on_signals()
@@ -168,7 +171,7 @@ def worker(
     try:
         for device in devices:
             sup.start(f"gpu{device}", worker_command(settings, worker_name(device), concurrency),
-                      child_env(**gpu_environment(device)))
+                      child_env(**gpu_environment(device), **extra))
         while (name := sup.dead()) is None:
             time.sleep(0.5)
         err.print(f"[red]worker {name} exited; stopping the others[/]")

@@ -76,6 +76,7 @@ class Settings(BaseSettings):
 
     # Workers
     worker_models: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: all
+    worker_dtype: Dtype | None = None  # overrides each served model's dtype on this worker
     batch_wait_ms: float = Field(default=5.0, ge=0)
     torch_threads: int | None = None
     heartbeat_seconds: float = Field(default=5.0, gt=0)

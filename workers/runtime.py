@@ -123,6 +123,8 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
     for model_id in model_ids:
         spec = settings.model(model_id)
         assert spec is not None
+        if settings.worker_dtype:
+            spec = spec.model_copy(update={"dtype": settings.worker_dtype})
         loaded = load(spec, settings.cache_dir)
         log.info("loaded %s on %s (%s) in %.1fs", model_id, loaded.device, loaded.dtype, loaded.load_seconds)
         models[model_id] = loaded
