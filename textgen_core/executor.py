@@ -68,12 +68,12 @@ class JobExecutor:
     def run(self, job_id: str) -> JobStatus | None:
         """Run a job once. Safe to call for a redelivered message: only a queued job is claimed."""
         attempt = uuid.uuid4().hex
-        status = self.store.claim(
+        claim = self.store.claim(
             job_id, worker=self.worker_name, attempt_token=attempt, max_attempts=self.settings.max_attempts
         )
-        if status is not JobStatus.running:
-            log.info("job %s not claimed: %s", job_id, status or "missing")
-            return status
+        if not claim.owned:
+            log.info("job %s not claimed: %s", job_id, claim.status or "missing")
+            return claim.status
         job = self.store.get(job_id)
         assert job is not None
         engine = self.engines.get(job.model)
