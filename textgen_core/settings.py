@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_API_KEY = "tg-dev-key"
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+FLOWER_DEV_AUTH = "admin:textgen-dev"
 
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
 
@@ -78,6 +79,13 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=5.0, ge=0)
     torch_threads: int | None = None
     heartbeat_seconds: float = Field(default=5.0, gt=0)
+
+    # Observability and deployment: metrics, logs, Flower
+    # Each worker process serves Prometheus metrics on this port (+1 per extra GPU with --gpus); 0 = off.
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    log_format: Literal["json", "text"] = "json"  # the level is log_level
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    flower_basic_auth: str = Field(default=FLOWER_DEV_AUTH, pattern=r"^[^:]+:.+$")  # user:password
 
     @field_validator("api_keys", "worker_models", "cors_origins", mode="before")
     @classmethod

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from textgen_core import metrics
 from textgen_core.engine.loader import LoadedModel
 from textgen_core.engine.sampling import apply_penalties, choose, new_generator
 from textgen_core.engine.text import TextState
@@ -93,6 +94,10 @@ class Engine:
         self._mask: torch.Tensor | None = None  # [rows, width] 1 = real token, 0 = left pad
         self._logits: torch.Tensor | None = None  # [rows, vocab] next-token logits
         self.steps = 0
+        # Observed once per step, not per row: the hot loop stays cheap.
+        self._batch_size = metrics.BATCH_SIZE.labels(loaded.spec.id)
+        self._inter_token = metrics.INTER_TOKEN_LATENCY.labels(loaded.spec.id)
+        self._last_step_at: float | None = None
 
     # -- public, any thread -------------------------------------------------------------
 
@@ -220,6 +225,10 @@ class Engine:
     def _step(self) -> None:
         assert self._logits is not None and self._mask is not None and self._cache is not None
         now = time.monotonic()
+        if self._last_step_at is not None:
+            self._inter_token.observe(now - self._last_step_at)
+        self._last_step_at = now
+        self._batch_size.observe(len(self._rows))
         with self._lock:
             canceled = self._cancel & {r.job_id for r in self._rows}
             self._cancel -= canceled
@@ -261,6 +270,7 @@ class Engine:
             self._resolve(row, reason)
         if not keep:
             self._rows, self._cache, self._mask, self._logits = [], None, None, None
+            self._last_step_at = None
             return
         if len(keep) < len(self._rows):
             self._select(keep)
@@ -350,6 +360,7 @@ class Engine:
             if not row.future.done():
                 row.future.set_exception(exc)
         self._rows, self._cache, self._mask, self._logits = [], None, None, None
+        self._last_step_at = None
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
