@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 
 disable_created_metrics()
 
+# Gauges read at scrape time by RuntimeCollector (the registry lists the others).
+RUNTIME_METRICS = ("textgen_worker_jobs_running", "textgen_worker_jobs_waiting", "textgen_gpu_memory_allocated_bytes",
+                   "textgen_gpu_memory_reserved_bytes", "textgen_gpu_memory_total_bytes")
+
 
 class RuntimeCollector(Collector):
     def __init__(self, runtime: Runtime):
