@@ -7,9 +7,11 @@ import io
 import json
 import logging
 
+import pytest
+
 from textgen_cli.processes import flower_command, worker_metrics_env
 from textgen_core.keys import Keys
-from textgen_core.logs import formatter
+from textgen_core.logs import configure_logging, formatter
 from textgen_core.queues import model_queues, priority_lists
 from textgen_core.settings import Settings
 
@@ -54,3 +56,22 @@ def test_json_log_lines_carry_job_fields() -> None:
     assert line["message"] == "job succeeded" and line["level"] == "WARNING"
     assert (line["job_id"], line["model"], line["queue"], line["e2e_seconds"]) == ("job_1", "m", "q", 1.5)
     assert "time" in line and line["logger"] == "textgen.test.json"
+
+
+def test_log_level_setting_also_quiets_loggers_that_set_their_own_level(capsys: pytest.CaptureFixture[str]) -> None:
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    uvicorn = logging.getLogger("uvicorn.error")
+    uvicorn.setLevel(logging.INFO)  # as uvicorn --log-level info leaves it
+    try:
+        configure_logging(Settings(_env_file=None, log_level="WARNING"), "api")
+        uvicorn.info("started")
+        uvicorn.warning("disk almost full")
+        lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+        assert [(x["message"], x["service"]) for x in lines] == [("disk almost full", "api")]
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in saved[0]:
+            root.addHandler(handler)
+        root.setLevel(saved[1])
