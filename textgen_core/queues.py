@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
 import redis.asyncio as aioredis
 
 from textgen_core.keys import LANES, Keys
@@ -48,11 +47,3 @@ async def queue_depths(client: aioredis.Redis, queues: list[QueueRef]) -> dict[Q
         lengths = await pipe.execute()
     return _sum_by_queue(queues, lengths)
 
-
-def queue_depths_sync(client: redis.Redis, queues: list[QueueRef]) -> dict[QueueRef, int]:
-    with client.pipeline(transaction=False) as pipe:
-        for q in queues:
-            for name in priority_lists(q.name):
-                pipe.llen(name)
-        lengths = pipe.execute()
-    return _sum_by_queue(queues, lengths)
