@@ -101,7 +101,7 @@ class JobExecutor:
             "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens,
         }
-        self.store.finish(
+        recorded = self.store.finish(
             job,
             attempt_token=attempt,
             status=final,
@@ -111,8 +111,9 @@ class JobExecutor:
             history_max_turns=self.settings.history_max_turns,
             history_ttl=self.settings.history_ttl_seconds,
         )
-        self._observe(job, final, first_token_at=result.first_token_at, prompt_tokens=result.prompt_tokens,
-                      completion_tokens=result.completion_tokens, batch_size=result.batch_size)
+        if recorded:
+            self._observe(job, final, first_token_at=result.first_token_at, prompt_tokens=result.prompt_tokens,
+                          completion_tokens=result.completion_tokens, batch_size=result.batch_size)
         return final
 
     def cancel(self, job_id: str) -> None:
@@ -123,19 +124,19 @@ class JobExecutor:
 
     def _fail(self, job: JobRecord, attempt: str, message: str, kind: str = "generation_error") -> JobStatus:
         error_type = "prompt_too_long" if kind == "PromptTooLong" else "generation_error"
-        self.store.finish(
+        if self.store.finish(
             job,
             attempt_token=attempt,
             status=JobStatus.failed,
             fields={"finish_reason": "error", "error": {"message": message, "type": error_type}},
-        )
-        self._observe(job, JobStatus.failed, error=error_type)
+        ):
+            self._observe(job, JobStatus.failed, error=error_type)
         return JobStatus.failed
 
     def _observe(self, job: JobRecord, status: JobStatus, *, first_token_at: float | None = None,
                  prompt_tokens: int = 0, completion_tokens: int = 0, batch_size: int | None = None,
                  error: str | None = None) -> None:
-        """Metrics and one structured log line per job this worker ended."""
+        """Metrics and one structured log line per job this attempt ended (counted once, by its owner)."""
         finished = time.time()
         queue = self.store.keys.queue(job.model, job.lane)
         started = job.timings.started_at
