@@ -122,8 +122,8 @@ def test_queue_depth_rises_while_no_worker_consumes_then_worker_metrics_count_th
 
 PROMETHEUS_CONFIG = """
 global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
+  scrape_interval: 2s
+  scrape_timeout: 2s
 scrape_configs:
   - job_name: textgen-api
     static_configs: [{{targets: ["127.0.0.1:{api_port}"]}}]
@@ -156,25 +156,28 @@ def prometheus(observed: Observed, tmp_path: Path) -> Iterator[str]:
             print(tail(tmp_path / "prometheus.log"))
 
 
-def promql(base: str, query: str, timeout: float = 90) -> list[dict]:
-    """Poll Prometheus until ``query`` returns a non-empty vector (scrapes take a moment)."""
+def promql(base: str, query: str, rows: int = 1, timeout: float = 90) -> list[dict]:
+    """Poll Prometheus until ``query`` returns ``rows`` series (each target's first scrape takes a moment)."""
     deadline = time.monotonic() + timeout
+    result: list[dict] = []
     while True:
         try:
             body = httpx.get(f"{base}/api/v1/query", params={"query": query}, timeout=10).json()
-            if body.get("status") == "success" and body["data"]["result"]:
-                return list(body["data"]["result"])
+            if body.get("status") == "success":
+                result = list(body["data"]["result"])
+                if len(result) >= rows:
+                    return result
         except httpx.HTTPError:
             pass
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no answer from Prometheus for {query!r}")
+            raise TimeoutError(f"Prometheus answered {result} for {query!r}")
         time.sleep(0.5)
 
 
 def test_prometheus_scrapes_api_and_worker_and_answers_promql(observed: Observed, prometheus: str) -> None:
     if not observed.jobs:
         pytest.skip("needs the jobs of the previous test in this module")
-    up = promql(prometheus, 'sum by (job) (up{job=~"textgen-.*"})')
+    up = promql(prometheus, 'max_over_time(up{job=~"textgen-.*"}[1m])', rows=2)
     assert {r["metric"]["job"]: float(r["value"][1]) for r in up} == {"textgen-api": 1.0, "textgen-worker": 1.0}
     depth = promql(prometheus, f'max by (queue) (textgen_queue_depth{{queue="{observed.queue}"}})')
     assert float(depth[0]["value"][1]) == 0
