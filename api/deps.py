@@ -13,6 +13,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from api.errors import APIError
 from api.events import EventHub
+from api.metrics import AUTH_FAILURES
 from api.queueing import JobQueue
 from textgen_core.keys import Keys
 from textgen_core.settings import Settings
@@ -49,6 +50,7 @@ def authenticate(
     """The caller's owner id. Keys are compared as sha256 digests in constant time."""
     key = bearer.credentials if bearer else header
     if not key:
+        AUTH_FAILURES.labels("missing_key").inc()
         raise APIError(401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                        code="invalid_api_key")
     digest = hashlib.sha256(key.encode()).hexdigest()
@@ -57,6 +59,7 @@ def authenticate(
         if hmac.compare_digest(digest, known):
             owner = owner_id
     if owner is None:
+        AUTH_FAILURES.labels("invalid_key").inc()
         raise APIError(401, "invalid API key", code="invalid_api_key")
     return owner
 

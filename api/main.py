@@ -10,13 +10,15 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import errors
+from api import errors, metrics
 from api.deps import AppState
 from api.events import EventHub
 from api.queueing import JobQueue
 from api.routes import conversations, health, jobs, webhooks
+from api.routes import metrics as metrics_route
 from api.webhooks import install_webhooks
 from textgen_core.keys import Keys
+from textgen_core.logs import configure_logging
 from textgen_core.settings import Settings, get_settings
 from textgen_core.store import AsyncJobStore
 
@@ -25,6 +27,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings, "api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
     errors.install(app)
-    for module in (health, jobs, conversations, webhooks):
+    metrics.instrument(app)
+    for module in (health, jobs, conversations, webhooks, metrics_route):
         app.include_router(module.router)
     return app
 

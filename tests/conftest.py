@@ -9,6 +9,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -109,20 +110,19 @@ def tail(path: Path, lines: int = 60) -> str:
         return "(no log)"
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("stack")
+@contextmanager
+def launch_stack(root: Path, models: list[dict[str, object]], worker_models: str, *,
+                 worker: bool = True, **env: str) -> Iterator[Stack]:
+    """Redis, the API and (unless ``worker=False``) one worker, on a fresh key prefix; all stopped after."""
     redis_url, redis_proc = start_redis(root / "redis")
     prefix = f"test{uuid.uuid4().hex[:8]}"
-    models = [{"id": DEFAULT_MODEL_ID, "max_batch": 8},
-              {"id": IDLE_MODEL, "source": "local", "location": str(root / "nowhere")}]
-    env = child_env(
+    full_env = child_env(
         TEXTGEN_ENV="test",
         TEXTGEN_REDIS_URL=redis_url,
         TEXTGEN_KEY_PREFIX=prefix,
         TEXTGEN_API_KEYS=f"{KEY_A},{KEY_B}",
         TEXTGEN_MODELS=json.dumps(models),
-        TEXTGEN_WORKER_MODELS=DEFAULT_MODEL_ID,
+        TEXTGEN_WORKER_MODELS=worker_models,
         TEXTGEN_LOG_LEVEL="INFO",
         TEXTGEN_HEARTBEAT_SECONDS="1",
         # Webhook receivers in the tests listen on 127.0.0.1.
@@ -130,18 +130,21 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         TEXTGEN_WEBHOOK_RETRY_SCHEDULE=json.dumps(WEBHOOK_RETRY_SCHEDULE),
         TEXTGEN_WEBHOOK_SECRETS=json.dumps({KEY_B: KEY_B_WEBHOOK_SECRET}),
         TEXTGEN_WEBHOOK_METRICS_PORT=str(metrics_port := free_port()),
+        TEXTGEN_WORKER_METRICS_PORT="0",  # fixed ports would collide between parallel test runs
+        **env,
     )
     port = free_port()
-    st = Stack(url=f"http://127.0.0.1:{port}", redis_url=redis_url, keys=Keys(prefix), env=env, logs=root,
+    st = Stack(url=f"http://127.0.0.1:{port}", redis_url=redis_url, keys=Keys(prefix), env=full_env, logs=root,
                webhook_metrics_url=f"http://127.0.0.1:{metrics_port}/metrics")
     st.procs["redis"] = redis_proc
     api_log = (root / "api.log").open("ab")
-    st.procs["api"] = subprocess.Popen(api_command("127.0.0.1", port), env=env, stdout=api_log,
+    st.procs["api"] = subprocess.Popen(api_command("127.0.0.1", port), env=full_env, stdout=api_log,
                                        stderr=subprocess.STDOUT)
-    st.start_worker("worker")
     st.start_webhook_worker("webhooks")
     try:
-        st.wait_for_worker("worker")
+        if worker:
+            st.start_worker("worker")
+            st.wait_for_worker("worker")
         wait_http(st.webhook_metrics_url, root / "webhooks.log")
         deadline = time.monotonic() + 30
         while True:
@@ -165,6 +168,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if os.environ.get("TEXTGEN_TEST_LOGS"):
             for log in root.glob("*.log"):
                 print(f"==== {log.name}\n{tail(log)}")
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    models = [{"id": DEFAULT_MODEL_ID, "max_batch": 8},
+              {"id": IDLE_MODEL, "source": "local", "location": str(root / "nowhere")}]
+    with launch_stack(root, models, DEFAULT_MODEL_ID) as st:
+        yield st
 
 
 @pytest.fixture

@@ -19,13 +19,15 @@ from rich.console import Console
 from textgen_cli.processes import (
     api_command,
     child_env,
+    flower_command,
     gpu_environment,
     webhook_worker_command,
     worker_command,
+    worker_metrics_env,
     worker_name,
 )
 from textgen_cli.redis_server import ensure_redis
-from textgen_core.settings import get_settings
+from textgen_core.settings import FLOWER_DEV_AUTH, get_settings
 
 app = typer.Typer(help="textgen: asynchronous text generation on Redis, Celery and transformers.",
                   no_args_is_help=True, add_completion=False)
@@ -158,20 +160,23 @@ def worker(
     dtype: Annotated[str | None, typer.Option(
         help="float16 | bfloat16 | float32 (default: float16 on CUDA, float32 on CPU).")] = None,
 ) -> None:
-    """Run a Celery worker (one process per GPU) that loads its models once and batches jobs."""
+    """Run a Celery worker (one process per GPU) that loads its models once and batches jobs.
+
+    Each process serves Prometheus metrics: with --gpus 0,1 the first on TEXTGEN_WORKER_METRICS_PORT,
+    the next on that port + 1, and so on."""
     settings = get_settings()
     devices = parse_gpus(gpu, gpus)
     extra = {"TEXTGEN_WORKER_DTYPE": dtype} if dtype else {}
     if len(devices) == 1:
-        env = child_env(**gpu_environment(devices[0]), **extra)
+        env = child_env(**gpu_environment(devices[0]), **worker_metrics_env(settings, 0), **extra)
         cmd = worker_command(settings, worker_name(devices[0]), concurrency)
         os.execvpe(cmd[0], cmd, env)
     _stop_on_signals()
     sup = Supervisor()
     try:
-        for device in devices:
+        for index, device in enumerate(devices):
             sup.start(f"gpu{device}", worker_command(settings, worker_name(device), concurrency),
-                      child_env(**gpu_environment(device), **extra))
+                      child_env(**gpu_environment(device), **worker_metrics_env(settings, index), **extra))
         while (name := sup.dead()) is None:
             time.sleep(0.5)
         err.print(f"[red]worker {name} exited; stopping the others[/]")
@@ -190,6 +195,20 @@ def webhook_worker_name() -> str:
 def webhook_worker() -> None:
     """Run the webhook worker: signs, delivers and retries webhooks from the webhooks queue (no model)."""
     cmd = webhook_worker_command(get_settings(), webhook_worker_name())
+    os.execvpe(cmd[0], cmd, child_env())
+
+
+@app.command()
+def flower(
+    port: Annotated[int | None, typer.Option(help="Port (default: TEXTGEN_FLOWER_PORT).")] = None,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+) -> None:
+    """Run Flower, Celery's monitor, with basic auth from TEXTGEN_FLOWER_BASIC_AUTH (user:password)."""
+    settings = get_settings()
+    if settings.env == "production" and settings.flower_basic_auth == FLOWER_DEV_AUTH:
+        err.print("[red]set TEXTGEN_FLOWER_BASIC_AUTH: the development password is refused in production[/]")
+        raise typer.Exit(2)
+    cmd = flower_command(settings, host, port)
     os.execvpe(cmd[0], cmd, child_env())
 
 

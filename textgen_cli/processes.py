@@ -46,6 +46,23 @@ def webhook_worker_command(settings: Settings, name: str, loglevel: str | None =
     ]
 
 
+def worker_metrics_env(settings: Settings, index: int) -> dict[str, str]:
+    """The n-th worker process on a machine serves metrics on base port + n (0 stays off)."""
+    base = settings.worker_metrics_port
+    return {"TEXTGEN_WORKER_METRICS_PORT": str(base + index if base else 0)}
+
+
+def flower_command(settings: Settings, host: str = "0.0.0.0", port: int | None = None) -> list[str]:
+    """Flower on the platform's broker; basic auth from settings. ``--config`` instead of ``-A``:
+    Flower needs the broker and queues only, not the worker code (and its torch)."""
+    return [
+        sys.executable, "-m", "celery", "--config", "celeryconfig", "flower",
+        f"--address={host}", f"--port={port or settings.flower_port}",
+        f"--basic-auth={settings.flower_basic_auth}", "--persistent=False",
+        f"--logging={settings.log_level.lower()}",
+    ]
+
+
 def api_command(host: str, port: int, loglevel: str = "info") -> list[str]:
     return [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
             "--log-level", loglevel.lower(), "--no-access-log"]

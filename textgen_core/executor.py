@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from textgen_core import metrics
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.modes import build_messages
 from textgen_core.settings import Settings
@@ -70,12 +72,12 @@ class JobExecutor:
     def run(self, job_id: str) -> JobStatus | None:
         """Run a job once. Safe to call for a redelivered message: only a queued job is claimed."""
         attempt = uuid.uuid4().hex
-        status = self.store.claim(
+        claim = self.store.claim(
             job_id, worker=self.worker_name, attempt_token=attempt, max_attempts=self.settings.max_attempts
         )
-        if status is not JobStatus.running:
-            log.info("job %s not claimed: %s", job_id, status or "missing")
-            return status
+        if not claim.owned:
+            log.info("job %s not claimed: %s", job_id, claim.status or "missing")
+            return claim.status
         job = self.store.get(job_id)
         assert job is not None
         if self.webhooks is not None:
@@ -103,7 +105,7 @@ class JobExecutor:
             "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens,
         }
-        self.store.finish(
+        recorded = self.store.finish(
             job,
             attempt_token=attempt,
             status=final,
@@ -113,6 +115,9 @@ class JobExecutor:
             history_max_turns=self.settings.history_max_turns,
             history_ttl=self.settings.history_ttl_seconds,
         )
+        if recorded:
+            self._observe(job, final, first_token_at=result.first_token_at, prompt_tokens=result.prompt_tokens,
+                          completion_tokens=result.completion_tokens, batch_size=result.batch_size)
         return final
 
     def cancel(self, job_id: str) -> None:
@@ -123,10 +128,32 @@ class JobExecutor:
 
     def _fail(self, job: JobRecord, attempt: str, message: str, kind: str = "generation_error") -> JobStatus:
         error_type = "prompt_too_long" if kind == "PromptTooLong" else "generation_error"
-        self.store.finish(
+        if self.store.finish(
             job,
             attempt_token=attempt,
             status=JobStatus.failed,
             fields={"finish_reason": "error", "error": {"message": message, "type": error_type}},
-        )
+        ):
+            self._observe(job, JobStatus.failed, error=error_type)
         return JobStatus.failed
+
+    def _observe(self, job: JobRecord, status: JobStatus, *, first_token_at: float | None = None,
+                 prompt_tokens: int = 0, completion_tokens: int = 0, batch_size: int | None = None,
+                 error: str | None = None) -> None:
+        """Metrics and one structured log line per job this attempt ended (counted once, by its owner)."""
+        finished = time.time()
+        queue = self.store.keys.queue(job.model, job.lane)
+        started = job.timings.started_at
+        metrics.observe_finished(job, queue, status.value, started_at=started, finished_at=finished,
+                                 first_token_at=first_token_at, prompt_tokens=prompt_tokens,
+                                 completion_tokens=completion_tokens)
+        created = job.timings.created_at
+        log.info("job %s", status.value, extra={
+            "job_id": job.id, "model": job.model, "queue": queue, "status": status.value,
+            "queue_seconds": round(started - created, 4) if started else None,
+            "generation_seconds": round(finished - started, 4) if started else None,
+            "e2e_seconds": round(finished - created, 4),
+            "ttft_seconds": round(first_token_at - created, 4) if first_token_at else None,
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "batch_size": batch_size,
+            "error": error,
+        })

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEV_API_KEY = "tg-dev-key"
 DEFAULT_MODEL_ID = "smollm2-135m-instruct"
+FLOWER_DEV_AUTH = "admin:textgen-dev"
 
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
 
@@ -95,6 +96,12 @@ class Settings(BaseSettings):
     webhook_deliveries_max: int = Field(default=200, ge=10)  # attempts kept on a job or batch
     webhook_worker_concurrency: int = Field(default=8, ge=1, le=256)
     webhook_metrics_port: int | None = Field(default=None, ge=1, le=65535)  # Prometheus, webhook worker
+    # Observability and deployment: metrics, logs, Flower
+    # Each worker process serves Prometheus metrics on this port (+1 per extra GPU with --gpus); 0 = off.
+    worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    log_format: Literal["json", "text"] = "json"  # the level is log_level
+    flower_port: int = Field(default=5555, ge=1, le=65535)
+    flower_basic_auth: str = Field(default=FLOWER_DEV_AUTH, pattern=r"^[^:]+:.+$")  # user:password
 
     @field_validator("api_keys", "worker_models", "cors_origins", mode="before")
     @classmethod

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio as aioredis
@@ -74,7 +74,8 @@ def decode_job(raw: dict[str, str], deliveries: list[str] | None = None) -> JobR
 
 
 # KEYS: job. ARGV: worker, now, attempt_token, ttl, max_attempts, events channel.
-# Returns the status the job has afterwards; "running" means this attempt owns it.
+# Returns "claimed" when this attempt now owns the job, else the status it has (another attempt may
+# be running it: a message redelivered while the first delivery still runs must not run it twice).
 _CLAIM = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
@@ -90,7 +91,7 @@ end
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'attempt_token', ARGV[3],
   'started_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
-return 'running'
+return 'claimed'
 """
 
 # KEYS: job, tokens stream, history list. ARGV: attempt_token, status, now, ttl, fields (JSON object
@@ -144,6 +145,11 @@ return 1
 """
 
 
+class Claim(NamedTuple):
+    owned: bool  # this attempt runs the job
+    status: JobStatus | None  # the job's status afterwards; None: no such job
+
+
 class JobStore:
     """Worker-side store over a synchronous Redis client.
 
@@ -177,16 +183,18 @@ class JobStore:
             except Exception:  # a hook must never undo or hide the transition itself
                 log.exception("on_terminal hook failed for %s", job_id)
 
-    def claim(self, job_id: str, *, worker: str, attempt_token: str, max_attempts: int) -> JobStatus | None:
-        """Atomically queued -> running for this attempt; returns the status afterwards."""
+    def claim(self, job_id: str, *, worker: str, attempt_token: str, max_attempts: int) -> Claim:
+        """Atomically queued -> running for this attempt; says whether this attempt owns the job."""
         result = self._claim(
             keys=[self.keys.job(job_id)],
             args=[worker, time.time(), attempt_token, self.job_ttl, max_attempts, self.keys.events_channel],
         )
+        if result == "claimed":
+            return Claim(True, JobStatus.running)
         if result == "gave_up":
             self._ended(job_id)
-            return JobStatus.failed
-        return None if result == "missing" else JobStatus(result)
+            return Claim(False, JobStatus.failed)
+        return Claim(False, None if result == "missing" else JobStatus(result))
 
     def append_deltas(self, deltas: dict[str, str]) -> None:
         """One pipelined round trip for a decoding step's text deltas of many jobs."""

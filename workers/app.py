@@ -6,9 +6,10 @@ import logging
 from typing import Any
 
 from celery import Celery
-from celery.signals import celeryd_after_setup, worker_init, worker_shutdown
+from celery.signals import celeryd_after_setup, setup_logging, worker_init, worker_shutdown
 
 from textgen_core.keys import LANES, Keys
+from textgen_core.logs import configure_logging
 from textgen_core.settings import get_settings
 
 app = Celery("textgen")
@@ -22,6 +23,12 @@ def served_models() -> list[str]:
     settings = get_settings()
     ids = [m.id for m in settings.models]
     return [m for m in ids if m in settings.worker_models] if settings.worker_models else ids
+
+
+@setup_logging.connect
+def _logging(**_: Any) -> None:
+    """Connected, so Celery leaves logging to us: the same JSON lines as the API."""
+    configure_logging(get_settings(), "worker")
 
 
 @celeryd_after_setup.connect

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import redis
 
+from textgen_core import metrics
 from textgen_core.engine.batching import Engine
 from textgen_core.engine.loader import LoadedModel, load
 from textgen_core.executor import JobExecutor
@@ -22,6 +23,7 @@ from textgen_core.settings import Settings, get_settings
 from textgen_core.store import JobStore
 from textgen_core.webhooks.events import WebhookEmitter
 from textgen_core.webhooks.job_events import JobWebhooks
+from workers.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +39,14 @@ class Runtime:
     executor: JobExecutor
     webhooks: JobWebhooks
     started_at: float = field(default_factory=time.time)
+    metrics_port: int | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def heartbeat_payload(self) -> str:
         return json.dumps({
             "name": self.name,
             "started_at": self.started_at,
+            "metrics_port": self.metrics_port,
             "models": [
                 {
                     "id": model_id,
@@ -126,7 +130,9 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
         if settings.worker_dtype:
             spec = spec.model_copy(update={"dtype": settings.worker_dtype})
         loaded = load(spec, settings.cache_dir)
-        log.info("loaded %s on %s (%s) in %.1fs", model_id, loaded.device, loaded.dtype, loaded.load_seconds)
+        log.info("loaded %s on %s (%s) in %.1fs", model_id, loaded.device, loaded.dtype, loaded.load_seconds,
+                 extra={"model": model_id, "device": loaded.device, "load_seconds": round(loaded.load_seconds, 3)})
+        metrics.MODEL_LOAD_SECONDS.labels(model_id, loaded.device, loaded.dtype).set(loaded.load_seconds)
         models[model_id] = loaded
         engines[model_id] = Engine(
             loaded,
@@ -147,6 +153,7 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
     )
     _runtime = Runtime(name=name, settings=settings, client=client, store=store, models=models,
                        engines=engines, executor=executor, webhooks=webhooks)
+    _runtime.metrics_port = serve_metrics(_runtime, settings.worker_metrics_port)
     _runtime.start_threads()
     return _runtime
 

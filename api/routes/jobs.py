@@ -13,9 +13,11 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import AppState, OwnerDep, StateDep
 from api.errors import ERROR_RESPONSES, APIError, not_found
+from api.metrics import JOBS_SUBMITTED
 from api.schemas import JobCreate, JobOut
 from api.webhooks import check_webhook_url
-from textgen_core.jobs import JobRecord
+from textgen_core import metrics
+from textgen_core.jobs import JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
         await state.store.delete(job.id)
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
+    queue = state.keys.queue(model, lane)
+    JOBS_SUBMITTED.labels(model, queue).inc()
+    log.info("job accepted", extra={"job_id": job.id, "model": model, "queue": queue, "owner": owner})
     return job
 
 
@@ -75,13 +80,20 @@ async def get_job(
 
 @router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job")
 async def cancel_job(job_id: str, owner: OwnerDep, state: StateDep) -> JobOut:
+    before = await state.store.get(job_id, owner)
     outcome = await state.store.cancel(job_id, owner)
     if outcome == "missing":
         raise not_found("job", "job_id")
     if outcome in ("succeeded", "failed", "expired"):
         raise APIError(409, f"job already {outcome}; nothing to cancel", code="job_not_cancelable",
                        param="job_id")
-    return JobOut.of(await _owned(state, job_id, owner))
+    job = await _owned(state, job_id, owner)
+    if outcome == "canceled" and before is not None and before.status is JobStatus.queued:
+        # Ended here, before any worker took it: the API is the one to count it.
+        queue = state.keys.queue(job.model, job.lane)
+        metrics.JOBS_FINISHED.labels(job.model, queue, "canceled").inc()
+        log.info("job canceled while queued", extra={"job_id": job.id, "model": job.model, "queue": queue})
+    return JobOut.of(job)
 
 
 @router.get(

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from textgen_core import metrics
 from textgen_core.engine.loader import LoadedModel
 from textgen_core.engine.sampling import apply_penalties, choose, new_generator
 from textgen_core.engine.text import TextState
@@ -99,6 +100,10 @@ class Engine:
         self._cap = max_batch
         self._clean_steps = 0
         self.steps = 0
+        # Observed once per step, not per row: the hot loop stays cheap.
+        self._batch_size = metrics.BATCH_SIZE.labels(loaded.spec.id)
+        self._inter_token = metrics.INTER_TOKEN_LATENCY.labels(loaded.spec.id)
+        self._last_step_at: float | None = None
 
     # -- public, any thread -------------------------------------------------------------
 
@@ -229,6 +234,10 @@ class Engine:
     def _step(self) -> None:
         assert self._logits is not None and self._mask is not None and self._cache is not None
         now = time.monotonic()
+        if self._last_step_at is not None:
+            self._inter_token.observe(now - self._last_step_at)
+        self._last_step_at = now
+        self._batch_size.observe(len(self._rows))
         with self._lock:
             canceled = self._cancel & {r.job_id for r in self._rows}
             self._cancel -= canceled
@@ -270,6 +279,7 @@ class Engine:
             self._resolve(row, reason)
         if not keep:
             self._rows, self._cache, self._mask, self._logits = [], None, None, None
+            self._last_step_at = None
             return
         if len(keep) < len(self._rows):
             self._select(keep)
@@ -362,6 +372,7 @@ class Engine:
             if not row.future.done():
                 row.future.set_exception(exc)
         self._rows, self._cache, self._mask, self._logits = [], None, None, None
+        self._last_step_at = None
 
 
 def _empty_device_cache() -> None:
