@@ -50,6 +50,24 @@ class Stack:
         self.procs[name] = proc
         return proc
 
+    def start_api(self, name: str, **env: str) -> str:
+        """Another API process on the same Redis and prefix, with ``env`` overriding settings; its URL."""
+        port = free_port()
+        log = (self.logs / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(api_command("127.0.0.1", port), env={**self.env, **env}, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        wait_for_api(url, self.logs / f"{name}.log")
+        return url
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
     def wait_for_worker(self, name: str, timeout: float = 180) -> None:
         r = self.redis()
         deadline = time.monotonic() + timeout
@@ -64,6 +82,19 @@ class Stack:
 
 def _settings_kwargs(env: dict[str, str]) -> dict[str, object]:
     return {"models": json.loads(env["TEXTGEN_MODELS"]), "worker_models": env["TEXTGEN_WORKER_MODELS"]}
+
+
+def wait_for_api(url: str, log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"API not up:\n{tail(log)}")
+        time.sleep(0.1)
 
 
 def tail(path: Path, lines: int = 60) -> str:
@@ -99,16 +130,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     st.start_worker("worker")
     try:
         st.wait_for_worker("worker")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{st.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"API not up:\n{tail(root / 'api.log')}")
-            time.sleep(0.1)
+        wait_for_api(st.url, root / "api.log")
         yield st
     finally:
         for proc in reversed(list(st.procs.values())):

@@ -43,6 +43,11 @@ class Keys:
         """Pub/sub: job ids whose cancel was requested while running (workers listen)."""
         return f"{self.prefix}:cancel"
 
+    def openai_slots(self, owner: str) -> str:
+        """Sorted set: ids of an API key's open OpenAI completion requests, scored by lease expiry.
+        Owner: the request that adds a member removes it; TTL: the longest lease, refreshed on add."""
+        return f"{self.prefix}:openai:slots:{owner}"
+
     def queue(self, model_id: str, lane: str = "interactive") -> str:
         """Celery queue (a Redis list owned by Celery) for one model and lane."""
         safe = re.sub(r"[^A-Za-z0-9_-]", "_", model_id)

@@ -79,6 +79,12 @@ class Settings(BaseSettings):
     torch_threads: int | None = None
     heartbeat_seconds: float = Field(default=5.0, gt=0)
 
+    # OpenAI-compatible endpoints
+    # How long a completion request waits for a worker that serves its model before a 503.
+    openai_worker_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    # Completion requests one API key may hold open at once (across API replicas); more get a 429.
+    openai_max_concurrent_per_key: int = Field(default=32, ge=1)
+
     @field_validator("api_keys", "worker_models", "cors_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
