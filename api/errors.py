@@ -68,15 +68,19 @@ async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.body, exc.headers)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+def validation_error_body(exc: RequestValidationError) -> ErrorBody:
+    """The first validation problem, naming the parameter it is about."""
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
     param = _param(tuple(first.get("loc", ())))
     message = first.get("msg", "invalid request")
     if param:
         message = f"{param}: {message}"
-    return error_response(422, ErrorBody(message=message, type="invalid_request_error", code="invalid_value",
-                                         param=param))
+    return ErrorBody(message=message, type="invalid_request_error", code="invalid_value", param=param)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return error_response(422, validation_error_body(exc))
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:

@@ -71,8 +71,16 @@ class Stack:
         self.procs[name] = subprocess.Popen(api_command("127.0.0.1", port), env={**self.env, **env}, stdout=log,
                                             stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/health", self.logs / f"{name}.log")
+        wait_for_api(url, self.logs / f"{name}.log")
         return url
+
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name)
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
     def wait_for_worker(self, name: str, timeout: float = 180) -> None:
         r = self.redis()
@@ -101,6 +109,10 @@ def wait_http(url: str, log: Path, timeout: float = 60) -> None:
 
 def _settings_kwargs(env: dict[str, str]) -> dict[str, object]:
     return {"models": json.loads(env["TEXTGEN_MODELS"]), "worker_models": env["TEXTGEN_WORKER_MODELS"]}
+
+
+def wait_for_api(url: str, log: Path, timeout: float = 30) -> None:
+    wait_http(f"{url}/health", log, timeout)
 
 
 def tail(path: Path, lines: int = 60) -> str:
@@ -146,16 +158,7 @@ def launch_stack(root: Path, models: list[dict[str, object]], worker_models: str
             st.start_worker("worker")
             st.wait_for_worker("worker")
         wait_http(st.webhook_metrics_url, root / "webhooks.log")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{st.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"API not up:\n{tail(root / 'api.log')}")
-            time.sleep(0.1)
+        wait_for_api(st.url, root / "api.log")
         yield st
     finally:
         for proc in reversed(list(st.procs.values())):

@@ -66,6 +66,10 @@ class Keys:
     def webhook_queue(self) -> str:
         """Celery queue (a Redis list owned by Celery) of webhook deliveries."""
         return f"{self.prefix}.webhooks"
+    def openai_slots(self, owner: str) -> str:
+        """Sorted set: ids of an API key's open OpenAI completion requests, scored by lease expiry.
+        Owner: the request that adds a member removes it; TTL: the longest lease, refreshed on add."""
+        return f"{self.prefix}:openai:slots:{owner}"
 
     def queue(self, model_id: str, lane: str = "interactive") -> str:
         """Celery queue (a Redis list owned by Celery) for one model and lane."""

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"  # the level is log_level
     flower_port: int = Field(default=5555, ge=1, le=65535)
     flower_basic_auth: str = Field(default=FLOWER_DEV_AUTH, pattern=r"^[^:]+:.+$")  # user:password
+    # OpenAI-compatible endpoints
+    # How long a completion request waits for a worker that serves its model before a 503.
+    openai_worker_wait_seconds: float = Field(default=5.0, ge=0, le=60)
+    # Completion requests one API key may hold open at once (across API replicas); more get a 429.
+    openai_max_concurrent_per_key: int = Field(default=32, ge=1)
 
     @field_validator("api_keys", "worker_models", "cors_origins", mode="before")
     @classmethod

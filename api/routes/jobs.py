@@ -31,8 +31,12 @@ async def _owned(state: AppState, job_id: str, owner: str) -> JobRecord:
     return job
 
 
-async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "interactive") -> JobRecord:
-    """Validate the model, attach conversation history, store the job, then enqueue it."""
+async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "interactive",
+                 raw: bool = False) -> JobRecord:
+    """Validate the model, attach conversation history, store the job, then enqueue it.
+
+    ``raw``: continue the prompt as plain text, without mode or chat template (OpenAI completions).
+    """
     model = body.model or state.settings.default_model
     if state.settings.model(model) is None:
         raise APIError(404, f"model '{model}' not found", code="model_not_found", param="model")
@@ -41,6 +45,7 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
     history = await state.store.history(owner, body.conversation_id) if body.conversation_id else None
     job = body.to_record(owner=owner, model=model, history=history or [])
     job.lane = lane
+    job.input.raw = raw
     await state.store.create(job)
     try:
         await state.queue.enqueue(job.id, model, lane)
