@@ -146,6 +146,8 @@ class Job(BaseModel):
     worker: str | None = None
     batch_size: int | None = Field(default=None, description="Most rows that shared a forward pass with it.")
     cancel_requested: bool = False
+    batch_id: str | None = None
+    custom_id: str | None = None
 
 
 class JobRecord(Job):

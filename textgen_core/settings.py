@@ -79,6 +79,15 @@ class Settings(BaseSettings):
     torch_threads: int | None = None
     heartbeat_seconds: float = Field(default=5.0, gt=0)
 
+    # Batches (bulk lane)
+    batch_max_items: int = Field(default=50_000, ge=1)
+    batch_chunk_size: int = Field(default=500, ge=1, le=10_000)  # items written and enqueued per step
+    batch_file_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    batch_file_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    batch_reap_seconds: float = Field(default=5.0, gt=0)  # how often workers look for a dead worker's items
+    # Engine rows and Celery slots beyond max_batch that only interactive jobs may use.
+    interactive_headroom: int = Field(default=4, ge=1, le=64)
+
     @field_validator("api_keys", "worker_models", "cors_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
