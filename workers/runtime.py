@@ -10,16 +10,19 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
 
+from textgen_core.batch_store import BatchLedger
 from textgen_core.engine.batching import Engine
 from textgen_core.engine.loader import LoadedModel, load
 from textgen_core.executor import JobExecutor
 from textgen_core.keys import Keys
 from textgen_core.settings import Settings, get_settings
 from textgen_core.store import JobStore
+from workers.lanes import BulkGate
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +36,8 @@ class Runtime:
     models: dict[str, LoadedModel]
     engines: dict[str, Engine]
     executor: JobExecutor
+    ledger: BatchLedger
+    gates: dict[str, BulkGate]
     started_at: float = field(default_factory=time.time)
     _stop: threading.Event = field(default_factory=threading.Event)
 
@@ -88,6 +93,11 @@ class Runtime:
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._cancel_loop, "cancel-listener")):
             threading.Thread(target=target, name=f"textgen-{name}", daemon=True).start()
 
+    def start_reaper(self, resend: Callable[[str, str, str], None]) -> None:
+        from workers.reaper import start_reaper
+
+        start_reaper(self.ledger, self.store, self.client, self.settings.batch_reap_seconds, resend, self._stop)
+
     def stop(self) -> None:
         self._stop.set()
         for engine in self.engines.values():
@@ -129,6 +139,7 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
             batch_wait_s=settings.batch_wait_ms / 1000,
             time_limit_s=settings.generation_time_limit_seconds,
             on_step=store.append_deltas,
+            interactive_headroom=settings.interactive_headroom,
         ).start()
     executor = JobExecutor(
         store=store,
@@ -137,8 +148,13 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
         engines=dict(engines),
         tokenizers={model_id: m.tokenizer for model_id, m in models.items()},
     )
+    keys = Keys(settings.key_prefix)
+    gates = {
+        model_id: BulkGate(client, keys.queue(model_id, "interactive"), engine.max_batch)
+        for model_id, engine in engines.items()
+    }
     _runtime = Runtime(name=name, settings=settings, client=client, store=store, models=models,
-                       engines=engines, executor=executor)
+                       engines=engines, executor=executor, ledger=BatchLedger(client, keys), gates=gates)
     _runtime.start_threads()
     return _runtime
 
