@@ -14,7 +14,7 @@ from api import errors
 from api.deps import AppState
 from api.events import EventHub
 from api.queueing import JobQueue
-from api.routes import conversations, health, jobs
+from api.routes import batches, conversations, files, health, jobs
 from textgen_core.keys import Keys
 from textgen_core.settings import Settings, get_settings
 from textgen_core.store import AsyncJobStore
@@ -58,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
     errors.install(app)
-    for module in (health, jobs, conversations):
+    for module in (health, jobs, conversations, batches, files):
         app.include_router(module.router)
     return app
 
