@@ -19,8 +19,11 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 # An unacked message comes back after this; it must exceed the longest job.
+# Lanes: "priority" polls a worker's queues in the order it added them (interactive before bulk),
+# so a waiting interactive message is always taken before the bulk backlog.
 broker_transport_options = {
     "visibility_timeout": max(3600, int(_settings.generation_time_limit_seconds * 2)),
+    "queue_order_strategy": "priority",
 }
 
 # Flower and celery-exporter see every task.

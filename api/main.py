@@ -14,7 +14,17 @@ from api import errors, metrics
 from api.deps import AppState
 from api.events import EventHub
 from api.queueing import JobQueue
-from api.routes import conversations, health, jobs, openai_completions, openai_models, playground, webhooks
+from api.routes import (
+    batches,
+    conversations,
+    files,
+    health,
+    jobs,
+    openai_completions,
+    openai_models,
+    playground,
+    webhooks,
+)
 from api.routes import metrics as metrics_route
 from api.webhooks import install_webhooks
 from textgen_core.keys import Keys
@@ -64,8 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"])
     errors.install(app)
     metrics.instrument(app)
-    for module in (health, jobs, conversations, webhooks, metrics_route, openai_models, openai_completions,
-                   playground):
+    for module in (health, jobs, conversations, batches, files, webhooks, metrics_route, openai_models,
+                   openai_completions, playground):
         app.include_router(module.router)
     return app
 

@@ -16,6 +16,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from textgen_cli import batch as batch_cli
 from textgen_cli.processes import (
     api_command,
     child_env,
@@ -257,6 +258,27 @@ def submit(
     else:
         err.print(f"[red]job {job['status']}[/]: {job.get('error')}")
         raise typer.Exit(1)
+
+
+@app.command()
+def batch(
+    input_file: Annotated[Path | None, typer.Argument(help="CSV (products or prompts) or JSONL file.")] = None,
+    output: batch_cli.Output = Path("results.jsonl"),
+    batch_id: batch_cli.BatchId = None,
+    mode: batch_cli.Mode = None,
+    model: Annotated[str | None, typer.Option(help="Model id (default: the server's default).")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Tokens to generate at most per item.")] = None,
+    temperature: Annotated[float | None, typer.Option(help="0 for greedy.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
+    poll: Annotated[float, typer.Option(help="Seconds between progress updates.")] = 1.0,
+    url: ApiUrl = "http://127.0.0.1:8000",
+    api_key: ApiKey = None,
+) -> None:
+    """Run a batch: submit a file, show progress with rate and ETA, write the results."""
+    fields = {name: str(value) for name, value in (("mode", mode), ("model", model), ("max_tokens", max_tokens),
+                                                   ("temperature", temperature), ("seed", seed))
+              if value is not None}
+    batch_cli.run_batch(url, _api_key(api_key), input_file, output, batch_id, fields, poll)
 
 
 def main() -> None:  # pragma: no cover

@@ -26,7 +26,9 @@ def worker_command(settings: Settings, name: str, concurrency: int | None = None
     """A Celery worker on the threads pool: concurrent tasks share one process, one model copy
     and one batching engine; the pool never forks, so CUDA stays safe."""
     served = [m for m in settings.models if not settings.worker_models or m.id in settings.worker_models]
-    slots = concurrency or sum(m.max_batch for m in served)
+    # Bulk items hold at most max_batch slots per model; the headroom keeps slots free for
+    # interactive jobs however deep the bulk backlog (see workers/lanes.py).
+    slots = concurrency or sum(m.max_batch + settings.interactive_headroom for m in served)
     return [
         sys.executable, "-m", "celery", "-A", "workers.app", "worker",
         "--pool", "threads", "--concurrency", str(slots), "--hostname", name,

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class EngineLike(Protocol):
-    def submit(self, job_id: str, prompt_ids: list[int], params: Any) -> Any: ...
+    def submit(self, job_id: str, prompt_ids: list[int], params: Any, lane: str = ...) -> Any: ...
     def cancel(self, job_id: str) -> None: ...
 
 
@@ -89,7 +89,7 @@ class JobExecutor:
             ids = render_prompt_ids(self.tokenizers[job.model], job, self.settings.history_max_tokens)
             with self._lock:
                 self._inflight[job_id] = engine
-            future = engine.submit(job_id, ids, job.params)
+            future = engine.submit(job_id, ids, job.params, lane=job.lane)
             if self.store.cancel_requested(job_id):
                 engine.cancel(job_id)  # asked before we were listening for it
             result = self.webhooks.await_result(job, future) if self.webhooks else future.result()

@@ -151,6 +151,8 @@ class Job(BaseModel):
     webhook_events_filter: list[JobWebhookEvent] = Field(default_factory=default_job_events)
     webhook_deliveries: list[WebhookDelivery] = Field(default_factory=list,
                                                       description="Every delivery attempt, oldest first.")
+    batch_id: str | None = None
+    custom_id: str | None = None
 
 
 class JobRecord(Job):

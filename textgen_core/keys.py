@@ -70,6 +70,45 @@ class Keys:
         """Sorted set: ids of an API key's open OpenAI completion requests, scored by lease expiry.
         Owner: the request that adds a member removes it; TTL: the longest lease, refreshed on add."""
         return f"{self.prefix}:openai:slots:{owner}"
+    # -- batches (bulk lane) ------------------------------------------------------------
+
+    def batch(self, batch_id: str) -> str:
+        """Hash: a batch record and its counts. TTL: settings.job_ttl_seconds.
+
+        The Lua in ``textgen_core/batch_store.py`` builds this name from the prefix; keep them in step.
+        """
+        return f"{self.prefix}:batch:{batch_id}"
+
+    def batch_jobs(self, batch_id: str) -> str:
+        """List: the item job ids of a batch, in input order. TTL: settings.job_ttl_seconds."""
+        return f"{self.prefix}:batch:{batch_id}:jobs"
+
+    def batch_inflight(self, batch_id: str) -> str:
+        """Hash: item job id -> "worker|since" for items a worker holds. Owner: the finish scripts
+        delete each entry (an empty hash vanishes); the worker reaper hands back a dead worker's."""
+        return f"{self.prefix}:batch:{batch_id}:inflight"
+
+    @property
+    def active_batches(self) -> str:
+        """Set: ids of batches not yet terminal. Owner: the settle script removes a batch when it ends."""
+        return f"{self.prefix}:batches:active"
+
+    def owner_batches(self, owner: str) -> str:
+        """Sorted set: a caller's batch ids by creation time. TTL: settings.job_ttl_seconds, refreshed."""
+        return f"{self.prefix}:batches:owner:{owner}"
+
+    @property
+    def batch_events_channel(self) -> str:
+        """Pub/sub: batch id and status when a batch reaches a terminal state."""
+        return f"{self.prefix}:batch-events"
+
+    def file(self, file_id: str) -> str:
+        """Hash: an uploaded file's metadata (OpenAI Files API). TTL: settings.batch_file_ttl_seconds."""
+        return f"{self.prefix}:file:{file_id}"
+
+    def file_content(self, file_id: str) -> str:
+        """String: an uploaded file's bytes. TTL: settings.batch_file_ttl_seconds."""
+        return f"{self.prefix}:file:{file_id}:content"
 
     def queue(self, model_id: str, lane: str = "interactive") -> str:
         """Celery queue (a Redis list owned by Celery) for one model and lane."""
@@ -79,4 +118,6 @@ class Keys:
 
 GENERATE_TASK = "textgen.generate"
 DELIVER_WEBHOOK_TASK = "textgen.deliver_webhook"
+BATCH_ITEM_TASK = "textgen.batch_item"
+BATCH_DISPATCH_TASK = "textgen.batch_dispatch"
 LANES = ("interactive", "bulk")

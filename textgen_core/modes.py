@@ -71,3 +71,21 @@ def build_messages(
     rest = [m for m in turn if m["role"] != "system"]
     head = system[:1] or [{"role": "system", "content": TEMPLATES[mode].system}]
     return [*head, *(history or []), *rest]
+
+
+def product_message(product: dict[str, object]) -> str:
+    """The user message for a product (ecommerce mode): its fields as labelled data lines.
+
+    Values are placed as data in the user turn, never into the system prompt, so product text
+    cannot rewrite the copywriter's instructions.
+    """
+    lines = ["Write a product description for this product.", ""]
+    for label in ("name", "category", "price", "description"):
+        value = product.get(label)
+        if value not in (None, ""):
+            lines.append(f"{label.capitalize()}: {value}")
+    attributes = product.get("attributes") or {}
+    if isinstance(attributes, dict) and attributes:
+        lines.append("Attributes:")
+        lines += [f"- {key}: {value}" for key, value in attributes.items() if value not in (None, "")]
+    return "\n".join(lines)

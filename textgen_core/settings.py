@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     openai_worker_wait_seconds: float = Field(default=5.0, ge=0, le=60)
     # Completion requests one API key may hold open at once (across API replicas); more get a 429.
     openai_max_concurrent_per_key: int = Field(default=32, ge=1)
+    # Batches (bulk lane)
+    batch_max_items: int = Field(default=50_000, ge=1)
+    batch_chunk_size: int = Field(default=500, ge=1, le=10_000)  # items written and enqueued per step
+    batch_file_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    batch_file_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    batch_reap_seconds: float = Field(default=5.0, gt=0)  # how often workers look for a dead worker's items
+    # Engine rows and Celery slots beyond max_batch that only interactive jobs may use.
+    interactive_headroom: int = Field(default=4, ge=1, le=64)
 
     @field_validator("api_keys", "worker_models", "cors_origins", mode="before")
     @classmethod

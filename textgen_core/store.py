@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import redis
 import redis.asyncio as aioredis
 
+from textgen_core.batch_settle import SETTLE_LUA
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.keys import Keys
 from textgen_core.webhooks.records import parse_deliveries
@@ -23,7 +24,7 @@ log = logging.getLogger(__name__)
 
 # Hash fields stored as plain strings; every other field is JSON.
 _RAW = ("id", "owner", "model", "mode", "lane", "status", "worker", "conversation_id", "output",
-        "finish_reason", "attempt_token", "webhook")
+        "finish_reason", "attempt_token", "webhook", "batch_id", "custom_id")
 _NUM = ("created_at", "started_at", "finished_at", "attempts", "batch_size")
 _JSON = ("input", "params", "metadata", "history", "usage", "error", "webhook_events_filter")
 
@@ -73,10 +74,10 @@ def decode_job(raw: dict[str, str], deliveries: list[str] | None = None) -> JobR
     return JobRecord.model_validate(fields)
 
 
-# KEYS: job. ARGV: worker, now, attempt_token, ttl, max_attempts, events channel.
+# KEYS: job. ARGV: worker, now, attempt_token, ttl, max_attempts, events channel, key prefix.
 # Returns "claimed" when this attempt now owns the job, else the status it has (another attempt may
 # be running it: a message redelivered while the first delivery still runs must not run it twice).
-_CLAIM = """
+_CLAIM = SETTLE_LUA + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st ~= 'queued' then return st end
@@ -86,18 +87,21 @@ if attempts > tonumber(ARGV[5]) then
     'error', cjson.encode({message = 'gave up after ' .. ARGV[5] .. ' attempts: the job stopped its '
       .. 'worker each time', type = 'max_attempts_exceeded'}))
   redis.call('PUBLISH', ARGV[6], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = 'failed'}))
+  settle_batch_item(KEYS[1], ARGV[7], 'failed', ARGV[2])
   return 'gave_up'
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'attempt_token', ARGV[3],
   'started_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+local bid = redis.call('HGET', KEYS[1], 'batch_id')
+if bid and bid ~= '' then redis.call('HSETNX', ARGV[7] .. ':batch:' .. bid, 'started_at', ARGV[2]) end
 return 'claimed'
 """
 
 # KEYS: job, tokens stream, history list. ARGV: attempt_token, status, now, ttl, fields (JSON object
 # of strings), history entries (JSON list of strings), history max, history ttl, events channel,
-# stream ttl, stream maxlen. Only the attempt that owns the job can finish it, exactly once.
-_FINISH = """
+# stream ttl, stream maxlen, key prefix. Only the attempt that owns the job can finish it, exactly once.
+_FINISH = SETTLE_LUA + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
@@ -112,12 +116,13 @@ end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'end', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[10])
 redis.call('PUBLISH', ARGV[9], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = ARGV[2]}))
+settle_batch_item(KEYS[1], ARGV[12], ARGV[2], ARGV[3])
 return 1
 """
 
-# KEYS: job, tokens stream. ARGV: owner, now, events channel, cancel channel, stream ttl.
+# KEYS: job, tokens stream. ARGV: owner, now, events channel, cancel channel, stream ttl, key prefix.
 # Returns the status afterwards ("running" means a stop was requested), or "missing".
-_CANCEL = """
+_CANCEL = SETTLE_LUA + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'missing' end
 local id = redis.call('HGET', KEYS[1], 'id')
@@ -127,6 +132,7 @@ if st == 'queued' then
   redis.call('XADD', KEYS[2], '*', 'end', 'canceled')
   redis.call('EXPIRE', KEYS[2], ARGV[5])
   redis.call('PUBLISH', ARGV[3], cjson.encode({id = id, status = 'canceled'}))
+  settle_batch_item(KEYS[1], ARGV[6], 'canceled', ARGV[2])
   return 'dequeued'
 end
 if st == 'running' then
@@ -187,7 +193,8 @@ class JobStore:
         """Atomically queued -> running for this attempt; says whether this attempt owns the job."""
         result = self._claim(
             keys=[self.keys.job(job_id)],
-            args=[worker, time.time(), attempt_token, self.job_ttl, max_attempts, self.keys.events_channel],
+            args=[worker, time.time(), attempt_token, self.job_ttl, max_attempts, self.keys.events_channel,
+                  self.keys.prefix],
         )
         if result == "claimed":
             return Claim(True, JobStatus.running)
@@ -230,7 +237,7 @@ class JobStore:
             args=[
                 attempt_token, status.value, time.time(), self.job_ttl, json.dumps(encoded),
                 json.dumps(entries), history_max_turns * 2, history_ttl, self.keys.events_channel,
-                self.stream_ttl, self.stream_maxlen,
+                self.stream_ttl, self.stream_maxlen, self.keys.prefix,
             ],
         )
         if done:
@@ -276,7 +283,8 @@ class AsyncJobStore:
     async def cancel(self, job_id: str, owner: str) -> str:
         outcome: str = await self._cancel(
             keys=[self.keys.job(job_id), self.keys.tokens(job_id)],
-            args=[owner, time.time(), self.keys.events_channel, self.keys.cancel_channel, self.stream_ttl],
+            args=[owner, time.time(), self.keys.events_channel, self.keys.cancel_channel, self.stream_ttl,
+                  self.keys.prefix],
         )
         if outcome != "dequeued":
             return outcome

@@ -10,11 +10,13 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
 
 from textgen_core import metrics
+from textgen_core.batch_store import BatchLedger
 from textgen_core.engine.batching import Engine
 from textgen_core.engine.loader import LoadedModel, load
 from textgen_core.executor import JobExecutor
@@ -23,6 +25,7 @@ from textgen_core.settings import Settings, get_settings
 from textgen_core.store import JobStore
 from textgen_core.webhooks.events import WebhookEmitter
 from textgen_core.webhooks.job_events import JobWebhooks
+from workers.lanes import BulkGate
 from workers.metrics import serve_metrics
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,8 @@ class Runtime:
     engines: dict[str, Engine]
     executor: JobExecutor
     webhooks: JobWebhooks
+    ledger: BatchLedger
+    gates: dict[str, BulkGate]
     started_at: float = field(default_factory=time.time)
     metrics_port: int | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -95,6 +100,11 @@ class Runtime:
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._cancel_loop, "cancel-listener")):
             threading.Thread(target=target, name=f"textgen-{name}", daemon=True).start()
 
+    def start_reaper(self, resend: Callable[[str, str, str], None]) -> None:
+        from workers.reaper import start_reaper
+
+        start_reaper(self.ledger, self.store, self.client, self.settings.batch_reap_seconds, resend, self._stop)
+
     def stop(self) -> None:
         self._stop.set()
         for engine in self.engines.values():
@@ -140,6 +150,7 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
             batch_wait_s=settings.batch_wait_ms / 1000,
             time_limit_s=settings.generation_time_limit_seconds,
             on_step=store.append_deltas,
+            interactive_headroom=settings.interactive_headroom,
         ).start()
     webhooks = JobWebhooks(store, webhook_emitter(client, store.keys), settings.webhook_output_interval_seconds)
     store.on_terminal = webhooks.completed
@@ -151,8 +162,14 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
         tokenizers={model_id: m.tokenizer for model_id, m in models.items()},
         webhooks=webhooks,
     )
+    keys = Keys(settings.key_prefix)
+    gates = {
+        model_id: BulkGate(client, keys.queue(model_id, "interactive"), engine.max_batch)
+        for model_id, engine in engines.items()
+    }
     _runtime = Runtime(name=name, settings=settings, client=client, store=store, models=models,
-                       engines=engines, executor=executor, webhooks=webhooks)
+                       engines=engines, executor=executor, webhooks=webhooks, ledger=BatchLedger(client, keys),
+                       gates=gates)
     _runtime.metrics_port = serve_metrics(_runtime, settings.worker_metrics_port)
     _runtime.start_threads()
     return _runtime

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from textgen_core.keys import GENERATE_TASK
+import uuid
+
+from textgen_core.keys import BATCH_DISPATCH_TASK, BATCH_ITEM_TASK, GENERATE_TASK, Keys
 from workers.app import app
 from workers.runtime import runtime
 
@@ -11,3 +13,44 @@ from workers.runtime import runtime
 def generate(job_id: str) -> str | None:
     status = runtime().executor.run(job_id)
     return status.value if status else None
+
+
+def send_item(job_id: str, batch_id: str, model: str) -> None:
+    queue = Keys(runtime().settings.key_prefix).queue(model, "bulk")
+    app.send_task(BATCH_ITEM_TASK, args=[job_id, batch_id, model], queue=queue, task_id=job_id)
+
+
+@app.task(name=BATCH_DISPATCH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def batch_dispatch(batch_id: str, model: str, start: int, stop: int) -> int:
+    """Enqueue one chunk of a batch's items on the bulk lane. A redelivered chunk re-sends its
+    items; their jobs are claimed once, so duplicates do nothing."""
+    rt = runtime()
+    if not rt.ledger.is_active(batch_id):
+        return 0
+    ids = rt.ledger.job_ids(batch_id, start, stop)
+    with app.producer_or_acquire() as producer:
+        queue = Keys(rt.settings.key_prefix).queue(model, "bulk")
+        for job_id in ids:
+            app.send_task(BATCH_ITEM_TASK, args=[job_id, batch_id, model], queue=queue, task_id=job_id,
+                          producer=producer)
+    return len(ids)
+
+
+@app.task(name=BATCH_ITEM_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def batch_item(job_id: str, batch_id: str, model: str) -> str | None:
+    rt = runtime()
+    entry = rt.ledger.hold(batch_id, job_id, rt.name, uuid.uuid4().hex)
+    try:
+        gate = rt.gates.get(model)
+        if gate is not None and not gate.enter():
+            send_item(job_id, batch_id, model)  # interactive work is waiting: give the slot back
+            return "yielded"
+        try:
+            status = rt.executor.run(job_id)
+        finally:
+            if gate is not None:
+                gate.leave()
+        return status.value if status else None
+    finally:
+        if entry:
+            rt.ledger.release(batch_id, job_id, entry)

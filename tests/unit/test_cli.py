@@ -25,4 +25,5 @@ def test_worker_is_named_after_its_gpu_and_uses_a_non_forking_pool() -> None:
     assert worker_name(3).startswith("textgen-gpu3@")
     cmd = worker_command(Settings(_env_file=None), "w@h")
     assert cmd[cmd.index("--pool") + 1] == "threads"
-    assert cmd[cmd.index("--concurrency") + 1] == "16"  # the default model's max batch
+    # The default model's max batch plus the slots kept for interactive jobs.
+    assert cmd[cmd.index("--concurrency") + 1] == "20"

@@ -5,6 +5,10 @@ steps the engine admits waiting requests (prefilled together, then merged into t
 batch's KV cache), samples one token for every row with that row's own parameters, streams
 text deltas, and drops rows that finished, were canceled or ran out of time. Rows are
 left-padded; each keeps its own positions, so its text does not depend on its batchmates.
+
+Lanes: interactive rows are admitted before waiting bulk rows, and may use
+``interactive_headroom`` rows beyond ``max_batch`` that bulk rows never take, so a bulk backlog
+delays an interactive job by at most one decoding step.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class _Row:
     deadline: float
     text: TextState
     generator: torch.Generator | None
+    lane: str = "interactive"
     generated: list[int] = field(default_factory=list)
     length: int = 0  # real (unpadded) tokens in the cache for this row
     batch_size: int = 0
@@ -76,6 +81,7 @@ class Engine:
         batch_wait_s: float = 0.005,
         time_limit_s: float = 300.0,
         on_step: StepSink | None = None,
+        interactive_headroom: int = 0,
     ):
         self.loaded = loaded
         self.model = loaded.model
@@ -85,7 +91,10 @@ class Engine:
         self.batch_wait_s = batch_wait_s
         self.time_limit_s = time_limit_s
         self.on_step = on_step
+        self.interactive_headroom = interactive_headroom
         self._intake: queue.Queue[_Row] = queue.Queue()
+        self._bulk_intake: queue.Queue[_Row] = queue.Queue()
+        self._arrived = threading.Event()
         self._cancel: set[str] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -117,7 +126,8 @@ class Engine:
         if self._thread:
             self._thread.join(timeout)
 
-    def submit(self, job_id: str, prompt_ids: list[int], params: SamplingParams) -> Future[Result]:
+    def submit(self, job_id: str, prompt_ids: list[int], params: SamplingParams,
+               lane: str = "interactive") -> Future[Result]:
         limit = self.loaded.context_length
         if len(prompt_ids) + params.max_tokens > limit:
             raise PromptTooLong(
@@ -133,9 +143,14 @@ class Engine:
             deadline=time.monotonic() + self.time_limit_s,
             text=TextState(stop=list(params.stop)),
             generator=new_generator(params),
+            lane=lane,
         )
-        self._intake.put(row)
+        self._put(row)
         return future
+
+    def _put(self, row: _Row) -> None:
+        (self._bulk_intake if row.lane == "bulk" else self._intake).put(row)
+        self._arrived.set()
 
     def cancel(self, job_id: str) -> None:
         with self._lock:
@@ -147,7 +162,7 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return self._intake.qsize()
+        return self._intake.qsize() + self._bulk_intake.qsize()
 
     # -- engine thread ------------------------------------------------------------------
 
@@ -163,23 +178,14 @@ class Engine:
                 self._fail_all(exc)
 
     def _take_new(self) -> list[_Row]:
-        free = self._cap - len(self._rows)
-        if free <= 0:
-            return []
-        new: list[_Row] = []
-        try:
-            if not self._rows:  # idle: block for the first, then wait briefly to fill a batch
-                new.append(self._intake.get(timeout=0.2))
-                deadline = time.monotonic() + self.batch_wait_s
-                while len(new) < free:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    new.append(self._intake.get(timeout=remaining))
-            while len(new) < free:
-                new.append(self._intake.get_nowait())
-        except queue.Empty:
-            pass
+        if not self._rows:  # idle: block for the first arrival, then wait briefly to fill a batch
+            if not self._arrived.wait(0.2):
+                return []
+            self._arrived.clear()
+            if self.batch_wait_s:
+                time.sleep(self.batch_wait_s)
+        new = _drain(self._intake, self._cap + self.interactive_headroom - len(self._rows))
+        new += _drain(self._bulk_intake, self._cap - len(self._rows) - len(new))
         return new
 
     def _admit(self, rows: list[_Row]) -> None:
@@ -196,7 +202,7 @@ class Engine:
             half = len(rows) // 2
             self._cap, self._clean_steps = max(1, len(self._rows) + half), 0
             for r in rows[half:]:  # over the lowered cap: back to the intake
-                self._intake.put(r)
+                self._put(r)
             self._admit(rows[:half])
             return
         self._merge(rows, logits, cache, mask)
@@ -341,7 +347,7 @@ class Engine:
         keep = len(rows) // 2
         self._cap, self._clean_steps = keep, 0
         for r in rows[keep:]:
-            self._intake.put(r)
+            self._put(r)
         self._admit(rows[:keep])
 
     def _resolve_if_canceled(self, row: _Row) -> bool:
@@ -378,6 +384,16 @@ class Engine:
 def _empty_device_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def _drain(intake: queue.Queue[_Row], limit: int) -> list[_Row]:
+    rows: list[_Row] = []
+    try:
+        while len(rows) < limit:
+            rows.append(intake.get_nowait())
+    except queue.Empty:
+        pass
+    return rows
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:

@@ -1,0 +1,106 @@
+"""Accepting a batch: validate every item first (so a bad line is a 4xx and nothing is
+written), then write items and enqueue them chunk by chunk on the bulk lane.
+
+Items are enqueued as one small ``textgen.batch_dispatch`` message per chunk; a worker turns
+each into the chunk's item messages. The API's work and memory stay flat in the batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from itertools import islice
+
+from anyio import to_thread
+
+from api.batch_input import BatchInputError
+from api.deps import AppState
+from api.errors import APIError
+from textgen_core.batch_store import AsyncBatchStore
+from textgen_core.batches import BatchRecord, ItemSpec, new_batch_id
+from textgen_core.jobs import JobRecord
+from textgen_core.keys import BATCH_DISPATCH_TASK
+from textgen_core.modes import Mode
+
+log = logging.getLogger(__name__)
+
+ItemSource = Callable[[], Iterator[tuple[int, str | None, ItemSpec]]]
+
+
+def batch_store(state: AppState) -> AsyncBatchStore:
+    return AsyncBatchStore(state.redis, state.keys, ttl=state.settings.job_ttl_seconds,
+                           stream_ttl=state.settings.stream_ttl_seconds)
+
+
+def _too_many(limit: int) -> APIError:
+    return APIError(413, f"a batch holds at most {limit:,} items; split the input into smaller batches",
+                    code="too_many_items", param="items")
+
+
+def _check(source: ItemSource, limit: int, default_model: str, served: Callable[[str], bool],
+           what: str) -> tuple[int, str]:
+    """Validate every item: count, unique custom_ids, one served model. Returns (count, model)."""
+    seen: set[str] = set()
+    model: str | None = None
+    count = 0
+    try:
+        for line, line_model, spec in source():
+            count += 1
+            if count > limit:
+                raise _too_many(limit)
+            if spec.custom_id in seen:
+                raise BatchInputError(line, f"custom_id {spec.custom_id!r} appears more than once")
+            seen.add(spec.custom_id)
+            wanted = line_model or model or default_model
+            if model is None:
+                if not served(wanted):
+                    raise BatchInputError(line, f"model {wanted!r} is not served here")
+                model = wanted
+            elif wanted != model:
+                raise BatchInputError(line, f"every request must use the same model ({model!r}); found {wanted!r}")
+    except BatchInputError as exc:
+        raise APIError(400, str(exc), code="invalid_batch_input", param=what) from exc
+    if count == 0:
+        raise APIError(400, "the batch has no items", code="invalid_batch_input", param=what)
+    return count, model or default_model
+
+
+async def accept(state: AppState, owner: str, source: ItemSource, *, model: str | None, mode: Mode,
+                 what: str, **fields: object) -> BatchRecord:
+    settings = state.settings
+    default_model = model or settings.default_model
+    if settings.model(default_model) is None:
+        raise APIError(404, f"model '{default_model}' not found", code="model_not_found", param="model")
+    total, model_id = await to_thread.run_sync(
+        lambda: _check(source, settings.batch_max_items, default_model, lambda m: settings.model(m) is not None,
+                       what))
+    batch = BatchRecord(id=new_batch_id(), owner=owner, model=model_id, mode=mode, total=total,
+                        **fields)  # type: ignore[arg-type]
+    store = batch_store(state)
+    await store.create(batch)
+    items = source()
+    chunk = settings.batch_chunk_size
+    written = 0
+    try:
+        while specs := await to_thread.run_sync(lambda: [s for _, _, s in islice(items, chunk)]):
+            jobs = [JobRecord.new(owner=owner, model=model_id, mode=s.mode, lane="bulk", input=s.input,
+                                  params=s.params, batch_id=batch.id, custom_id=s.custom_id) for s in specs]
+            await store.add_items(batch.id, jobs)
+            await _dispatch(state, batch.id, model_id, written, written + len(jobs))
+            written += len(jobs)
+        await store.start(batch.id)
+    except Exception as exc:  # not all enqueued means not accepted: remove what was written
+        log.warning("batch %s not accepted: %s", batch.id, exc)
+        await store.delete(batch.id, owner)
+        raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
+                       headers={"Retry-After": "2"}) from exc
+    return await store.get(batch.id, owner) or batch
+
+
+async def _dispatch(state: AppState, batch_id: str, model: str, start: int, stop: int) -> None:
+    queue = state.keys.queue(model, "bulk")
+    celery = state.queue.celery
+    await to_thread.run_sync(
+        lambda: celery.send_task(BATCH_DISPATCH_TASK, args=[batch_id, model, start, stop], queue=queue,
+                                 retry=False)
+    )

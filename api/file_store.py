@@ -1,0 +1,39 @@
+"""Uploaded files (OpenAI Files API, purpose ``batch``): metadata hash plus content, with a TTL."""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+from api.batch_schemas import FileOut
+from api.deps import AppState
+
+
+def new_file_id() -> str:
+    return "file-" + secrets.token_hex(12)
+
+
+async def save(state: AppState, owner: str, filename: str, purpose: str, content: bytes) -> FileOut:
+    info = FileOut(id=new_file_id(), bytes=len(content), created_at=int(time.time()), filename=filename,
+                   purpose=purpose)
+    ttl = state.settings.batch_file_ttl_seconds
+    async with state.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(state.keys.file(info.id), mapping={**info.model_dump(mode="json", exclude_none=True),
+                                                     "owner": owner})
+        pipe.expire(state.keys.file(info.id), ttl)
+        pipe.set(state.keys.file_content(info.id), content, ex=ttl)
+        await pipe.execute()
+    return info
+
+
+async def get(state: AppState, file_id: str, owner: str) -> FileOut | None:
+    raw = await state.redis.hgetall(state.keys.file(file_id))
+    if not raw or raw.get("owner") != owner:
+        return None
+    return FileOut.model_validate({k: v for k, v in raw.items() if k != "owner"})
+
+
+async def content(state: AppState, file_id: str) -> bytes:
+    # Uploads are checked to be UTF-8, so the store's decoding client reads them back losslessly.
+    value = await state.redis.get(state.keys.file_content(file_id))
+    return (value or "").encode()

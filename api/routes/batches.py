@@ -1,0 +1,201 @@
+"""``/v1/batches``: submit many items at once (JSON, CSV or JSONL upload, or OpenAI's
+``input_file_id``), follow progress, read results as they come, cancel."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+
+from api import file_store
+from api.batch_input import csv_items, jsonl_items
+from api.batch_results import csv_results, jsonl_results
+from api.batch_schemas import BatchCreate, BatchDefaults, BatchList, BatchOut, OpenAIBatchCreate
+from api.batch_submit import accept, batch_store
+from api.deps import AppState, OwnerDep, StateDep
+from api.errors import ERROR_RESPONSES, APIError, not_found
+from textgen_core.batches import BatchRecord
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=ERROR_RESPONSES)
+
+_BODY_DOC: dict[str, Any] = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": {"oneOf": [{"$ref": "#/components/schemas/BatchCreate"},
+                                                      {"$ref": "#/components/schemas/OpenAIBatchCreate"}]}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary", "description": "CSV or JSONL"},
+                "model": {"type": "string"}, "mode": {"type": "string"}, "max_tokens": {"type": "integer"},
+                "temperature": {"type": "number"}, "top_p": {"type": "number"}, "seed": {"type": "integer"},
+            }}},
+        },
+        "required": True,
+    },
+}
+
+
+async def _owned(state: AppState, batch_id: str, owner: str) -> BatchRecord:
+    batch = await batch_store(state).get(batch_id, owner)
+    if batch is None:
+        raise not_found("batch", "batch_id")
+    return batch
+
+
+def _validate(model: type[Any], data: Any) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from exc
+
+
+@router.post("", status_code=202, response_model=BatchOut, summary="Submit a batch",
+             description="A JSON body with `items` and shared defaults; a multipart upload of a CSV or JSONL "
+                         "`file` with defaults as form fields; or OpenAI's `input_file_id` + `endpoint`.",
+             openapi_extra=_BODY_DOC)
+async def create_batch(request: Request, owner: OwnerDep, state: StateDep, response: Response) -> BatchOut:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        batch = await _from_upload(request, state, owner)
+    else:
+        try:
+            data = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise APIError(400, "the body must be JSON, or a multipart upload with a 'file'",
+                           code="invalid_json") from exc
+        if isinstance(data, dict) and "input_file_id" in data:
+            batch = await _from_file(_validate(OpenAIBatchCreate, data), state, owner)
+        else:
+            if isinstance(data, dict) and isinstance(data.get("items"), list) \
+                    and len(data["items"]) > state.settings.batch_max_items:
+                raise APIError(413, f"a batch holds at most {state.settings.batch_max_items:,} items; split the "
+                                    "input into smaller batches", code="too_many_items", param="items")
+            batch = await _from_json(_validate(BatchCreate, data), state, owner)
+    response.headers["Location"] = f"/v1/batches/{batch.id}"
+    return BatchOut.of(batch)
+
+
+async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchRecord:
+    defaults = BatchDefaults.model_validate(body.model_dump(exclude={"items"}))
+    specs = []
+    for index, item in enumerate(body.items):
+        try:
+            specs.append((index, None, item.to_spec(defaults)))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            param = ".".join(["items", str(index), *[str(p) for p in err["loc"]]])
+            raise APIError(422, f"{param}: {err['msg']}", code="invalid_value", param=param) from exc
+
+    def source() -> Any:
+        return iter(specs)
+
+    try:
+        return await accept(state, owner, source, model=body.model, mode=body.mode, what="items",
+                            metadata=body.metadata)
+    except APIError as exc:  # name the item, not a line, for inline items
+        exc.body.message = exc.body.message.replace("line ", "items.", 1)
+        raise
+
+
+async def _from_upload(request: Request, state: AppState, owner: str) -> BatchRecord:
+    async with request.form(max_part_size=state.settings.batch_file_max_bytes) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise APIError(400, "the multipart upload needs a 'file' part (CSV or JSONL)", code="invalid_file",
+                           param="file")
+        fields = {k: v for k, v in form.items() if k not in ("file", "format") and isinstance(v, str)}
+        if "metadata" in fields:
+            try:
+                fields["metadata"] = json.loads(fields["metadata"])
+            except json.JSONDecodeError as exc:
+                raise APIError(422, "metadata: must be a JSON object", code="invalid_value",
+                               param="metadata") from exc
+        defaults = _validate(BatchDefaults, fields)
+        fmt = str(form.get("format") or "").lower() or _format_of(upload)
+        if upload.size is not None and upload.size > state.settings.batch_file_max_bytes:
+            raise APIError(413, f"the file is larger than {state.settings.batch_file_max_bytes:,} bytes",
+                           code="file_too_large", param="file")
+        stream = upload.file
+
+        def source() -> Any:
+            stream.seek(0)
+            return csv_items(stream, defaults) if fmt == "csv" else jsonl_items(stream, defaults)
+
+        return await accept(state, owner, source, model=defaults.model, mode=defaults.mode, what="file",
+                            metadata=defaults.metadata)
+
+
+def _format_of(upload: UploadFile) -> Literal["csv", "jsonl"]:
+    name = (upload.filename or "").lower()
+    if name.endswith(".csv") or (upload.content_type or "").startswith("text/csv"):
+        return "csv"
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    raise APIError(400, "cannot tell the file's format: name it .csv or .jsonl, or send a 'format' field",
+                   code="invalid_file", param="file")
+
+
+async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str) -> BatchRecord:
+    if await file_store.get(state, body.input_file_id, owner) is None:
+        raise not_found("file", "input_file_id")
+    data = await file_store.content(state, body.input_file_id)
+    defaults = BatchDefaults()
+
+    def source() -> Any:
+        return jsonl_items(io.BytesIO(data), defaults, endpoint=body.endpoint)
+
+    return await accept(state, owner, source, model=None, mode=defaults.mode, what="input_file_id",
+                        kind="openai", endpoint=body.endpoint, input_file_id=body.input_file_id,
+                        completion_window=body.completion_window, metadata=body.metadata or {})
+
+
+@router.get("", response_model=BatchList, summary="List your batches, newest first")
+async def list_batches(
+    owner: OwnerDep,
+    state: StateDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    after: Annotated[str | None, Query(description="A batch id: list the batches after it.")] = None,
+) -> BatchList:
+    batches, more = await batch_store(state).page(owner, limit, after)
+    data = [BatchOut.of(b) for b in batches]
+    return BatchList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
+                     has_more=more)
+
+
+@router.get("/{batch_id}", response_model=BatchOut, summary="A batch: status, counts, times, time left")
+async def get_batch(batch_id: str, owner: OwnerDep, state: StateDep) -> BatchOut:
+    return BatchOut.of(await _owned(state, batch_id, owner))
+
+
+@router.get("/{batch_id}/results", summary="Results so far, in input order (JSONL or CSV)",
+            response_class=StreamingResponse,
+            responses={200: {"content": {"application/jsonl": {}, "text/csv": {}}}})
+async def batch_results(
+    batch_id: str,
+    owner: OwnerDep,
+    state: StateDep,
+    format: Annotated[Literal["jsonl", "csv"], Query(description="jsonl or csv")] = "jsonl",
+) -> StreamingResponse:
+    batch = await _owned(state, batch_id, owner)
+    store, chunk = batch_store(state), state.settings.batch_chunk_size
+    headers = {"Content-Disposition": f'attachment; filename="{batch.id}.{format}"',
+               "X-Batch-Status": batch.status.value}
+    if format == "csv":
+        return StreamingResponse(csv_results(store, batch.id, chunk), media_type="text/csv", headers=headers)
+    return StreamingResponse(jsonl_results(store, batch.id, chunk), media_type="application/jsonl",
+                             headers=headers)
+
+
+@router.post("/{batch_id}/cancel", response_model=BatchOut, summary="Cancel: pending items never run")
+async def cancel_batch(batch_id: str, owner: OwnerDep, state: StateDep) -> BatchOut:
+    batch = await _owned(state, batch_id, owner)
+    if batch.status.terminal:
+        raise APIError(409, f"batch already {batch.status.value}; nothing to cancel", code="batch_not_cancelable",
+                       param="batch_id")
+    await batch_store(state).request_cancel(batch_id, owner, state.settings.batch_chunk_size)
+    return BatchOut.of(await _owned(state, batch_id, owner))

@@ -1,0 +1,96 @@
+"""``/v1/files``: OpenAI's Files API for batch input, and the output and error files of
+OpenAI-style batches (rendered from the items when read, never stored twice)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import Response, StreamingResponse
+
+from api import file_store
+from api.batch_results import openai_file
+from api.batch_schemas import FileOut
+from api.batch_submit import batch_store
+from api.deps import AppState, OwnerDep, StateDep
+from api.errors import ERROR_RESPONSES, APIError, not_found
+from textgen_core.batches import BatchRecord
+
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
+
+UPLOAD_CHUNK = 1024 * 1024
+
+
+async def read_upload(upload: UploadFile, limit: int) -> bytes:
+    """The upload's bytes, refusing more than ``limit`` (413) and anything but UTF-8 text (400)."""
+    parts: list[bytes] = []
+    size = 0
+    while chunk := await upload.read(UPLOAD_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise APIError(413, f"the file is larger than {limit:,} bytes", code="file_too_large", param="file")
+        parts.append(chunk)
+    data = b"".join(parts)
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise APIError(400, "the file must be UTF-8 text (JSONL)", code="invalid_file", param="file") from exc
+    return data
+
+
+@router.post("", response_model=FileOut, summary="Upload a JSONL file of batch requests (purpose 'batch')")
+async def create_file(
+    owner: OwnerDep,
+    state: StateDep,
+    file: Annotated[UploadFile, File(description="JSONL: one {custom_id, method, url, body} per line")],
+    purpose: Annotated[str, Form()],
+) -> FileOut:
+    if purpose != "batch":
+        raise APIError(400, f"purpose {purpose!r} is not supported; use 'batch'", code="invalid_purpose",
+                       param="purpose")
+    data = await read_upload(file, state.settings.batch_file_max_bytes)
+    return await file_store.save(state, owner, file.filename or "input.jsonl", purpose, data)
+
+
+async def _batch_file(state: AppState, file_id: str, owner: str) -> tuple[BatchRecord, bool] | None:
+    """(batch, is error file) when ``file_id`` names a batch's output or error file."""
+    for suffix, errors in (("-output", False), ("-errors", True)):
+        if file_id.startswith("file-batch_") and file_id.endswith(suffix):
+            batch = await batch_store(state).get(file_id.removeprefix("file-").removesuffix(suffix), owner)
+            if batch is not None and batch.kind == "openai" and batch.status.terminal:
+                return batch, errors
+    return None
+
+
+def _lines(state: AppState, batch: BatchRecord, errors: bool) -> AsyncIterator[str]:
+    return openai_file(batch_store(state), batch.id, batch.endpoint or "/v1/chat/completions", errors,
+                       state.settings.batch_chunk_size)
+
+
+@router.get("/{file_id}", response_model=FileOut, summary="A file's metadata")
+async def get_file(file_id: str, owner: OwnerDep, state: StateDep) -> FileOut:
+    found = await _batch_file(state, file_id, owner)
+    if found is not None:
+        batch, errors = found
+        size = 0
+        async for line in _lines(state, batch, errors):
+            size += len(line.encode())
+        return FileOut(id=file_id, bytes=size, created_at=int(batch.finished_at or batch.created_at),
+                       filename=f"batch_{'errors' if errors else 'output'}.jsonl", purpose="batch_output")
+    info = await file_store.get(state, file_id, owner)
+    if info is None:
+        raise not_found("file", "file_id")
+    return info
+
+
+@router.get("/{file_id}/content", summary="A file's content", response_class=StreamingResponse,
+            responses={200: {"content": {"application/jsonl": {}}}})
+async def get_file_content(file_id: str, owner: OwnerDep, state: StateDep) -> Response:
+    found = await _batch_file(state, file_id, owner)
+    if found is not None:
+        batch, errors = found
+        return StreamingResponse(_lines(state, batch, errors), media_type="application/jsonl")
+    if await file_store.get(state, file_id, owner) is None:
+        raise not_found("file", "file_id")
+    return Response(await file_store.content(state, file_id), media_type="application/jsonl")

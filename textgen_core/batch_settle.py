@@ -1,0 +1,34 @@
+"""Batch accounting inside the job scripts: the one place a batch reaches a terminal state.
+
+Every job script that ends a job (finish, cancel, give up after too many attempts) calls
+``settle_batch_item`` in the same Lua call, so a batch's counts move exactly once per item and
+the batch turns ``completed`` (or ``canceled``) atomically with its last item. Anything that
+must react to a finished batch (webhooks, say) subscribes to ``Keys.batch_events_channel``,
+published here and nowhere else.
+"""
+
+from __future__ import annotations
+
+# Key names are built from the prefix here; they must match Keys.batch, Keys.batch_inflight,
+# Keys.active_batches and Keys.batch_events_channel.
+SETTLE_LUA = """
+local function settle_batch_item(jobkey, prefix, status, now)
+  local bid = redis.call('HGET', jobkey, 'batch_id')
+  if not bid or bid == '' then return end
+  local bkey = prefix .. ':batch:' .. bid
+  redis.call('HDEL', bkey .. ':inflight', redis.call('HGET', jobkey, 'id'))
+  if redis.call('EXISTS', bkey) == 0 then return end
+  local field = 'failed'
+  if status == 'succeeded' then field = 'completed' elseif status == 'canceled' then field = 'canceled' end
+  redis.call('HINCRBY', bkey, field, 1)
+  local b = redis.call('HMGET', bkey, 'completed', 'failed', 'canceled', 'total', 'status', 'cancel_requested')
+  local done = tonumber(b[1] or 0) + tonumber(b[2] or 0) + tonumber(b[3] or 0)
+  if done >= tonumber(b[4] or 0) and b[5] ~= 'completed' and b[5] ~= 'canceled' and b[5] ~= 'failed' then
+    local final = 'completed'
+    if b[6] == '1' then final = 'canceled' end
+    redis.call('HSET', bkey, 'status', final, 'finished_at', now)
+    redis.call('SREM', prefix .. ':batches:active', bid)
+    redis.call('PUBLISH', prefix .. ':batch-events', cjson.encode({id = bid, status = final}))
+  end
+end
+"""

@@ -1,0 +1,200 @@
+"""Batches in Redis: the API's :class:`AsyncBatchStore` (create, read, list, cancel, read items)
+and the workers' :class:`BatchLedger` (which worker holds which item, and handing back a dead
+worker's items).
+
+Items are job records written in chunks with pipelines, so a 50,000-item batch never needs
+one giant command or all its records in memory at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Iterable
+
+import redis
+import redis.asyncio as aioredis
+
+from textgen_core.batches import BatchRecord, BatchStatus
+from textgen_core.jobs import JobRecord
+from textgen_core.keys import Keys
+from textgen_core.store import _CANCEL, encode_job
+
+# Fields of an item that results need (everything but the input and history).
+ITEM_FIELDS = ("id", "custom_id", "status", "output", "finish_reason", "usage", "error", "model", "created_at",
+               "finished_at")
+
+# KEYS: inflight hash. ARGV: job id, expected value. Deletes the entry only if it is still ours.
+_RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
+class AsyncBatchStore:
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, ttl: int, stream_ttl: int):
+        self.r = client
+        self.keys = keys
+        self.ttl = ttl
+        self.stream_ttl = stream_ttl
+        self._cancel = client.register_script(_CANCEL)
+
+    async def create(self, batch: BatchRecord) -> None:
+        key = self.keys.batch(batch.id)
+        owned = self.keys.owner_batches(batch.owner)
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=batch.encode())
+            pipe.expire(key, self.ttl)
+            pipe.sadd(self.keys.active_batches, batch.id)
+            pipe.zadd(owned, {batch.id: batch.created_at})
+            pipe.expire(owned, self.ttl)
+            await pipe.execute()
+
+    async def add_items(self, batch_id: str, jobs: list[JobRecord]) -> None:
+        """Write one chunk of item records and append their ids to the batch's ordered list."""
+        ids_key = self.keys.batch_jobs(batch_id)
+        async with self.r.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.hset(self.keys.job(job.id), mapping=encode_job(job))
+                pipe.expire(self.keys.job(job.id), self.ttl)
+            pipe.rpush(ids_key, *[job.id for job in jobs])
+            pipe.expire(ids_key, self.ttl)
+            await pipe.execute()
+
+    async def start(self, batch_id: str) -> None:
+        """Every item is written and enqueued: validating -> in_progress (unless already ended)."""
+        key = self.keys.batch(batch_id)
+        # A cancel or the last item may have moved it on already; only validating moves.
+        await self.r.eval(
+            "if redis.call('HGET', KEYS[1], 'status') == 'validating' then "
+            "redis.call('HSET', KEYS[1], 'status', 'in_progress') end "
+            "local s = redis.call('HGET', KEYS[1], 'status') "
+            "if s == 'completed' or s == 'canceled' or s == 'failed' then redis.call('SREM', KEYS[2], ARGV[1]) end "
+            "return s",
+            2, key, self.keys.active_batches, batch_id,
+        )
+
+    async def delete(self, batch_id: str, owner: str) -> None:
+        """Remove a batch that could not be accepted, with the items written so far."""
+        ids_key = self.keys.batch_jobs(batch_id)
+        while chunk := await self.r.lpop(ids_key, 1000):
+            await self.r.delete(*[self.keys.job(j) for j in chunk])
+        await self.r.delete(self.keys.batch(batch_id), self.keys.batch_inflight(batch_id))
+        await self.r.zrem(self.keys.owner_batches(owner), batch_id)
+        await self.r.srem(self.keys.active_batches, batch_id)
+
+    async def get(self, batch_id: str, owner: str) -> BatchRecord | None:
+        raw = await self.r.hgetall(self.keys.batch(batch_id))
+        if not raw or raw.get("owner") != owner:
+            return None
+        return BatchRecord.decode(raw)
+
+    async def page(self, owner: str, limit: int, after: str | None) -> tuple[list[BatchRecord], bool]:
+        """The owner's batches, newest first, ``limit`` after the batch id ``after``."""
+        owned = self.keys.owner_batches(owner)
+        start = 0
+        if after:
+            rank = await self.r.zrevrank(owned, after)
+            start = 0 if rank is None else rank + 1
+        out: list[BatchRecord] = []
+        while len(out) <= limit:
+            ids = await self.r.zrevrange(owned, start, start + limit)
+            if not ids:
+                break
+            start += len(ids)
+            for batch_id in ids:
+                batch = await self.get(batch_id, owner)
+                if batch is None:
+                    await self.r.zrem(owned, batch_id)  # expired: forget it
+                    start -= 1
+                elif len(out) <= limit:
+                    out.append(batch)
+        return out[:limit], len(out) > limit
+
+    async def request_cancel(self, batch_id: str, owner: str, chunk: int) -> None:
+        """Mark the batch cancelling, then cancel its items in chunks: queued ones never run,
+        running ones stop at the next step. The last item to end settles the batch ``canceled``."""
+        key = self.keys.batch(batch_id)
+        await self.r.eval(
+            "local s = redis.call('HGET', KEYS[1], 'status') "
+            "if s == 'validating' or s == 'in_progress' then "
+            "redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancel_requested', '1', 'cancelling_at', ARGV[1]) "
+            "end return s",
+            1, key, time.time(),
+        )
+        start = 0
+        while ids := await self.r.lrange(self.keys.batch_jobs(batch_id), start, start + chunk - 1):
+            start += len(ids)
+            async with self.r.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    await self._cancel(
+                        keys=[self.keys.job(job_id), self.keys.tokens(job_id)],
+                        args=[owner, time.time(), self.keys.events_channel, self.keys.cancel_channel,
+                              self.stream_ttl, self.keys.prefix],
+                        client=pipe,
+                    )
+                await pipe.execute()
+
+    async def items(self, batch_id: str, chunk: int) -> AsyncIterator[dict[str, str]]:
+        """Every item's result fields, in input order, ``chunk`` records per round trip."""
+        start = 0
+        while ids := await self.r.lrange(self.keys.batch_jobs(batch_id), start, start + chunk - 1):
+            start += len(ids)
+            async with self.r.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hmget(self.keys.job(job_id), ITEM_FIELDS)
+                rows = await pipe.execute()
+            for row in rows:
+                yield dict(zip(ITEM_FIELDS, row, strict=True))
+
+
+def item_json(value: str | None) -> object:
+    return json.loads(value) if value else None
+
+
+class BatchLedger:
+    """Worker side: which items each worker holds, so a dead worker's items are handed back."""
+
+    def __init__(self, client: redis.Redis, keys: Keys):
+        self.r = client
+        self.keys = keys
+        self._release = client.register_script(_RELEASE)
+
+    def job_ids(self, batch_id: str, start: int, stop: int) -> list[str]:
+        return list(self.r.lrange(self.keys.batch_jobs(batch_id), start, stop - 1))
+
+    def hold(self, batch_id: str, job_id: str, worker: str, token: str) -> str | None:
+        """Record that ``worker`` holds the item; returns the entry, or None if another holds it."""
+        entry = f"{worker}|{time.time()!r}|{token}"
+        return entry if self.r.hsetnx(self.keys.batch_inflight(batch_id), job_id, entry) else None
+
+    def release(self, batch_id: str, job_id: str, entry: str) -> bool:
+        return bool(self._release(keys=[self.keys.batch_inflight(batch_id)], args=[job_id, entry]))
+
+    def orphans(self, alive: Iterable[tuple[str, float]]) -> list[tuple[str, str, str]]:
+        """(batch id, job id, entry) of items held by workers that are gone or restarted since.
+
+        ``alive`` is (worker name, started_at) of every worker with a heartbeat.
+        """
+        started = dict(alive)
+        out: list[tuple[str, str, str]] = []
+        for batch_id in self.r.smembers(self.keys.active_batches):
+            if not self.r.exists(self.keys.batch(batch_id)):
+                self.r.srem(self.keys.active_batches, batch_id)
+                continue
+            for job_id, entry in self.r.hgetall(self.keys.batch_inflight(batch_id)).items():
+                worker, since, _ = entry.split("|", 2)
+                boot = started.get(worker)
+                if boot is None or boot > float(since):
+                    out.append((batch_id, job_id, entry))
+        return out
+
+    def model_of(self, job_id: str) -> str | None:
+        return self.r.hget(self.keys.job(job_id), "model")
+
+    def is_active(self, batch_id: str) -> bool:
+        return bool(self.r.sismember(self.keys.active_batches, batch_id))
+
+    def status(self, batch_id: str) -> BatchStatus | None:
+        value = self.r.hget(self.keys.batch(batch_id), "status")
+        return BatchStatus(value) if value else None

@@ -1,0 +1,105 @@
+"""Batch records: many generation jobs (items) submitted, counted and read back together.
+
+Each item is an ordinary job record on the bulk lane carrying ``batch_id`` and ``custom_id``,
+so items use the same claim/finish scripts as interactive jobs; those scripts keep the batch's
+counts (see ``batch_settle``). A batch is ``validating`` while its items are written,
+``in_progress`` once they are all enqueued, ``cancelling`` after a cancel, and ends
+``completed`` (every item ended, some may have failed), ``canceled`` or ``failed``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import secrets
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from textgen_core.jobs import JobInput, SamplingParams
+from textgen_core.modes import Mode
+
+
+class BatchStatus(enum.StrEnum):
+    validating = "validating"
+    in_progress = "in_progress"
+    completed = "completed"
+    failed = "failed"
+    cancelling = "cancelling"
+    canceled = "canceled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (BatchStatus.completed, BatchStatus.failed, BatchStatus.canceled)
+
+
+class ItemSpec(BaseModel):
+    """One validated item, ready to become a job record."""
+
+    custom_id: str
+    mode: Mode
+    input: JobInput
+    params: SamplingParams
+
+
+class BatchRecord(BaseModel):
+    id: str
+    owner: str
+    status: BatchStatus = BatchStatus.validating
+    model: str
+    mode: Mode = Mode.general
+    kind: Literal["native", "openai"] = "native"
+    endpoint: str | None = None
+    input_file_id: str | None = None
+    completion_window: str | None = None
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+    canceled: int = 0
+    created_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    cancelling_at: float | None = None
+    cancel_requested: bool = False
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def done(self) -> int:
+        return self.completed + self.failed + self.canceled
+
+    def rate(self, now: float | None = None) -> float | None:
+        """Items per second since the first item started."""
+        if not self.started_at or not self.done:
+            return None
+        end = self.finished_at or (now or time.time())
+        return self.done / max(end - self.started_at, 1e-6)
+
+    def eta_seconds(self, now: float | None = None) -> float | None:
+        """Seconds left at the observed rate (0 once terminal, None before the first item ends)."""
+        if self.status.terminal:
+            return 0.0
+        rate = self.rate(now)
+        return round((self.total - self.done) / rate, 1) if rate else None
+
+    def encode(self) -> dict[str, str]:
+        data = self.model_dump(mode="json")
+        # Unset times are left out, so the scripts can set them once with HSETNX.
+        out = {k: str(v) for k, v in data.items() if v is not None and k not in ("metadata", "cancel_requested")}
+        out["created_at"] = repr(self.created_at)
+        out["metadata"] = json.dumps(self.metadata, separators=(",", ":"))
+        out["cancel_requested"] = "1" if self.cancel_requested else "0"
+        return out
+
+    @classmethod
+    def decode(cls, raw: dict[str, str]) -> BatchRecord:
+        fields: dict[str, Any] = {k: (v or None) for k, v in raw.items()}
+        fields["metadata"] = json.loads(raw.get("metadata") or "{}")
+        fields["cancel_requested"] = raw.get("cancel_requested") == "1"
+        for name in ("total", "completed", "failed", "canceled"):
+            fields[name] = int(raw.get(name) or 0)
+        return cls.model_validate(fields)
+
+
+def new_batch_id() -> str:
+    return "batch_" + secrets.token_hex(12)
