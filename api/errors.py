@@ -63,12 +63,18 @@ def _param(loc: tuple[int | str, ...]) -> str | None:
     return ".".join(parts) or None
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+def _with_limits(request: Request, headers: dict[str, str] | None) -> dict[str, str] | None:
+    """Rate-limit headers of the request's key (set by api.deps) go on its errors too."""
+    counted: dict[str, str] = getattr(request.state, "rate_limit_headers", {})
+    return {**counted, **(headers or {})} or None
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    return error_response(exc.status, exc.body, exc.headers)
+    return error_response(exc.status, exc.body, _with_limits(request, exc.headers))
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
     param = _param(tuple(first.get("loc", ())))
@@ -76,7 +82,7 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     if param:
         message = f"{param}: {message}"
     return error_response(422, ErrorBody(message=message, type="invalid_request_error", code="invalid_value",
-                                         param=param))
+                                         param=param), _with_limits(request, None))
 
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
@@ -107,5 +113,11 @@ def install(app: FastAPI) -> None:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (401, 404, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 422, 429, 503)
 }
+"""Errors any authenticated route can answer (429: the key's requests-per-minute budget)."""
+
+CREATE_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (409, 413)
+}
+"""Also for routes that create (Idempotency-Key conflicts, body size limit)."""
