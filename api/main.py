@@ -13,7 +13,10 @@ from fastapi.middleware.cors import CORSMiddleware
 from api import errors
 from api.deps import AppState
 from api.events import EventHub
+from api.prompt_budget import PromptBudget
 from api.queueing import JobQueue
+from api.ratelimit import RateLimits
+from api.request_guard import RequestGuard
 from api.routes import conversations, health, jobs
 from textgen_core.keys import Keys
 from textgen_core.settings import Settings, get_settings
@@ -40,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store=AsyncJobStore(client, keys, job_ttl=settings.job_ttl_seconds, stream_ttl=settings.stream_ttl_seconds),
             hub=hub,
             queue=JobQueue(keys),
+            limits=RateLimits(settings, keys.rate_limit_prefix),
+            prompts=PromptBudget(settings),
         )
         hub.start()
         try:
@@ -54,7 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Asynchronous text generation: submit jobs, poll or stream results.",
         lifespan=lifespan,
     )
-    if settings.cors_origins:
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes,
+                       max_json_depth=settings.max_json_depth)
+    if settings.cors_origins:  # added last, so outermost: refusals carry CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
     errors.install(app)

@@ -12,9 +12,10 @@ from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import AppState, OwnerDep, StateDep
-from api.errors import ERROR_RESPONSES, APIError, not_found
+from api.errors import CREATE_RESPONSES, ERROR_RESPONSES, APIError, not_found
+from api.idempotency import IdempotencyDep
 from api.schemas import JobCreate, JobOut
-from textgen_core.jobs import JobRecord
+from textgen_core.jobs import JobInput, JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -28,15 +29,25 @@ async def _owned(state: AppState, job_id: str, owner: str) -> JobRecord:
     return job
 
 
-async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "interactive") -> JobRecord:
-    """Validate the model, attach conversation history, store the job, then enqueue it."""
+async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "interactive",
+                 response: Response | None = None) -> JobRecord:
+    """Validate the model and the prompt's length, check the key's token budget, attach
+    conversation history, store the job under the key's queued-jobs cap, then enqueue it."""
     model = body.model or state.settings.default_model
     if state.settings.model(model) is None:
         raise APIError(404, f"model '{model}' not found", code="model_not_found", param="model")
+    job_input = JobInput(prompt=body.prompt, messages=body.messages)
+    state.prompts.check(model, body.mode, job_input, body.max_tokens, "prompt" if body.prompt else "messages")
+    await state.limits.check_tokens(owner, body.max_tokens)
     history = await state.store.history(owner, body.conversation_id) if body.conversation_id else None
     job = body.to_record(owner=owner, model=model, history=history or [])
     job.lane = lane
-    await state.store.create(job)
+    cap = state.settings.max_queued_jobs_per_key
+    stored, _ = await state.store.create(job, max_pending=cap)
+    if not stored:
+        raise APIError(429, f"this API key already has {cap} unfinished jobs; wait for some to finish",
+                       code="too_many_queued_jobs", headers={"Retry-After": "5", "x-ratelimit-limit-jobs": str(cap),
+                                                            "x-ratelimit-remaining-jobs": "0"})
     try:
         await state.queue.enqueue(job.id, model, lane)
     except Exception as exc:  # not enqueued means not accepted: leave no orphan record behind
@@ -44,14 +55,20 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
         await state.store.delete(job.id)
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
+    await state.limits.charge_tokens(owner, body.max_tokens, response)
     return job
 
 
-@router.post("", status_code=202, response_model=JobOut, summary="Submit a generation job")
-async def create_job(body: JobCreate, owner: OwnerDep, state: StateDep, response: Response) -> JobOut:
-    job = await submit(state, body, owner)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobOut.of(job)
+@router.post("", status_code=202, response_model=JobOut, summary="Submit a generation job",
+             responses=CREATE_RESPONSES)
+async def create_job(body: JobCreate, owner: OwnerDep, state: StateDep, response: Response,
+                     idem: IdempotencyDep) -> JobOut:
+    async def create() -> JobOut:
+        return JobOut.of(await submit(state, body, owner, response=response))
+
+    out = await idem.run(body, create, JobOut)
+    response.headers["Location"] = f"/v1/jobs/{out.id}"
+    return out
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="Read a job; ?wait=N holds until it ends")
