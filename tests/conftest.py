@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,16 +99,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     st.start_worker("worker")
     try:
         st.wait_for_worker("worker")
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{st.url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"API not up:\n{tail(root / 'api.log')}")
-            time.sleep(0.1)
+        wait_http(st.url, root / "api.log", timeout=30)
         yield st
     finally:
         for proc in reversed(list(st.procs.values())):
@@ -121,6 +112,44 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if os.environ.get("TEXTGEN_TEST_LOGS"):
             for log in root.glob("*.log"):
                 print(f"==== {log.name}\n{tail(log)}")
+
+
+def wait_http(url: str, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"API not up:\n{tail(log)}")
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="session")
+def start_api(stack: Stack) -> Iterator[Callable[..., str]]:
+    """Start another API process on the stack's Redis with settings overridden by ``env``
+    (e.g. tight rate limits); jobs it accepts run on the stack's worker. Returns its URL."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, loglevel: str = "info", **env: str) -> str:
+        port = free_port()
+        log = stack.logs / f"{name}.log"
+        proc = subprocess.Popen(api_command("127.0.0.1", port, loglevel), env={**stack.env, **env},
+                                stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        wait_http(url, log)
+        return url
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture
