@@ -4,6 +4,7 @@ and the handlers that put every failure into it."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import redis.exceptions
 from fastapi import FastAPI, Request
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +87,29 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
                                          param=param), _with_limits(request, None))
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _flat_routes(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # FastAPI wraps included routers
+        yield from _flat_routes(inner.routes) if inner is not None else (route,)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method any route serves at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in _flat_routes(request.app.router.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     body = ErrorBody(message=str(exc.detail), type=_TYPES.get(exc.status_code, "server_error"))
-    return error_response(exc.status_code, body, getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return error_response(exc.status_code, body, _with_limits(request, headers))
 
 
 async def _redis_down(_: Request, exc: Exception) -> JSONResponse:

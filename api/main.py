@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
+from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
@@ -46,6 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limits=RateLimits(settings, keys.rate_limit_prefix),
             prompts=PromptBudget(settings),
         )
+        await to_thread.run_sync(app.state.textgen.prompts.warm)
         hub.start()
         try:
             yield

@@ -71,6 +71,10 @@ class PromptBudget:
             )
         return used
 
+    def warm(self) -> None:
+        """Load the default model's tokenizer now, not during the first request."""
+        self._budget(self.settings.default_model)
+
     def _budget(self, model: str) -> ModelBudget | None:
         if model not in self._budgets:
             spec = self.settings.model(model)

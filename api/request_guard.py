@@ -3,8 +3,9 @@
 - Larger than ``max_body_bytes``: 413, decided from ``Content-Length`` or while reading a
   chunked body, so a huge upload is never buffered whole.
 - JSON nested deeper than ``max_json_depth``: 400 (deep nesting exhausts parsers' stacks).
-- JSON that Redis, the tokenizer or the response encoder cannot round-trip: ``NaN`` and
-  ``Infinity``, numbers out of float range, lone UTF-16 surrogates and NUL characters: 422.
+- JSON that cannot be stored and echoed back as JSON: ``NaN`` and ``Infinity``, numbers out
+  of float range, and lone UTF-16 surrogates (not encodable as UTF-8): 422. Other control
+  characters, NUL included, are ordinary text: stored and returned intact.
 
 Every refusal uses the one error envelope.
 """
@@ -56,7 +57,7 @@ def _finite(text: str) -> float:
 
 
 def check_text(value: Any) -> None:
-    """Walk parsed JSON; refuse strings (values or keys) that cannot be stored and echoed safely."""
+    """Walk parsed JSON; refuse strings (values or keys) that cannot be encoded as UTF-8."""
     stack = [value]
     while stack:
         item = stack.pop()
@@ -71,8 +72,6 @@ def check_text(value: Any) -> None:
             except UnicodeEncodeError:
                 raise BadJSON(422, "text must be valid Unicode: lone UTF-16 surrogates are not allowed",
                               "invalid_unicode") from None
-        if isinstance(item, str) and "\x00" in item:
-            raise BadJSON(422, "text must not contain NUL (\\u0000) characters", "invalid_unicode")
 
 
 def check_json(body: bytes, max_depth: int) -> None:

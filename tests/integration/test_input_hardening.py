@@ -46,7 +46,6 @@ def test_deeply_nested_json_is_refused(client: httpx.Client, depth: int) -> None
         ('{"prompt": "hi", "metadata": {"x": 1e999}}', "invalid_number"),
         ('{"prompt": "a\\ud800b"}', "invalid_unicode"),
         ('{"prompt": "hi", "metadata": {"\\udfff": 1}}', "invalid_unicode"),
-        ('{"prompt": "nul\\u0000byte"}', "invalid_unicode"),
     ],
 )
 def test_unstorable_json_is_422(client: httpx.Client, raw: str, code: str) -> None:
@@ -61,7 +60,7 @@ def test_unparseable_json_is_4xx(client: httpx.Client, raw: str) -> None:
 
 
 def test_unicode_and_control_characters_round_trip(client: httpx.Client) -> None:
-    prompt = "Caf\u00e9 \u202eRTL\u202c na\u0303o \U0001f600 \u4f60\u597d \x01\x1b[31m tab\tnew\nline"
+    prompt = "Caf\u00e9 \u202eRTL\u202c na\u0303o \U0001f600 \u4f60\u597d \x00\x01\x1b[31m tab\tnew\nline"
     resp = client.post("/v1/jobs", json={"prompt": prompt, "max_tokens": 2, "temperature": 0,
                                          "metadata": {"\u00e9t\u00e9": "\U0001f31e"}})
     assert resp.status_code == 202, resp.text
