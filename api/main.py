@@ -31,10 +31,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(
+        # A burst of requests waits briefly for a free connection instead of failing at once.
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=None,
-            health_check_interval=15, retry_on_timeout=False,
+            health_check_interval=15, retry_on_timeout=False, max_connections=settings.api_redis_max_connections,
+            timeout=settings.api_redis_pool_timeout_seconds,
         )
+        client = aioredis.Redis(connection_pool=pool)
         keys = Keys(settings.key_prefix)
         hub = EventHub(client, keys.events_channel)
         app.state.textgen = AppState(
@@ -54,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await hub.stop()
             await client.aclose()
+            await pool.disconnect()
 
     app = FastAPI(
         title="textgen",

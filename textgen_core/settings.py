@@ -86,6 +86,8 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_json_depth: int = Field(default=32, ge=4)
+    api_redis_max_connections: int = Field(default=512, ge=8)  # per API process; bursts queue for one
+    api_redis_pool_timeout_seconds: float = Field(default=5.0, gt=0)  # then 503
 
     @field_validator("api_keys", "worker_models", "cors_origins", mode="before")
     @classmethod
