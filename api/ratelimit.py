@@ -63,7 +63,7 @@ class RateLimits:
     async def _refusal(self, item: RateLimitItem, owner: str, what: str) -> APIError:
         stats = await self._limiter.get_window_stats(item, owner)
         headers = _window_headers(item, what, stats.remaining, stats.reset_time)
-        headers["Retry-After"] = str(max(1, math.ceil(stats.reset_time - time.time())))
+        headers["Retry-After"] = str(math.ceil(_seconds_to_reset(item, stats.reset_time)))
         return APIError(429, f"rate limit exceeded: {item.amount} {what} per minute for this API key; "
                              f"retry after {headers['Retry-After']} s", code="rate_limit_exceeded",
                         headers=headers)
@@ -73,5 +73,12 @@ def _window_headers(item: RateLimitItem, what: str, remaining: int, reset_time: 
     return {
         f"x-ratelimit-limit-{what}": str(item.amount),
         f"x-ratelimit-remaining-{what}": str(max(0, remaining)),
-        f"x-ratelimit-reset-{what}": f"{max(0.0, reset_time - time.time()):.0f}s",
+        f"x-ratelimit-reset-{what}": f"{_seconds_to_reset(item, reset_time):.0f}s",
     }
+
+
+def _seconds_to_reset(item: RateLimitItem, reset_time: float) -> float:
+    """Seconds until the window frees capacity; the library reports 0 at a window's very start,
+    when the truthful answer is the whole window."""
+    left = reset_time - time.time()
+    return left if left >= 1 else float(item.get_expiry())
