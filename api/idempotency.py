@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel
+from redis.exceptions import RedisError
 
 from api.deps import OwnerDep, StateDep
 from api.errors import APIError
 
 M = TypeVar("M", bound=BaseModel)
+log = logging.getLogger(__name__)
 
 # How long a key stays reserved by a first request that never finished (its process died).
 RESERVATION_SECONDS = 300
@@ -54,7 +57,10 @@ class Idempotency:
             await self.redis.delete(self.redis_key)
             raise
         done = json.dumps({"fingerprint": fingerprint, "state": "done", "response": result.model_dump_json()})
-        await self.redis.set(self.redis_key, done, ex=self.ttl)
+        try:  # created already: answer with it even if the record cannot be kept
+            await self.redis.set(self.redis_key, done, ex=self.ttl)
+        except RedisError as exc:
+            log.warning("idempotency record not stored: %s", exc)
         return result
 
     async def _replay(self, fingerprint: str, out: type[M]) -> M:

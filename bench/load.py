@@ -188,7 +188,7 @@ def private_stack(max_batch: int) -> Iterator[str]:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError(f"stack did not start; logs in {root}")
             time.sleep(0.5)
-        print(f"private stack up (logs in {root})", flush=True)
+        print("private stack up", flush=True)
         yield f"http://127.0.0.1:{port}"
     finally:
         for proc in reversed(procs):

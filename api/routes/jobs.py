@@ -55,7 +55,10 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
         await state.store.delete(job.id)
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
-    await state.limits.charge_tokens(owner, body.max_tokens, response)
+    try:  # the job is accepted now: a failed count must not turn into an error for it
+        await state.limits.charge_tokens(owner, body.max_tokens, response)
+    except RedisError as exc:
+        log.warning("token budget of job %s not counted: %s", job.id, exc)
     return job
 
 

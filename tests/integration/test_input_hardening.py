@@ -84,3 +84,9 @@ def test_a_prompt_that_fits_only_without_a_big_max_tokens(client: httpx.Client) 
     body = {"prompt": "7 " * 3700, "max_tokens": 1024}
     error = assert_envelope(client.post("/v1/jobs", json=body), 422, "prompt")
     assert "max_tokens=1024" in error["message"] and "at most 7168 prompt tokens" in error["message"]
+
+
+def test_wrong_method_is_405_naming_every_allowed_method(client: httpx.Client) -> None:
+    resp = client.request("PUT", "/v1/conversations/order-1")
+    assert_envelope(resp, 405)
+    assert resp.headers["Allow"] == "DELETE, GET"
