@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
-.PHONY: install up test test-unit lint bench clean
+.PHONY: install up test test-unit lint bench bench-load clean
 
 install: $(VENV)/.installed
 	@$(VENV)/bin/textgen prepare-model
@@ -31,6 +31,9 @@ lint: install
 
 bench: install
 	$(PY) bench/throughput.py
+
+bench-load: install
+	$(PY) bench/load.py $(LOAD_ARGS)
 
 clean:
 	rm -rf $(VENV) .textgen .pytest_cache

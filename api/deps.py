@@ -8,13 +8,15 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import redis.asyncio as aioredis
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request, Response, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import APIError
 from api.events import EventHub
 from api.metrics import AUTH_FAILURES
+from api.prompt_budget import PromptBudget
 from api.queueing import JobQueue
+from api.ratelimit import RateLimits
 from textgen_core.keys import Keys
 from textgen_core.settings import Settings
 from textgen_core.store import AsyncJobStore
@@ -30,6 +32,8 @@ class AppState:
     hub: EventHub
     queue: JobQueue
     webhooks: AsyncWebhookEmitter | None = None  # set by api.webhooks.install
+    limits: RateLimits
+    prompts: PromptBudget
 
 
 def get_state(request: Request) -> AppState:
@@ -64,4 +68,16 @@ def authenticate(
     return owner
 
 
-OwnerDep = Annotated[str, Depends(authenticate)]
+async def rate_limited_owner(
+    owner: Annotated[str, Depends(authenticate)], state: StateDep, request: Request, response: Response
+) -> str:
+    """The caller's owner id, after counting this request against the key's requests per minute.
+    The window's headers go on the response, error responses included (see api.errors)."""
+    headers = await state.limits.hit_request(owner)
+    response.headers.update(headers)
+    request.state.rate_limit_headers = headers
+    return owner
+
+
+OwnerDep = Annotated[str, Depends(rate_limited_owner)]
+"""Authenticated and rate-limited: every route that takes it counts against the key's budget."""

@@ -4,6 +4,7 @@ and the handlers that put every failure into it."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 
 import redis.exceptions
 from fastapi import FastAPI, Request
@@ -11,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,15 @@ def _param(loc: tuple[int | str, ...]) -> str | None:
     return ".".join(parts) or None
 
 
-async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+def _with_limits(request: Request, headers: dict[str, str] | None) -> dict[str, str] | None:
+    """Rate-limit headers of the request's key (set by api.deps) go on its errors too."""
+    counted: dict[str, str] = getattr(request.state, "rate_limit_headers", {})
+    return {**counted, **(headers or {})} or None
+
+
+async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, APIError)
-    return error_response(exc.status, exc.body, exc.headers)
+    return error_response(exc.status, exc.body, _with_limits(request, exc.headers))
 
 
 def validation_error_body(exc: RequestValidationError) -> ErrorBody:
@@ -78,15 +86,34 @@ def validation_error_body(exc: RequestValidationError) -> ErrorBody:
     return ErrorBody(message=message, type="invalid_request_error", code="invalid_value", param=param)
 
 
-async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(422, validation_error_body(exc))
+    return error_response(422, validation_error_body(exc), _with_limits(request, None))
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+def _flat_routes(routes: list[BaseRoute]) -> Iterator[BaseRoute]:
+    for route in routes:
+        inner = getattr(route, "original_router", None)  # FastAPI wraps included routers
+        yield from _flat_routes(inner.routes) if inner is not None else (route,)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method any route serves at this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in _flat_routes(request.app.router.routes):
+        regex = getattr(route, "path_regex", None)
+        if regex is not None and regex.match(request.url.path):
+            methods.update(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     body = ErrorBody(message=str(exc.detail), type=_TYPES.get(exc.status_code, "server_error"))
-    return error_response(exc.status_code, body, getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed_methods(request)
+    return error_response(exc.status_code, body, _with_limits(request, headers))
 
 
 async def _redis_down(_: Request, exc: Exception) -> JSONResponse:
@@ -111,5 +138,11 @@ def install(app: FastAPI) -> None:
 
 
 ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (401, 404, 422, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 422, 429, 503)
 }
+"""Errors any authenticated route can answer (429: the key's requests-per-minute budget)."""
+
+CREATE_RESPONSES: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (409, 413)
+}
+"""Also for routes that create (Idempotency-Key conflicts, body size limit)."""

@@ -7,13 +7,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
+from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors, metrics
 from api.deps import AppState
 from api.events import EventHub
+from api.prompt_budget import PromptBudget
 from api.queueing import JobQueue
+from api.ratelimit import RateLimits
+from api.request_guard import RequestGuard
 from api.routes import (
     batches,
     conversations,
@@ -41,10 +45,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        client = aioredis.Redis.from_url(
+        # A burst of requests waits briefly for a free connection instead of failing at once.
+        pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=None,
-            health_check_interval=15, retry_on_timeout=False,
+            health_check_interval=15, retry_on_timeout=False, max_connections=settings.api_redis_max_connections,
+            timeout=settings.api_redis_pool_timeout_seconds,
         )
+        client = aioredis.Redis(connection_pool=pool)
         keys = Keys(settings.key_prefix)
         hub = EventHub(client, keys.events_channel)
         app.state.textgen = AppState(
@@ -54,14 +61,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             store=AsyncJobStore(client, keys, job_ttl=settings.job_ttl_seconds, stream_ttl=settings.stream_ttl_seconds),
             hub=hub,
             queue=JobQueue(keys),
+            limits=RateLimits(settings, keys.rate_limit_prefix),
+            prompts=PromptBudget(settings),
         )
         install_webhooks(app.state.textgen)
+        await to_thread.run_sync(app.state.textgen.prompts.warm)
         hub.start()
         try:
             yield
         finally:
             await hub.stop()
             await client.aclose()
+            await pool.disconnect()
 
     app = FastAPI(
         title="textgen",
@@ -69,7 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Asynchronous text generation: submit jobs, poll or stream results.",
         lifespan=lifespan,
     )
-    if settings.cors_origins:
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes,
+                       max_json_depth=settings.max_json_depth, upload_paths=("/v1/batches", "/v1/files"),
+                       max_upload_bytes=settings.batch_file_max_bytes)
+    if settings.cors_origins:  # added last, so outermost: refusals carry CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])
     errors.install(app)

@@ -19,7 +19,7 @@ from textgen_core.modes import Mode
 
 MaxTokens = Annotated[int, *SamplingParams.model_fields["max_tokens"].metadata]
 MAX_PROMPT_CHARS = 32_000
-SEED_SPACE = 2**63
+SEED_SPACE = 2**53  # the largest seed the job schema accepts, plus one
 
 # finish_reason in OpenAI's vocabulary: it knows only "stop" and "length".
 FINISH_REASONS: dict[str, Literal["stop", "length"]] = {"length": "length", "time_limit": "length"}

@@ -24,7 +24,8 @@ class JobCreate(SamplingParams):
     model: str | None = Field(default=None, description="Defaults to the configured default model.")
     mode: Mode = Mode.general
     conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID)
-    metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back; at most 16 keys, 4 KB.")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back; at most 16 keys, 4 KB.",
+                                     json_schema_extra={"maxProperties": 16})
     webhook: str | None = Field(default=None, max_length=2048,
                                 description="http(s) URL that receives signed events (Standard Webhooks).")
     webhook_events_filter: list[JobWebhookEvent] = Field(
@@ -39,7 +40,15 @@ class JobCreate(SamplingParams):
                  "temperature": 0},
                 {"messages": [{"role": "user", "content": "My order arrived damaged."}], "mode": "support",
                  "conversation_id": "order-1234"},
-            ]
+            ],
+            # Exactly one of a prompt or messages with a user turn (so generated clients and
+            # schema-driven tests know the rule the validator below enforces).
+            "oneOf": [
+                {"required": ["prompt"], "properties": {"prompt": {"type": "string"}, "messages": {"type": "null"}}},
+                {"required": ["messages"], "properties": {"prompt": {"type": "null"}, "messages": {
+                    "type": "array", "contains": {"required": ["role"], "properties": {"role": {"const": "user"}}},
+                }}},
+            ],
         },
     }
 

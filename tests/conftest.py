@@ -8,7 +8,7 @@ import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,6 +180,31 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
               {"id": IDLE_MODEL, "source": "local", "location": str(root / "nowhere")}]
     with launch_stack(root, models, DEFAULT_MODEL_ID) as st:
         yield st
+
+
+@pytest.fixture(scope="session")
+def start_api(stack: Stack) -> Iterator[Callable[..., str]]:
+    """Start another API process on the stack's Redis with settings overridden by ``env``
+    (e.g. tight rate limits); jobs it accepts run on the stack's worker. Returns its URL."""
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(name: str, loglevel: str = "info", **env: str) -> str:
+        port = free_port()
+        log = stack.logs / f"{name}.log"
+        proc = subprocess.Popen(api_command("127.0.0.1", port, loglevel), env={**stack.env, **env},
+                                stdout=log.open("ab"), stderr=subprocess.STDOUT)
+        procs.append(proc)
+        url = f"http://127.0.0.1:{port}"
+        wait_for_api(url, log)
+        return url
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 @pytest.fixture

@@ -58,6 +58,15 @@ class ChatMessage(BaseModel):
     content: str = Field(min_length=0, max_length=32_000)
 
 
+def _stop_schema(schema: dict[str, Any]) -> None:
+    """Publish what the validators below accept: one stop string or up to 4, each 1..64 characters."""
+    item = {"type": "string", "minLength": 1, "maxLength": 64}
+    schema.pop("items", None)
+    schema.pop("maxItems", None)
+    schema.pop("type", None)
+    schema["anyOf"] = [item, {"type": "array", "items": item, "maxItems": 4}]
+
+
 class SamplingParams(BaseModel):
     """Everything that decides the generated text besides the input. Bounds live here once."""
 
@@ -68,8 +77,9 @@ class SamplingParams(BaseModel):
     repetition_penalty: float = Field(default=1.0, ge=0.5, le=2.0)
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    stop: list[str] = Field(default_factory=list, max_length=4)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: list[str] = Field(default_factory=list, max_length=4, json_schema_extra=lambda s: _stop_schema(s))
+    # 2**53 - 1: the largest integer every JSON client (and schema validator) represents exactly.
+    seed: int | None = Field(default=None, ge=0, le=2**53 - 1)
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -109,6 +109,21 @@ class Keys:
     def file_content(self, file_id: str) -> str:
         """String: an uploaded file's bytes. TTL: settings.batch_file_ttl_seconds."""
         return f"{self.prefix}:file:{file_id}:content"
+    def pending(self, owner: str) -> str:
+        """String: count of the owner's accepted jobs not yet finished (the queued-jobs cap).
+        Owner: the job scripts (``textgen_core/pending.py``): +1 on admission, -1 on the terminal
+        transition, deleted at zero; TTL: job_ttl_seconds, refreshed on every admission."""
+        return f"{self.prefix}:pending:{owner}"
+
+    def idempotency(self, owner: str, key_digest: str) -> str:
+        """String: JSON of the first response to an ``Idempotency-Key``.
+        TTL: settings.idempotency_ttl_seconds (a few minutes while the first request runs)."""
+        return f"{self.prefix}:idem:{owner}:{key_digest}"
+
+    @property
+    def rate_limit_prefix(self) -> str:
+        """Prefix of the ``limits`` library's window counters. TTL: set by the library (two windows)."""
+        return f"{self.prefix}:ratelimit"
 
     def queue(self, model_id: str, lane: str = "interactive") -> str:
         """Celery queue (a Redis list owned by Celery) for one model and lane."""

@@ -115,6 +115,15 @@ class Settings(BaseSettings):
     batch_reap_seconds: float = Field(default=5.0, gt=0)  # how often workers look for a dead worker's items
     # Engine rows and Celery slots beyond max_batch that only interactive jobs may use.
     interactive_headroom: int = Field(default=4, ge=1, le=64)
+    # Rate limits, quotas, idempotency and input hardening (per API key; 0 turns a limit off)
+    rate_limit_requests_per_minute: int = Field(default=600, ge=0)
+    rate_limit_tokens_per_minute: int = Field(default=200_000, ge=0)  # counted as max_tokens on admission
+    max_queued_jobs_per_key: int = Field(default=1000, ge=0)  # accepted jobs not yet finished
+    idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_json_depth: int = Field(default=32, ge=4)
+    api_redis_max_connections: int = Field(default=512, ge=8)  # per API process; bursts queue for one
+    api_redis_pool_timeout_seconds: float = Field(default=5.0, gt=0)  # then 503
 
     @field_validator("api_keys", "worker_models", "cors_origins", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from textgen_core.batch_settle import SETTLE_LUA
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.keys import Keys
+from textgen_core.pending import ADMIT_LUA, RELEASE_PENDING_LUA, WITHDRAW_LUA
 from textgen_core.webhooks.records import parse_deliveries
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def decode_job(raw: dict[str, str], deliveries: list[str] | None = None) -> JobR
 # KEYS: job. ARGV: worker, now, attempt_token, ttl, max_attempts, events channel, key prefix.
 # Returns "claimed" when this attempt now owns the job, else the status it has (another attempt may
 # be running it: a message redelivered while the first delivery still runs must not run it twice).
-_CLAIM = SETTLE_LUA + """
+_CLAIM = SETTLE_LUA + RELEASE_PENDING_LUA + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st ~= 'queued' then return st end
@@ -86,6 +87,7 @@ if attempts > tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'finish_reason', 'error',
     'error', cjson.encode({message = 'gave up after ' .. ARGV[5] .. ' attempts: the job stopped its '
       .. 'worker each time', type = 'max_attempts_exceeded'}))
+  release_pending(KEYS[1])
   redis.call('PUBLISH', ARGV[6], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = 'failed'}))
   settle_batch_item(KEYS[1], ARGV[7], 'failed', ARGV[2])
   return 'gave_up'
@@ -101,10 +103,11 @@ return 'claimed'
 # KEYS: job, tokens stream, history list. ARGV: attempt_token, status, now, ttl, fields (JSON object
 # of strings), history entries (JSON list of strings), history max, history ttl, events channel,
 # stream ttl, stream maxlen, key prefix. Only the attempt that owns the job can finish it, exactly once.
-_FINISH = SETTLE_LUA + """
+_FINISH = SETTLE_LUA + RELEASE_PENDING_LUA + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
+release_pending(KEYS[1])
 for k, v in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], k, v) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 local entries = cjson.decode(ARGV[6])
@@ -122,13 +125,14 @@ return 1
 
 # KEYS: job, tokens stream. ARGV: owner, now, events channel, cancel channel, stream ttl, key prefix.
 # Returns the status afterwards ("running" means a stop was requested), or "missing".
-_CANCEL = SETTLE_LUA + """
+_CANCEL = SETTLE_LUA + RELEASE_PENDING_LUA + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'missing' end
 local id = redis.call('HGET', KEYS[1], 'id')
 if st == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[2], 'finish_reason', 'canceled',
     'output', '')
+  release_pending(KEYS[1])
   redis.call('XADD', KEYS[2], '*', 'end', 'canceled')
   redis.call('EXPIRE', KEYS[2], ARGV[5])
   redis.call('PUBLISH', ARGV[3], cjson.encode({id = id, status = 'canceled'}))
@@ -259,16 +263,22 @@ class AsyncJobStore:
         self.job_ttl = job_ttl
         self.stream_ttl = stream_ttl
         self._cancel = client.register_script(_CANCEL)
+        self._admit = client.register_script(ADMIT_LUA)
+        self._withdraw = client.register_script(WITHDRAW_LUA)
 
-    async def create(self, job: JobRecord) -> None:
-        key = self.keys.job(job.id)
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.hset(key, mapping=encode_job(job))
-            pipe.expire(key, self.job_ttl)
-            await pipe.execute()
+    async def create(self, job: JobRecord, *, max_pending: int = 0) -> tuple[bool, int]:
+        """Store the job unless its owner already has ``max_pending`` unfinished jobs (0: no cap).
+        Returns whether it was stored and the owner's unfinished jobs afterwards."""
+        pairs = [item for pair in encode_job(job).items() for item in pair]
+        stored, count = await self._admit(
+            keys=[self.keys.pending(job.owner), self.keys.job(job.id)],
+            args=[max_pending, self.job_ttl, self.job_ttl, *pairs],
+        )
+        return bool(stored), int(count)
 
     async def delete(self, job_id: str) -> None:
-        await self.r.delete(self.keys.job(job_id), self.keys.tokens(job_id))
+        """Take back a stored job that never reached the queue (and its place under the cap)."""
+        await self._withdraw(keys=[self.keys.job(job_id), self.keys.tokens(job_id)])
 
     async def get(self, job_id: str, owner: str) -> JobRecord | None:
         """The job if it exists and belongs to ``owner`` (others see nothing)."""

@@ -12,12 +12,13 @@ from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from api.deps import AppState, OwnerDep, StateDep
-from api.errors import ERROR_RESPONSES, APIError, not_found
+from api.errors import CREATE_RESPONSES, ERROR_RESPONSES, APIError, not_found
+from api.idempotency import IdempotencyDep
 from api.metrics import JOBS_SUBMITTED
 from api.schemas import JobCreate, JobOut
 from api.webhooks import check_webhook_url
 from textgen_core import metrics
-from textgen_core.jobs import JobRecord, JobStatus
+from textgen_core.jobs import JobInput, JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,9 @@ async def _owned(state: AppState, job_id: str, owner: str) -> JobRecord:
 
 
 async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "interactive",
-                 raw: bool = False) -> JobRecord:
-    """Validate the model, attach conversation history, store the job, then enqueue it.
+                 raw: bool = False, response: Response | None = None) -> JobRecord:
+    """Validate the model and the prompt's length, check the key's token budget, attach
+    conversation history, store the job under the key's queued-jobs cap, then enqueue it.
 
     ``raw``: continue the prompt as plain text, without mode or chat template (OpenAI completions).
     """
@@ -42,11 +44,19 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
         raise APIError(404, f"model '{model}' not found", code="model_not_found", param="model")
     if body.webhook:
         await check_webhook_url(state, owner, body.webhook)
+    job_input = JobInput(prompt=body.prompt, messages=body.messages, raw=raw)
+    state.prompts.check(model, body.mode, job_input, body.max_tokens, "prompt" if body.prompt else "messages")
+    await state.limits.check_tokens(owner, body.max_tokens)
     history = await state.store.history(owner, body.conversation_id) if body.conversation_id else None
     job = body.to_record(owner=owner, model=model, history=history or [])
     job.lane = lane
     job.input.raw = raw
-    await state.store.create(job)
+    cap = state.settings.max_queued_jobs_per_key
+    stored, _ = await state.store.create(job, max_pending=cap)
+    if not stored:
+        raise APIError(429, f"this API key already has {cap} unfinished jobs; wait for some to finish",
+                       code="too_many_queued_jobs", headers={"Retry-After": "5", "x-ratelimit-limit-jobs": str(cap),
+                                                            "x-ratelimit-remaining-jobs": "0"})
     try:
         await state.queue.enqueue(job.id, model, lane)
     except Exception as exc:  # not enqueued means not accepted: leave no orphan record behind
@@ -57,14 +67,23 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
     queue = state.keys.queue(model, lane)
     JOBS_SUBMITTED.labels(model, queue).inc()
     log.info("job accepted", extra={"job_id": job.id, "model": model, "queue": queue, "owner": owner})
+    try:  # the job is accepted now: a failed count must not turn into an error for it
+        await state.limits.charge_tokens(owner, body.max_tokens, response)
+    except RedisError as exc:
+        log.warning("token budget of job %s not counted: %s", job.id, exc)
     return job
 
 
-@router.post("", status_code=202, response_model=JobOut, summary="Submit a generation job")
-async def create_job(body: JobCreate, owner: OwnerDep, state: StateDep, response: Response) -> JobOut:
-    job = await submit(state, body, owner)
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    return JobOut.of(job)
+@router.post("", status_code=202, response_model=JobOut, summary="Submit a generation job",
+             responses=CREATE_RESPONSES)
+async def create_job(body: JobCreate, owner: OwnerDep, state: StateDep, response: Response,
+                     idem: IdempotencyDep) -> JobOut:
+    async def create() -> JobOut:
+        return JobOut.of(await submit(state, body, owner, response=response))
+
+    out = await idem.run(body, create, JobOut)
+    response.headers["Location"] = f"/v1/jobs/{out.id}"
+    return out
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="Read a job; ?wait=N holds until it ends")

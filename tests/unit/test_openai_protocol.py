@@ -12,8 +12,8 @@ USER = [{"role": "user", "content": "hi"}]
 
 
 def test_each_choice_gets_the_next_seed() -> None:
-    jobs = ChatCompletionRequest.model_validate({"messages": USER, "n": 3, "seed": 2**63 - 2}).to_jobs()
-    assert [j.seed for j in jobs] == [2**63 - 2, 2**63 - 1, 0]
+    jobs = ChatCompletionRequest.model_validate({"messages": USER, "n": 3, "seed": 2**53 - 2}).to_jobs()
+    assert [j.seed for j in jobs] == [2**53 - 2, 2**53 - 1, 0]
     assert all(j.messages and j.messages[0].content == "hi" for j in jobs)
 
 

@@ -1,0 +1,40 @@
+"""The per-key count of accepted jobs that have not finished, kept exact inside Redis.
+
+Admission and the count change in one script, and every script that moves a job to a
+terminal state releases it in the same atomic step, so the count never drifts with crashes or
+races. The job hash remembers its counter in the ``pending_key`` field; releasing deletes that
+field, so a job is released at most once whichever script ends it.
+"""
+
+from __future__ import annotations
+
+# A Lua function to prepend to any script that ends a job (finish, cancel, expire, give up).
+RELEASE_PENDING_LUA = """
+local function release_pending(job)
+  local counter = redis.call('HGET', job, 'pending_key')
+  if counter and counter ~= '' then
+    redis.call('HDEL', job, 'pending_key')
+    if redis.call('DECR', counter) <= 0 then redis.call('DEL', counter) end
+  end
+end
+"""
+
+# KEYS: counter, job. ARGV: cap (0 = none), counter ttl, job ttl, then the job's field/value pairs.
+# Returns {1, count} when the job was stored, {0, count} when the owner is at the cap.
+ADMIT_LUA = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cap = tonumber(ARGV[1])
+if cap > 0 and count >= cap then return {0, count} end
+redis.call('HSET', KEYS[2], unpack(ARGV, 4))
+redis.call('HSET', KEYS[2], 'pending_key', KEYS[1])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+count = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {1, count}
+"""
+
+# KEYS: job, tokens stream. Takes back a job that was stored but could not be enqueued.
+WITHDRAW_LUA = RELEASE_PENDING_LUA + """
+release_pending(KEYS[1])
+return redis.call('DEL', KEYS[1], KEYS[2])
+"""
