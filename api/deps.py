@@ -31,9 +31,9 @@ class AppState:
     store: AsyncJobStore
     hub: EventHub
     queue: JobQueue
-    webhooks: AsyncWebhookEmitter | None = None  # set by api.webhooks.install
     limits: RateLimits
     prompts: PromptBudget
+    webhooks: AsyncWebhookEmitter | None = None  # set by api.webhooks.install
 
 
 def get_state(request: Request) -> AppState:

@@ -26,7 +26,7 @@ class JobCreate(SamplingParams):
     conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back; at most 16 keys, 4 KB.",
                                      json_schema_extra={"maxProperties": 16})
-    webhook: str | None = Field(default=None, max_length=2048,
+    webhook: str | None = Field(default=None, max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s]*)?$",
                                 description="http(s) URL that receives signed events (Standard Webhooks).")
     webhook_events_filter: list[JobWebhookEvent] = Field(
         default_factory=default_job_events, min_length=1, max_length=3,
