@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis
 
+from textgen_cli.localstack import tail, wait_http
 from textgen_cli.processes import api_command, child_env, webhook_worker_command, worker_command
 from textgen_cli.redis_server import free_port, start_redis
 from textgen_core.keys import Keys
@@ -94,32 +95,12 @@ class Stack:
             time.sleep(0.2)
 
 
-def wait_http(url: str, log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} not up:\n{tail(log)}")
-        time.sleep(0.1)
-
-
 def _settings_kwargs(env: dict[str, str]) -> dict[str, object]:
     return {"models": json.loads(env["TEXTGEN_MODELS"]), "worker_models": env["TEXTGEN_WORKER_MODELS"]}
 
 
 def wait_for_api(url: str, log: Path, timeout: float = 30) -> None:
     wait_http(f"{url}/health", log, timeout)
-
-
-def tail(path: Path, lines: int = 60) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
 
 
 @contextmanager

@@ -30,6 +30,20 @@ def tail(path: Path, lines: int = 60) -> str:
         return "(no log)"
 
 
+def wait_http(url: str, log: Path, timeout: float = 60) -> None:
+    """Poll ``url`` until it answers 200; on time-out, raise with the tail of ``log``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not up:\n{tail(log)}")
+        time.sleep(0.1)
+
+
 @dataclass
 class LocalStack:
     root: Path
@@ -95,16 +109,7 @@ class LocalStack:
             time.sleep(0.2)
 
     def _wait_http(self, path: str, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if httpx.get(self.url + path, timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"API not up:\n{tail(self.root / 'api.log')}")
-            time.sleep(0.1)
+        wait_http(self.url + path, self.root / "api.log", timeout)
 
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url, decode_responses=True)
