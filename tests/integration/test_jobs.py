@@ -176,3 +176,32 @@ def test_concurrent_jobs_share_a_batch(client: httpx.Client) -> None:
     done = [wait_job(client, first["id"]), wait_job(client, second["id"])]
     assert all(j["status"] == "succeeded" for j in done)
     assert all(j["batch_size"] >= 2 for j in done), [j["batch_size"] for j in done]
+
+
+def test_greedy_text_is_the_same_alone_and_inside_a_batch(client: httpx.Client) -> None:
+    body = {"prompt": "Name three uses of a paperclip.", **GREEDY}
+    alone = wait_job(client, submit(client, **body)["id"])
+    others = [submit(client, prompt=f"Write a long story about {topic}.", temperature=0, max_tokens=48)
+              for topic in ("a lighthouse keeper", "a desert caravan")]
+    batched = wait_job(client, submit(client, **body)["id"])
+    for job in others:
+        wait_job(client, job["id"])
+    assert alone["status"] == batched["status"] == "succeeded"
+    assert batched["batch_size"] >= 2, "the second run shared its batch with the other jobs"
+    assert batched["output"] == alone["output"]
+
+
+def test_cancel_mid_batch_leaves_the_other_rows_intact(stack: Stack, client: httpx.Client) -> None:
+    body = {"prompt": "List four colours of the rainbow.", **GREEDY}
+    alone = wait_job(client, submit(client, **body)["id"])
+    doomed = submit(client, prompt="Write a very long story about a dragon.", max_tokens=1000, temperature=0)
+    kept = submit(client, **body)
+    r = stack.redis()
+    deadline = time.monotonic() + 60
+    while r.xlen(stack.keys.tokens(doomed["id"])) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert client.post(f"/v1/jobs/{doomed['id']}/cancel").status_code == 200
+    canceled, finished = wait_job(client, doomed["id"]), wait_job(client, kept["id"])
+    assert canceled["status"] == "canceled" and canceled["usage"]["completion_tokens"] < 1000
+    assert finished["status"] == "succeeded" and finished["batch_size"] >= 2
+    assert finished["output"] == alone["output"]

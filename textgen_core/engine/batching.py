@@ -215,11 +215,11 @@ class Engine:
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True, logits_to_keep=1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **{self.loaded.cache_kwarg: cache})
         for r, s in zip(rows, seqs, strict=True):
             r.length = len(s)
-        return out.logits[:, -1, :].float(), out.past_key_values, mask
+        return out.logits[:, -1, :].float(), cache, mask  # the model filled ``cache`` in place
 
     def _merge(self, rows: list[_Row], logits: torch.Tensor, cache: DynamicCache, mask: torch.Tensor) -> None:
         if self._cache is None or self._mask is None or self._logits is None:
@@ -321,8 +321,8 @@ class Engine:
         mask = torch.cat([self._mask, ones], dim=1)
         positions = torch.tensor([[r.length] for r in self._rows], device=self.device)
         try:
-            out = self.model(input_ids=next_ids, attention_mask=mask, position_ids=positions,
-                             past_key_values=self._cache, use_cache=True)
+            out = self.model(input_ids=next_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             **{self.loaded.cache_kwarg: self._cache})
         except torch.OutOfMemoryError as exc:
             self._preempt_half(exc)
             return

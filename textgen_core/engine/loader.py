@@ -10,10 +10,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.util
+import inspect
 import logging
 import shutil
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +110,12 @@ class LoadedModel:
     context_length: int
     eos_token_ids: frozenset[int]
     load_seconds: float
+
+    @cached_property
+    def cache_kwarg(self) -> str:
+        """Name of the forward's KV-cache argument: transformers renamed ``past_key_values`` to
+        ``cache`` within 5.x and warns on the old name; the engine passes whichever this one takes."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
 
 def resolve_dtype(requested: str, device: str) -> str:
