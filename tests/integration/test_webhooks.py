@@ -247,3 +247,17 @@ def test_a_private_url_is_refused_again_at_delivery(stack: Stack, receiver: Rece
     assert receiver.requests == []
     [recorded] = parse_deliveries(client.lrange(stack.keys.webhook_deliveries(request.object_id), 0, -1))
     assert recorded.error == result.delivery.error
+
+
+def test_a_receiver_slower_than_the_timeout_is_retried(stack: Stack, receiver: Receiver) -> None:
+    settings = Settings(_env_file=None, redis_url=stack.redis_url, key_prefix=stack.keys.prefix,
+                        webhook_allow_private=True, webhook_timeout_seconds=0.5)
+    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    receiver.stall_seconds = 3
+    request = make_delivery(owner="someone", url=receiver.url, event="job.completed",
+                            object_id=f"job_{time.monotonic_ns()}", payload={"id": "x"})
+    with WebhookDeliverer(client, stack.keys, settings) as deliverer:
+        result = deliverer.attempt(request)
+    # It gave up at the timeout (a ReadTimeout), not when the receiver answered 3 s later.
+    assert result.outcome is Outcome.retry and "ReadTimeout" in (result.delivery.error or "")
+    assert result.delivery.status_code is None and not result.delivery.delivered
