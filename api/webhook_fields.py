@@ -6,7 +6,7 @@ from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field, field_validator
 
-from textgen_core.webhooks.models import BatchWebhookEvent
+from textgen_core.webhooks.models import BatchWebhookEvent, default_batch_events
 from textgen_core.webhooks.urls import UnsafeWebhookURL, parse
 
 
@@ -36,7 +36,7 @@ class BatchWebhookFields(BaseModel):
 
     webhook: WebhookURL | None = Field(default=None, description=WEBHOOK_DOC)
     webhook_events_filter: list[BatchWebhookEvent] = Field(
-        default_factory=lambda: ["completed"], min_length=1, max_length=2,
+        default_factory=default_batch_events, min_length=1, max_length=2,
         description="Events to send: completed, progress (at most every webhook_batch_progress_seconds).")
 
     @field_validator("webhook_events_filter")

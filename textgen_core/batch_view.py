@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from textgen_core.batches import BatchRecord, BatchStatus
 from textgen_core.modes import Mode
-from textgen_core.webhooks.models import BatchWebhookEvent, WebhookDelivery
+from textgen_core.webhooks.models import BatchWebhookEvent, WebhookDelivery, default_batch_events
 
 
 class RequestCounts(BaseModel):
@@ -52,7 +52,7 @@ class BatchOut(BaseModel):
     eta_seconds: float | None = Field(description="Seconds left at the rate observed so far.")
     metadata: dict[str, Any]
     webhook: str | None = None
-    webhook_events_filter: list[BatchWebhookEvent] = Field(default_factory=lambda: ["completed"])
+    webhook_events_filter: list[BatchWebhookEvent] = Field(default_factory=default_batch_events)
     webhook_deliveries: list[WebhookDelivery] = Field(default_factory=list,
                                                       description="Every webhook delivery attempt, oldest first.")
     links: dict[str, str]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 
 from textgen_core.jobs import JobInput, SamplingParams
 from textgen_core.modes import Mode
-from textgen_core.webhooks.models import BatchWebhookEvent, WebhookDelivery
+from textgen_core.webhooks.models import BatchWebhookEvent, WebhookDelivery, default_batch_events
 from textgen_core.webhooks.records import parse_deliveries
 
 
@@ -66,7 +66,7 @@ class BatchRecord(BaseModel):
     cancel_requested: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
     webhook: str | None = None
-    webhook_events_filter: list[BatchWebhookEvent] = Field(default_factory=lambda: ["completed"])
+    webhook_events_filter: list[BatchWebhookEvent] = Field(default_factory=default_batch_events)
     webhook_deliveries: list[WebhookDelivery] = Field(default_factory=list)  # kept in their own list
 
     @property

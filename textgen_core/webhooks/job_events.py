@@ -51,14 +51,15 @@ class JobWebhooks:
         try:
             self.outbox.flush("job.completed", job_id)
             batch_id = self.store.r.hget(self.store.keys.job(job_id), "batch_id")
-            if batch_id and self.outbox.flush("batch.completed", batch_id) is None:
-                self._batch_progress(batch_id)
+            if batch_id and self.outbox.flush("batch.completed", str(batch_id)) is None:
+                self._batch_progress(str(batch_id))
         except Exception:  # the job's own outcome never depends on its webhook
             log.exception("could not queue the webhook events of %s", job_id)
 
     def _batch_progress(self, batch_id: str) -> None:
-        hook, events, status, owner = self.store.r.hmget(self.store.keys.batch(batch_id),
-                                                         ["webhook", "webhook_events_filter", "status", "owner"])
+        fields = ["webhook", "webhook_events_filter", "status", "owner"]
+        raw = self.store.r.hmget(self.store.keys.batch(batch_id), fields)
+        hook, events, status, owner = (None if v is None else str(v) for v in raw)
         if not hook or not owner or '"progress"' not in (events or "") or not status or BatchStatus(status).terminal:
             return
 

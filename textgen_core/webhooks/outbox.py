@@ -153,8 +153,8 @@ class AsyncOutbox:
         if not owner:
             return None
         if is_job:
-            return job_subject(await self.jobs.get(object_id, owner))
-        return batch_subject(await self.batches.get(object_id, owner))
+            return job_subject(await self.jobs.get(object_id, str(owner)))
+        return batch_subject(await self.batches.get(object_id, str(owner)))
 
     async def flush(self, event: str, object_id: str) -> str | None:
         """Same contract as :meth:`Outbox.flush`."""
