@@ -1,18 +1,18 @@
 """Request and response bodies of ``/v1/batches`` and ``/v1/files``.
 
-One batch object serves both kinds of caller: the fields of OpenAI's Batch object (so the
-official SDK reads it unchanged) plus textgen's own (counts with ``canceled``, times as floats,
-the estimate of time left, links).
+The batch object itself (``BatchOut``) lives in ``textgen_core.batch_view``: webhook events
+carry it too.
 """
 
 from __future__ import annotations
 
-import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from textgen_core.batches import BatchRecord, BatchStatus, ItemSpec
+from api.webhook_fields import BatchWebhookFields
+from textgen_core.batch_view import BatchOut
+from textgen_core.batches import ItemSpec
 from textgen_core.jobs import ChatMessage, JobInput, SamplingParams
 from textgen_core.modes import Mode, product_message
 
@@ -92,8 +92,8 @@ class BatchDefaults(SamplingParams):
         return self.model_dump(include=set(SamplingParams.model_fields))
 
 
-class BatchCreate(BatchDefaults):
-    """A batch given inline: items plus shared defaults."""
+class BatchCreate(BatchDefaults, BatchWebhookFields):
+    """A batch given inline: items plus shared defaults (and, optionally, a webhook)."""
 
     items: list[BatchItem] = Field(min_length=1)
 
@@ -110,8 +110,8 @@ class BatchCreate(BatchDefaults):
     }
 
 
-class OpenAIBatchCreate(BaseModel):
-    """OpenAI's ``POST /v1/batches`` body."""
+class OpenAIBatchCreate(BatchWebhookFields):
+    """OpenAI's ``POST /v1/batches`` body (the webhook fields go in the SDK's ``extra_body``)."""
 
     input_file_id: str
     endpoint: Literal["/v1/chat/completions", "/v1/completions"]
@@ -119,73 +119,6 @@ class OpenAIBatchCreate(BaseModel):
     metadata: dict[str, str] | None = None
 
     model_config = {"extra": "forbid"}
-
-
-class RequestCounts(BaseModel):
-    total: int
-    completed: int
-    failed: int
-    canceled: int
-
-
-class BatchOut(BaseModel):
-    id: str
-    object: Literal["batch"] = "batch"
-    status: str
-    model: str
-    mode: Mode
-    endpoint: str | None
-    input_file_id: str | None
-    completion_window: str | None
-    output_file_id: str | None
-    error_file_id: str | None
-    errors: None = None
-    request_counts: RequestCounts
-    created_at: int
-    in_progress_at: int | None
-    completed_at: int | None
-    cancelling_at: int | None
-    cancelled_at: int | None
-    failed_at: int | None = None
-    expired_at: int | None = None
-    finalizing_at: int | None = None
-    expires_at: int | None
-    started_at: float | None = Field(description="When the first item started.")
-    finished_at: float | None
-    items_per_second: float | None
-    eta_seconds: float | None = Field(description="Seconds left at the rate observed so far.")
-    metadata: dict[str, Any]
-    links: dict[str, str]
-
-    @classmethod
-    def of(cls, batch: BatchRecord) -> BatchOut:
-        now = time.time()
-        status = batch.status.value
-        if batch.kind == "openai" and batch.status is BatchStatus.canceled:
-            status = "cancelled"  # OpenAI's spelling, for the SDK
-        terminal = batch.status.terminal
-        finished = int(batch.finished_at) if batch.finished_at else None
-        rate = batch.rate(now)
-        base = f"/v1/batches/{batch.id}"
-        return cls(
-            id=batch.id, status=status, model=batch.model, mode=batch.mode, endpoint=batch.endpoint,
-            input_file_id=batch.input_file_id, completion_window=batch.completion_window,
-            output_file_id=output_file_id(batch.id) if terminal and batch.kind == "openai" else None,
-            error_file_id=error_file_id(batch.id) if terminal and batch.kind == "openai" else None,
-            request_counts=RequestCounts(total=batch.total, completed=batch.completed, failed=batch.failed,
-                                         canceled=batch.canceled),
-            created_at=int(batch.created_at),
-            in_progress_at=int(batch.started_at or batch.created_at) if batch.status is not BatchStatus.validating
-            else None,
-            completed_at=finished if batch.status is BatchStatus.completed else None,
-            cancelling_at=int(batch.cancelling_at) if batch.cancelling_at else None,
-            cancelled_at=finished if batch.status is BatchStatus.canceled else None,
-            expires_at=int(batch.created_at) + 24 * 3600 if batch.completion_window else None,
-            started_at=batch.started_at, finished_at=batch.finished_at,
-            items_per_second=round(rate, 3) if rate else None, eta_seconds=batch.eta_seconds(now),
-            metadata=batch.metadata,
-            links={"self": base, "results": f"{base}/results", "cancel": f"{base}/cancel"},
-        )
 
 
 class BatchList(BaseModel):
@@ -206,10 +139,3 @@ class FileOut(BaseModel):
     status: str = "processed"
     status_details: str | None = None
 
-
-def output_file_id(batch_id: str) -> str:
-    return f"file-{batch_id}-output"
-
-
-def error_file_id(batch_id: str) -> str:
-    return f"file-{batch_id}-errors"

@@ -21,6 +21,7 @@ from textgen_core.keys import Keys
 from textgen_core.settings import Settings
 from textgen_core.store import AsyncJobStore
 from textgen_core.webhooks.events import AsyncWebhookEmitter
+from textgen_core.webhooks.outbox import AsyncOutbox
 
 
 @dataclass
@@ -34,6 +35,7 @@ class AppState:
     limits: RateLimits
     prompts: PromptBudget
     webhooks: AsyncWebhookEmitter | None = None  # set by api.webhooks.install
+    webhook_outbox: AsyncOutbox | None = None  # likewise
 
 
 def get_state(request: Request) -> AppState:

@@ -7,11 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from api.webhook_fields import WEBHOOK_DOC, WebhookURL, unique_events
 from textgen_core.jobs import ChatMessage, Job, JobInput, JobRecord, SamplingParams
 from textgen_core.modes import Mode
 from textgen_core.webhooks.events import job_links
 from textgen_core.webhooks.models import JobWebhookEvent, default_job_events
-from textgen_core.webhooks.urls import UnsafeWebhookURL, parse
 
 CONVERSATION_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
 
@@ -26,8 +26,7 @@ class JobCreate(SamplingParams):
     conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID)
     metadata: dict[str, Any] = Field(default_factory=dict, description="Echoed back; at most 16 keys, 4 KB.",
                                      json_schema_extra={"maxProperties": 16})
-    webhook: str | None = Field(default=None, max_length=2048, pattern=r"^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[^\s]*)?$",
-                                description="http(s) URL that receives signed events (Standard Webhooks).")
+    webhook: WebhookURL | None = Field(default=None, description=WEBHOOK_DOC)
     webhook_events_filter: list[JobWebhookEvent] = Field(
         default_factory=default_job_events, min_length=1, max_length=3,
         description="Events to send: any of start, output (at most every 500 ms), completed.")
@@ -67,20 +66,10 @@ class JobCreate(SamplingParams):
             raise ValueError("metadata is limited to 16 keys and 4 KB of JSON")
         return value
 
-    @field_validator("webhook")
-    @classmethod
-    def _webhook_scheme(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                parse(value)
-            except UnsafeWebhookURL as exc:
-                raise ValueError(str(exc)) from exc
-        return value
-
     @field_validator("webhook_events_filter")
     @classmethod
-    def _unique_events(cls, value: list[str]) -> list[str]:
-        return list(dict.fromkeys(value))
+    def _unique_events(cls, value: list[JobWebhookEvent]) -> list[JobWebhookEvent]:
+        return unique_events(value)
 
     def to_record(self, *, owner: str, model: str, history: list[ChatMessage]) -> JobRecord:
         return JobRecord.new(

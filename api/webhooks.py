@@ -1,13 +1,16 @@
-"""The API's part in webhooks: the URL check at submit, and ``job.completed`` for a job that the
-API itself ends (canceling it while queued). Deliveries are queued, never made here."""
+"""The API's part in webhooks: the URL check at submit, and the completion events of what the
+API itself ends (a job canceled while queued; a batch whose last items a cancel ended).
+Deliveries are queued, never made here."""
 
 from __future__ import annotations
 
 import logging
 
+from api.batch_submit import batch_store
 from api.deps import AppState
 from api.errors import APIError
-from textgen_core.webhooks.events import AsyncWebhookEmitter, job_payload
+from textgen_core.webhooks.events import AsyncWebhookEmitter
+from textgen_core.webhooks.outbox import AsyncOutbox
 from textgen_core.webhooks.records import url_digest
 from textgen_core.webhooks.urls import UnsafeWebhookURL, resolve_async
 
@@ -15,18 +18,30 @@ log = logging.getLogger(__name__)
 
 
 def install_webhooks(state: AppState) -> None:
-    """Give the app its emitter and hook ``job.completed`` to the store's terminal transitions."""
+    """Give the app its emitter and outbox, and hook the outbox to the store's terminal transitions."""
     emitter = AsyncWebhookEmitter(state.redis, state.keys, state.queue.enqueue_webhook)
     state.webhooks = emitter
+    outbox = AsyncOutbox(state.redis, state.keys, emitter, state.store, batch_store(state),
+                         lease_seconds=state.settings.webhook_outbox_grace_seconds)
+    state.webhook_outbox = outbox
 
     async def completed(job_id: str) -> None:
-        owner = await state.redis.hget(state.keys.job(job_id), "owner")
-        job = await state.store.get(job_id, owner) if owner else None
-        if job is not None and job.webhook:
-            await emitter.emit(owner=job.owner, url=job.webhook, event="job.completed", object_id=job.id,
-                               payload=job_payload(job), events_filter=job.webhook_events_filter)
+        await outbox.flush("job.completed", job_id)
+        batch_id = await state.redis.hget(state.keys.job(job_id), "batch_id")
+        if batch_id:
+            await outbox.flush("batch.completed", batch_id)
 
     state.store.on_terminal = completed
+
+
+async def flush_batch_completed(state: AppState, batch_id: str) -> None:
+    """Queue ``batch.completed`` if the API's own call just settled the batch (a cancel)."""
+    if state.webhook_outbox is None:
+        return
+    try:
+        await state.webhook_outbox.flush("batch.completed", batch_id)
+    except Exception:  # the sweeper queues it later; the cancel itself stands
+        log.exception("could not queue batch.completed for %s", batch_id)
 
 
 async def check_webhook_url(state: AppState, owner: str, url: str) -> None:

@@ -59,6 +59,8 @@ def handle(event: dict[str, object]) -> None:
     """Your code goes here: the event is the job (or batch) as GET returns it, plus ``type``."""
     if event["type"] == "job.completed":
         print(json.dumps({"id": event["id"], "output": event.get("output")}), flush=True)
+    elif event["type"] in ("batch.progress", "batch.completed"):
+        print(json.dumps({"id": event["id"], "request_counts": event.get("request_counts")}), flush=True)
 
 
 def main() -> None:

@@ -123,6 +123,10 @@ def launch_stack(root: Path, models: list[dict[str, object]], worker_models: str
         TEXTGEN_WEBHOOK_RETRY_SCHEDULE=json.dumps(WEBHOOK_RETRY_SCHEDULE),
         TEXTGEN_WEBHOOK_SECRETS=json.dumps({KEY_B: KEY_B_WEBHOOK_SECRET}),
         TEXTGEN_WEBHOOK_METRICS_PORT=str(metrics_port := free_port()),
+        TEXTGEN_WEBHOOK_BATCH_PROGRESS_SECONDS="1",
+        # The outbox sweeper queues a completion event 2 s after its job or batch ended without it.
+        TEXTGEN_WEBHOOK_OUTBOX_GRACE_SECONDS="2",
+        TEXTGEN_WEBHOOK_OUTBOX_SWEEP_SECONDS="0.5",
         TEXTGEN_WORKER_METRICS_PORT="0",  # fixed ports would collide between parallel test runs
         **env,
     )

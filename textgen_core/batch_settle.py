@@ -3,15 +3,18 @@
 Every job script that ends a job (finish, cancel, give up after too many attempts) calls
 ``settle_batch_item`` in the same Lua call, so a batch's counts move exactly once per item and
 the batch turns ``completed`` (or ``canceled``) atomically with its last item. Anything that
-must react to a finished batch (webhooks, say) subscribes to ``Keys.batch_events_channel``,
-published here and nowhere else.
+must react to a finished batch subscribes to ``Keys.batch_events_channel``, published here and
+nowhere else; ``batch.completed`` is recorded in the webhook outbox in the same call.
 """
 
 from __future__ import annotations
 
+from textgen_core.webhooks.outbox_lua import OUTBOX_LUA
+
 # Key names are built from the prefix here; they must match Keys.batch, Keys.batch_inflight,
 # Keys.active_batches and Keys.batch_events_channel.
-SETTLE_LUA = """
+# Needs OUTBOX_LUA (included) for ``outbox_add``.
+SETTLE_LUA = OUTBOX_LUA + """
 local function settle_batch_item(jobkey, prefix, status, now)
   local bid = redis.call('HGET', jobkey, 'batch_id')
   if not bid or bid == '' then return end
@@ -29,6 +32,7 @@ local function settle_batch_item(jobkey, prefix, status, now)
     redis.call('HSET', bkey, 'status', final, 'finished_at', now)
     redis.call('SREM', prefix .. ':batches:active', bid)
     redis.call('PUBLISH', prefix .. ':batch-events', cjson.encode({id = bid, status = final}))
+    outbox_add(prefix, bkey, 'batch.completed', bid, now)
   end
 end
 """

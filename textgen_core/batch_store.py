@@ -84,10 +84,13 @@ class AsyncBatchStore:
         await self.r.srem(self.keys.active_batches, batch_id)
 
     async def get(self, batch_id: str, owner: str) -> BatchRecord | None:
-        raw = await self.r.hgetall(self.keys.batch(batch_id))
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self.keys.batch(batch_id))
+            pipe.lrange(self.keys.webhook_deliveries(batch_id), 0, -1)
+            raw, deliveries = await pipe.execute()
         if not raw or raw.get("owner") != owner:
             return None
-        return BatchRecord.decode(raw)
+        return BatchRecord.decode(raw, deliveries)
 
     async def page(self, owner: str, limit: int, after: str | None) -> tuple[list[BatchRecord], bool]:
         """The owner's batches, newest first, ``limit`` after the batch id ``after``."""
@@ -194,6 +197,14 @@ class BatchLedger:
 
     def is_active(self, batch_id: str) -> bool:
         return bool(self.r.sismember(self.keys.active_batches, batch_id))
+
+    def get(self, batch_id: str) -> BatchRecord | None:
+        """The batch with its webhook deliveries (for its webhook events)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(self.keys.batch(batch_id))
+        pipe.lrange(self.keys.webhook_deliveries(batch_id), 0, -1)
+        raw, deliveries = pipe.execute()
+        return BatchRecord.decode(raw, deliveries) if raw else None
 
     def status(self, batch_id: str) -> BatchStatus | None:
         value = self.r.hget(self.keys.batch(batch_id), "status")

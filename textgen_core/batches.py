@@ -19,6 +19,8 @@ from pydantic import BaseModel, Field
 
 from textgen_core.jobs import JobInput, SamplingParams
 from textgen_core.modes import Mode
+from textgen_core.webhooks.models import BatchWebhookEvent, WebhookDelivery, default_batch_events
+from textgen_core.webhooks.records import parse_deliveries
 
 
 class BatchStatus(enum.StrEnum):
@@ -63,6 +65,9 @@ class BatchRecord(BaseModel):
     cancelling_at: float | None = None
     cancel_requested: bool = False
     metadata: dict[str, Any] = Field(default_factory=dict)
+    webhook: str | None = None
+    webhook_events_filter: list[BatchWebhookEvent] = Field(default_factory=default_batch_events)
+    webhook_deliveries: list[WebhookDelivery] = Field(default_factory=list)  # kept in their own list
 
     @property
     def done(self) -> int:
@@ -85,16 +90,20 @@ class BatchRecord(BaseModel):
     def encode(self) -> dict[str, str]:
         data = self.model_dump(mode="json")
         # Unset times are left out, so the scripts can set them once with HSETNX.
-        out = {k: str(v) for k, v in data.items() if v is not None and k not in ("metadata", "cancel_requested")}
+        own = ("metadata", "cancel_requested", "webhook_events_filter", "webhook_deliveries")
+        out = {k: str(v) for k, v in data.items() if v is not None and k not in own}
         out["created_at"] = repr(self.created_at)
         out["metadata"] = json.dumps(self.metadata, separators=(",", ":"))
+        out["webhook_events_filter"] = json.dumps(self.webhook_events_filter, separators=(",", ":"))
         out["cancel_requested"] = "1" if self.cancel_requested else "0"
         return out
 
     @classmethod
-    def decode(cls, raw: dict[str, str]) -> BatchRecord:
+    def decode(cls, raw: dict[str, str], deliveries: list[str] | None = None) -> BatchRecord:
         fields: dict[str, Any] = {k: (v or None) for k, v in raw.items()}
         fields["metadata"] = json.loads(raw.get("metadata") or "{}")
+        fields["webhook_events_filter"] = json.loads(raw.get("webhook_events_filter") or '["completed"]')
+        fields["webhook_deliveries"] = parse_deliveries(deliveries or [])
         fields["cancel_requested"] = raw.get("cancel_requested") == "1"
         for name in ("total", "completed", "failed", "canceled"):
             fields[name] = int(raw.get(name) or 0)

@@ -63,6 +63,14 @@ class Keys:
         return f"{self.prefix}:webhook_throttle:{object_id}:{event}"
 
     @property
+    def webhook_outbox(self) -> str:
+        """Sorted set: ``event|object_id`` of completion events not yet queued, scored by when recorded
+        (or last leased). Owner: whoever queues an entry removes it (the process that ended the object,
+        else the webhook worker's sweeper). The Lua in ``textgen_core/webhooks/outbox_lua.py`` builds
+        this name from the prefix."""
+        return f"{self.prefix}:webhook_outbox"
+
+    @property
     def webhook_queue(self) -> str:
         """Celery queue (a Redis list owned by Celery) of webhook deliveries."""
         return f"{self.prefix}.webhooks"

@@ -96,6 +96,11 @@ class Settings(BaseSettings):
     webhook_deliveries_max: int = Field(default=200, ge=10)  # attempts kept on a job or batch
     webhook_worker_concurrency: int = Field(default=8, ge=1, le=256)
     webhook_metrics_port: int | None = Field(default=None, ge=1, le=65535)  # Prometheus, webhook worker
+    webhook_batch_progress_seconds: float = Field(default=10.0, ge=0.5)  # batch.progress at most this often
+    # Completion events still in the outbox this long after their job or batch ended (the process that
+    # ended it died first) are queued by the webhook worker's sweeper, which looks this often.
+    webhook_outbox_grace_seconds: float = Field(default=30.0, ge=0.5)
+    webhook_outbox_sweep_seconds: float = Field(default=5.0, gt=0)
     # Observability and deployment: metrics, logs, Flower
     # Each worker process serves Prometheus metrics on this port (+1 per extra GPU with --gpus); 0 = off.
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)

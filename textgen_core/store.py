@@ -90,6 +90,7 @@ if attempts > tonumber(ARGV[5]) then
   release_pending(KEYS[1])
   redis.call('PUBLISH', ARGV[6], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = 'failed'}))
   settle_batch_item(KEYS[1], ARGV[7], 'failed', ARGV[2])
+  outbox_add(ARGV[7], KEYS[1], 'job.completed', redis.call('HGET', KEYS[1], 'id'), ARGV[2])
   return 'gave_up'
 end
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'attempt_token', ARGV[3],
@@ -120,6 +121,7 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'end', ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[10])
 redis.call('PUBLISH', ARGV[9], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = ARGV[2]}))
 settle_batch_item(KEYS[1], ARGV[12], ARGV[2], ARGV[3])
+outbox_add(ARGV[12], KEYS[1], 'job.completed', redis.call('HGET', KEYS[1], 'id'), ARGV[3])
 return 1
 """
 
@@ -137,6 +139,7 @@ if st == 'queued' then
   redis.call('EXPIRE', KEYS[2], ARGV[5])
   redis.call('PUBLISH', ARGV[3], cjson.encode({id = id, status = 'canceled'}))
   settle_batch_item(KEYS[1], ARGV[6], 'canceled', ARGV[2])
+  outbox_add(ARGV[6], KEYS[1], 'job.completed', id, ARGV[2])
   return 'dequeued'
 end
 if st == 'running' then
@@ -164,7 +167,8 @@ class JobStore:
     """Worker-side store over a synchronous Redis client.
 
     ``on_terminal`` (optional) is called with the job id after a call of this store moved a job
-    into a terminal state, exactly once per job; webhooks hang off it.
+    into a terminal state, exactly once per job; webhooks hang off it (the scripts have already
+    recorded ``job.completed`` in the webhook outbox, so a crash before the hook loses nothing).
     """
 
     on_terminal: Callable[[str], None] | None = None

@@ -152,7 +152,8 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
             on_step=store.append_deltas,
             interactive_headroom=settings.interactive_headroom,
         ).start()
-    webhooks = JobWebhooks(store, webhook_emitter(client, store.keys), settings.webhook_output_interval_seconds)
+    webhooks = JobWebhooks(store, webhook_emitter(client, store.keys), settings.webhook_output_interval_seconds,
+                           settings.webhook_batch_progress_seconds, settings.webhook_outbox_grace_seconds)
     store.on_terminal = webhooks.completed
     executor = JobExecutor(
         store=store,

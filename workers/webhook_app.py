@@ -1,25 +1,29 @@
 """The webhook worker's Celery app: delivery only, no model. Run it with ``textgen webhook-worker``.
 
 Deliveries live on their own queue and in their own lightweight process, so a slow or dead
-receiver (10 s timeouts, retries for a day) never takes a slot from generation.
+receiver (10 s timeouts, retries for a day) never takes a slot from generation. Each webhook
+worker also sweeps the outbox for completion events that no one queued.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_shutdown
 
 from textgen_core.keys import Keys
 from textgen_core.settings import get_settings
+from workers.webhook_outbox import start_sweeper
 
 app = Celery("textgen-webhooks", include=["workers.webhook_tasks"])
 app.config_from_object("celeryconfig")
 app.conf.task_default_queue = Keys(get_settings().key_prefix).webhook_queue
 
 log = logging.getLogger(__name__)
+_stop = threading.Event()
 
 
 @worker_init.connect
@@ -30,3 +34,13 @@ def _serve_metrics(**_: Any) -> None:
 
         start_http_server(port, addr="127.0.0.1")
         log.info("webhook metrics on http://127.0.0.1:%d/metrics", port)
+
+
+@worker_init.connect
+def _sweep_outbox(**_: Any) -> None:
+    start_sweeper(get_settings(), _stop)
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    _stop.set()

@@ -15,3 +15,8 @@ DELIVERY_SECONDS = Histogram(
     "Time of one delivery attempt, from the URL check to the receiver's status line.",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20),
 )
+OUTBOX_RESENT = Counter(
+    "textgen_webhook_outbox_resent",
+    "Completion events queued by the outbox sweeper, because the process that ended their job or batch "
+    "died (or failed) before queueing them.",
+)

@@ -20,6 +20,8 @@ from api.batch_schemas import BatchCreate, BatchDefaults, BatchList, BatchOut, O
 from api.batch_submit import accept, batch_store
 from api.deps import AppState, OwnerDep, StateDep
 from api.errors import ERROR_RESPONSES, APIError, not_found
+from api.webhook_fields import BatchWebhookFields
+from api.webhooks import check_webhook_url, flush_batch_completed
 from textgen_core.batches import BatchRecord
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=ERROR_RESPONSES)
@@ -37,6 +39,9 @@ _BODY_DOC: dict[str, Any] = {
                 "temperature": {"type": "number", "minimum": 0, "maximum": 2},
                 "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                 "seed": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
+                "webhook": {"type": "string", "format": "uri", "maxLength": 2048},
+                "webhook_events_filter": {"type": "string", "description": "completed and/or progress, "
+                                          "comma-separated (or the field repeated)"},
             }}},
         },
         "required": True,
@@ -60,7 +65,8 @@ def _validate(model: type[Any], data: Any) -> Any:
 
 @router.post("", status_code=202, response_model=BatchOut, summary="Submit a batch",
              description="A JSON body with `items` and shared defaults; a multipart upload of a CSV or JSONL "
-                         "`file` with defaults as form fields; or OpenAI's `input_file_id` + `endpoint`.",
+                         "`file` with defaults as form fields; or OpenAI's `input_file_id` + `endpoint`. "
+                         "Any of them may name a `webhook` for `batch.completed` (and `batch.progress`).",
              openapi_extra=_BODY_DOC)
 async def create_batch(request: Request, owner: OwnerDep, state: StateDep, response: Response) -> BatchOut:
     content_type = request.headers.get("content-type", "")
@@ -84,8 +90,19 @@ async def create_batch(request: Request, owner: OwnerDep, state: StateDep, respo
     return BatchOut.of(batch)
 
 
+def _hook(fields: BatchWebhookFields) -> dict[str, Any]:
+    """The batch record's webhook fields."""
+    return {"webhook": fields.webhook, "webhook_events_filter": fields.webhook_events_filter}
+
+
+async def _check_hook(state: AppState, owner: str, fields: BatchWebhookFields) -> None:
+    if fields.webhook:
+        await check_webhook_url(state, owner, fields.webhook)
+
+
 async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchRecord:
-    defaults = BatchDefaults.model_validate(body.model_dump(exclude={"items"}))
+    await _check_hook(state, owner, body)
+    defaults = BatchDefaults.model_validate(body.model_dump(exclude={"items", *BatchWebhookFields.model_fields}))
     specs = []
     for index, item in enumerate(body.items):
         try:
@@ -100,7 +117,7 @@ async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchRec
 
     try:
         return await accept(state, owner, source, model=body.model, mode=body.mode, what="items",
-                            metadata=body.metadata)
+                            metadata=body.metadata, **_hook(body))
     except APIError as exc:  # name the item, not a line, for inline items
         exc.body.message = exc.body.message.replace("line ", "items.", 1)
         raise
@@ -113,6 +130,8 @@ async def _from_upload(request: Request, state: AppState, owner: str) -> BatchRe
             raise APIError(400, "the multipart upload needs a 'file' part (CSV or JSONL)", code="invalid_file",
                            param="file")
         fields = {k: v for k, v in form.items() if k not in ("file", "format") and isinstance(v, str)}
+        hook = _form_hook(form.getlist("webhook_events_filter"), fields)
+        await _check_hook(state, owner, hook)
         if "metadata" in fields:
             try:
                 fields["metadata"] = json.loads(fields["metadata"])
@@ -131,7 +150,18 @@ async def _from_upload(request: Request, state: AppState, owner: str) -> BatchRe
             return csv_items(stream, defaults) if fmt == "csv" else jsonl_items(stream, defaults)
 
         return await accept(state, owner, source, model=defaults.model, mode=defaults.mode, what="file",
-                            metadata=defaults.metadata)
+                            metadata=defaults.metadata, **_hook(hook))
+
+
+def _form_hook(events: list[Any], fields: dict[str, Any]) -> BatchWebhookFields:
+    """The webhook form fields (taken out of ``fields``); the filter comma-separated or repeated."""
+    data: dict[str, Any] = {}
+    if "webhook" in fields:
+        data["webhook"] = fields.pop("webhook")
+    if fields.pop("webhook_events_filter", None) is not None:
+        data["webhook_events_filter"] = [e.strip() for v in events if isinstance(v, str) for e in v.split(",")
+                                         if e.strip()]
+    return _validate(BatchWebhookFields, data)
 
 
 def _format_of(upload: UploadFile) -> Literal["csv", "jsonl"]:
@@ -147,6 +177,7 @@ def _format_of(upload: UploadFile) -> Literal["csv", "jsonl"]:
 async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str) -> BatchRecord:
     if await file_store.get(state, body.input_file_id, owner) is None:
         raise not_found("file", "input_file_id")
+    await _check_hook(state, owner, body)
     data = await file_store.content(state, body.input_file_id)
     defaults = BatchDefaults()
 
@@ -155,7 +186,7 @@ async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str) -> Ba
 
     return await accept(state, owner, source, model=None, mode=defaults.mode, what="input_file_id",
                         kind="openai", endpoint=body.endpoint, input_file_id=body.input_file_id,
-                        completion_window=body.completion_window, metadata=body.metadata or {})
+                        completion_window=body.completion_window, metadata=body.metadata or {}, **_hook(body))
 
 
 @router.get("", response_model=BatchList, summary="List your batches, newest first")
@@ -202,4 +233,5 @@ async def cancel_batch(batch_id: str, owner: OwnerDep, state: StateDep) -> Batch
         raise APIError(409, f"batch already {batch.status.value}; nothing to cancel", code="batch_not_cancelable",
                        param="batch_id")
     await batch_store(state).request_cancel(batch_id, owner, state.settings.batch_chunk_size)
+    await flush_batch_completed(state, batch_id)  # when the cancel itself ended the last items
     return BatchOut.of(await _owned(state, batch_id, owner))

@@ -30,6 +30,7 @@ class Receiver:
     script: list[tuple[int, dict[str, str]]] = field(default_factory=list)
     requests: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    stall_seconds: float = 0.0  # wait this long before answering (a receiver slower than the timeout)
 
     @property
     def url(self) -> str:
@@ -67,6 +68,7 @@ def start_receiver() -> Receiver:
             with receiver.lock:
                 receiver.requests.append(Received(self.path, dict(self.headers.items()), body, time.time()))
                 status, headers = receiver.script.pop(0) if receiver.script else (204, {})
+            time.sleep(receiver.stall_seconds)
             self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis
-from celery import Celery
 from standardwebhooks import WebhookVerificationError
 
 from tests.conftest import (
@@ -23,10 +22,9 @@ from tests.conftest import (
 )
 from tests.integration.receiver import Receiver, serve
 from textgen_cli.redis_server import free_port
-from textgen_core.keys import DELIVER_WEBHOOK_TASK
 from textgen_core.settings import Settings
 from textgen_core.webhooks.delivery import Outcome, WebhookDeliverer
-from textgen_core.webhooks.events import WebhookEmitter, make_delivery
+from textgen_core.webhooks.events import make_delivery
 from textgen_core.webhooks.records import parse_deliveries
 
 pytestmark = pytest.mark.integration
@@ -190,35 +188,21 @@ def test_a_queued_job_canceled_by_the_api_delivers_one_completed(client: httpx.C
     assert len(receiver.requests) == 1
 
 
-def test_a_batch_delivers_batch_completed_through_the_one_emit_call(stack: Stack, client: httpx.Client,
-                                                                    receiver: Receiver) -> None:
-    """Batches call ``WebhookEmitter.emit``; this drives that call with a batch-shaped object."""
-    secret = secret_of(client)
-    owner = Settings(_env_file=None, api_keys=[KEY_A]).owner_id(KEY_A)
-    celery = Celery("test-sender", broker=stack.redis_url)
-    r = stack.redis()
-    emitter = WebhookEmitter(r, stack.keys, lambda req: celery.send_task(
-        DELIVER_WEBHOOK_TASK, kwargs={"request": req}, queue=stack.keys.webhook_queue))
-    batch = {"id": f"batch_{time.monotonic_ns()}", "object": "batch", "status": "completed",
-             "counts": {"total": 2, "succeeded": 2, "failed": 0}}
-    sent = [emitter.emit(owner=owner, url=receiver.url, event="batch.progress", object_id=batch["id"],
-                         payload={**batch, "status": "running"}, events_filter=["progress", "completed"],
-                         throttle_seconds=30) for _ in range(5)]
-    assert sum(1 for s in sent if s) == 1, "progress is throttled across calls"
-    assert emitter.emit(owner=owner, url=receiver.url, event="batch.completed", object_id=batch["id"],
-                        payload=batch, events_filter=["completed"]) is not None
-    assert emitter.emit(owner=owner, url=receiver.url, event="batch.progress", object_id=batch["id"],
-                        payload=batch, events_filter=["completed"]) is None, "filtered out"
-    receiver.wait_for_event("batch.completed")
-    payloads = [req.verify(secret) for req in receiver.wait_for(2)]
-    assert sorted(p["type"] for p in payloads) == ["batch.completed", "batch.progress"]
-    done = next(p for p in payloads if p["type"] == "batch.completed")
-    assert done["id"] == batch["id"] and done["counts"] == batch["counts"]
-    deadline = time.monotonic() + 30
-    while len(recorded := parse_deliveries(r.lrange(stack.keys.webhook_deliveries(batch["id"]), 0, -1))) < 2:
-        assert time.monotonic() < deadline, recorded
-        time.sleep(0.1)
-    assert {d.event for d in recorded} == {"batch.progress", "batch.completed"} and all(d.delivered for d in recorded)
+def test_start_and_output_are_sent_only_when_asked(client: httpx.Client, receiver: Receiver) -> None:
+    """A generation long enough for output events sends none with the default filter, and a
+    filter of ``start`` alone sends ``job.started`` and nothing else."""
+    long = {"prompt": "Write a long story about a dragon who learns to bake bread.", "max_tokens": 24,
+            "temperature": 0.8, "seed": 3}
+    default = submit(client, **long, webhook=receiver.url + "/default")
+    started_only = submit(client, **long, webhook=receiver.url + "/start", webhook_events_filter=["start"])
+    finals = [wait_job(client, default["id"], timeout=300), wait_job(client, started_only["id"], timeout=300)]
+    assert [f["status"] for f in finals] == ["succeeded", "succeeded"], finals
+    assert finals[0]["timings"]["generation_seconds"] > 0.5, "long enough that output events would be due"
+    receiver.wait_for(2)
+    time.sleep(2)
+    got = {(r.path, r.verify(secret_of(client))["type"]) for r in receiver.requests}
+    assert sorted(got) == [("/hooks/default", "job.completed"), ("/hooks/start", "job.started")]
+    assert len(receiver.requests) == 2
 
 
 def test_the_secret_is_per_key_stable_and_rotatable(client: httpx.Client, stack: Stack) -> None:
@@ -263,3 +247,17 @@ def test_a_private_url_is_refused_again_at_delivery(stack: Stack, receiver: Rece
     assert receiver.requests == []
     [recorded] = parse_deliveries(client.lrange(stack.keys.webhook_deliveries(request.object_id), 0, -1))
     assert recorded.error == result.delivery.error
+
+
+def test_a_receiver_slower_than_the_timeout_is_retried(stack: Stack, receiver: Receiver) -> None:
+    settings = Settings(_env_file=None, redis_url=stack.redis_url, key_prefix=stack.keys.prefix,
+                        webhook_allow_private=True, webhook_timeout_seconds=0.5)
+    client = redis.Redis.from_url(stack.redis_url, decode_responses=True)
+    receiver.stall_seconds = 3
+    request = make_delivery(owner="someone", url=receiver.url, event="job.completed",
+                            object_id=f"job_{time.monotonic_ns()}", payload={"id": "x"})
+    with WebhookDeliverer(client, stack.keys, settings) as deliverer:
+        result = deliverer.attempt(request)
+    # It gave up at the timeout (a ReadTimeout), not when the receiver answered 3 s later.
+    assert result.outcome is Outcome.retry and "ReadTimeout" in (result.delivery.error or "")
+    assert result.delivery.status_code is None and not result.delivery.delivered

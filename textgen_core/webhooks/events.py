@@ -17,10 +17,14 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from textgen_core.batch_view import BatchOut
+from textgen_core.batches import BatchRecord
 from textgen_core.keys import Keys
 from textgen_core.webhooks.models import FILTER_WORD, DeliveryRequest
 
 Send = Callable[[dict[str, Any]], None]
+# A payload, or a function that builds it (called only once the event is known to be sent).
+Payload = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 AsyncSend = Callable[[dict[str, Any]], Awaitable[None]]
 
 
@@ -36,15 +40,22 @@ def job_payload(job: Any) -> dict[str, Any]:
     return data
 
 
+def batch_payload(batch: BatchRecord) -> dict[str, Any]:
+    """A batch as ``GET /v1/batches/{id}`` returns it."""
+    return BatchOut.of(batch).model_dump(mode="json")
+
+
 def wanted(event: str, events_filter: Sequence[str] | None) -> bool:
     """Whether an object whose filter is ``events_filter`` asked for ``event`` (None: every event)."""
     return events_filter is None or FILTER_WORD.get(event) in events_filter
 
 
-def make_delivery(*, owner: str, url: str, event: str, object_id: str, payload: Mapping[str, Any]) -> DeliveryRequest:
-    body = json.dumps({"type": event, **payload}, separators=(",", ":"))
+def make_delivery(*, owner: str, url: str, event: str, object_id: str, payload: Payload,
+                  webhook_id: str | None = None) -> DeliveryRequest:
+    """The delivery of one event; a fresh ``webhook_id`` unless the event has its own (outbox)."""
+    body = json.dumps({"type": event, **(payload() if callable(payload) else payload)}, separators=(",", ":"))
     return DeliveryRequest(owner=owner, url=url, event=event, object_id=object_id,
-                           webhook_id="msg_" + secrets.token_hex(16), body=body)
+                           webhook_id=webhook_id or "msg_" + secrets.token_hex(16), body=body)
 
 
 @dataclass
@@ -55,15 +66,20 @@ class WebhookEmitter:
     keys: Keys
     send: Send
 
-    def emit(self, *, owner: str, url: str | None, event: str, object_id: str, payload: Mapping[str, Any],
-             events_filter: Sequence[str] | None = None, throttle_seconds: float | None = None) -> str | None:
-        """Queue ``event`` for ``url``; returns its webhook id, or None when filtered or throttled."""
+    def emit(self, *, owner: str, url: str | None, event: str, object_id: str, payload: Payload,
+             events_filter: Sequence[str] | None = None, throttle_seconds: float | None = None,
+             webhook_id: str | None = None) -> str | None:
+        """Queue ``event`` for ``url``; returns its webhook id, or None when filtered or throttled.
+
+        ``webhook_id`` fixes the id (an outbox event, the same on every re-send); by default each
+        call is a new event with a fresh id."""
         if not url or not wanted(event, events_filter):
             return None
         if throttle_seconds and not self.client.set(self.keys.webhook_throttle(object_id, event), "1", nx=True,
                                                     px=max(1, int(throttle_seconds * 1000))):
             return None
-        request = make_delivery(owner=owner, url=url, event=event, object_id=object_id, payload=payload)
+        request = make_delivery(owner=owner, url=url, event=event, object_id=object_id, payload=payload,
+                                webhook_id=webhook_id)
         self.send(request.model_dump())
         return request.webhook_id
 
@@ -76,14 +92,16 @@ class AsyncWebhookEmitter:
     keys: Keys
     send: AsyncSend
 
-    async def emit(self, *, owner: str, url: str | None, event: str, object_id: str, payload: Mapping[str, Any],
-                   events_filter: Sequence[str] | None = None, throttle_seconds: float | None = None) -> str | None:
+    async def emit(self, *, owner: str, url: str | None, event: str, object_id: str, payload: Payload,
+                   events_filter: Sequence[str] | None = None, throttle_seconds: float | None = None,
+                   webhook_id: str | None = None) -> str | None:
         """Same contract as :meth:`WebhookEmitter.emit`."""
         if not url or not wanted(event, events_filter):
             return None
         if throttle_seconds and not await self.client.set(self.keys.webhook_throttle(object_id, event), "1",
                                                           nx=True, px=max(1, int(throttle_seconds * 1000))):
             return None
-        request = make_delivery(owner=owner, url=url, event=event, object_id=object_id, payload=payload)
+        request = make_delivery(owner=owner, url=url, event=event, object_id=object_id, payload=payload,
+                                webhook_id=webhook_id)
         await self.send(request.model_dump())
         return request.webhook_id

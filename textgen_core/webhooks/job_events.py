@@ -1,5 +1,6 @@
-"""A job's webhook events on the worker side: ``job.started`` at claim, ``job.output`` at most
-every interval while it runs, ``job.completed`` once when it ends."""
+"""Webhook events on the worker side: a job's ``job.started`` at claim, ``job.output`` at most
+every interval while it runs, ``job.completed`` once when it ends; and, as a batch item ends,
+its batch's ``batch.progress`` (throttled) or ``batch.completed`` (once, when it settled)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from textgen_core.batch_store import BatchLedger
+from textgen_core.batches import BatchStatus
 from textgen_core.jobs import JobRecord
 from textgen_core.store import JobStore
-from textgen_core.webhooks.events import WebhookEmitter, job_payload
+from textgen_core.webhooks.events import WebhookEmitter, batch_payload, job_payload
+from textgen_core.webhooks.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +26,13 @@ class JobWebhooks:
     store: JobStore
     emitter: WebhookEmitter
     output_interval: float = 0.5
+    batch_progress_interval: float = 10.0
+    outbox_lease_seconds: float = 30.0
+
+    def __post_init__(self) -> None:
+        self.batches = BatchLedger(self.store.r, self.store.keys)
+        self.outbox = Outbox(self.store.r, self.store.keys, self.emitter, self.store, self.batches,
+                             lease_seconds=self.outbox_lease_seconds)
 
     def _emit(self, job: JobRecord, event: str, payload: dict[str, Any]) -> None:
         try:
@@ -35,10 +46,29 @@ class JobWebhooks:
             self._emit(job, "job.started", job_payload(job))
 
     def completed(self, job_id: str) -> None:
-        """Hooked to the store's terminal transitions, so it runs once per job."""
-        job = self.store.get(job_id)
-        if job is not None and job.webhook:
-            self._emit(job, "job.completed", job_payload(job))
+        """Hooked to the store's terminal transitions, so it runs once per job. The scripts recorded
+        the completion events in the outbox; this queues them at once (the sweeper, if we die first)."""
+        try:
+            self.outbox.flush("job.completed", job_id)
+            batch_id = self.store.r.hget(self.store.keys.job(job_id), "batch_id")
+            if batch_id and self.outbox.flush("batch.completed", str(batch_id)) is None:
+                self._batch_progress(str(batch_id))
+        except Exception:  # the job's own outcome never depends on its webhook
+            log.exception("could not queue the webhook events of %s", job_id)
+
+    def _batch_progress(self, batch_id: str) -> None:
+        fields = ["webhook", "webhook_events_filter", "status", "owner"]
+        raw = self.store.r.hmget(self.store.keys.batch(batch_id), fields)
+        hook, events, status, owner = (None if v is None else str(v) for v in raw)
+        if not hook or not owner or '"progress"' not in (events or "") or not status or BatchStatus(status).terminal:
+            return
+
+        def payload() -> dict[str, Any]:  # read only when the throttle lets this one through
+            batch = self.batches.get(batch_id)
+            return batch_payload(batch) if batch else {"id": batch_id}
+
+        self.emitter.emit(owner=owner, url=hook, event="batch.progress", object_id=batch_id, payload=payload,
+                          events_filter=["progress"], throttle_seconds=self.batch_progress_interval)
 
     def await_result(self, job: JobRecord, future: Future[T]) -> T:
         """Wait for the engine's result, sending ``job.output`` (text so far) while it runs."""

@@ -14,6 +14,10 @@ def default_job_events() -> list[JobWebhookEvent]:
     return ["completed"]
 
 
+def default_batch_events() -> list[BatchWebhookEvent]:
+    return ["completed"]
+
+
 # The filter word each event type answers to (``start`` selects ``job.started``).
 FILTER_WORD: dict[str, str] = {
     "job.started": "start",
