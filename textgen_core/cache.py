@@ -51,6 +51,9 @@ KEY_VERSION = 1
 CACHEABLE_FINISH = frozenset({"stop", "length"})
 STATS_TTL_SECONDS = 30 * 24 * 3600
 POLL_SECONDS = (0.02, 0.2)  # single-flight poll: first and longest interval
+# A job that may hand itself back (a batch item) waits this long in place for a running identical job,
+# then returns to the back of its queue instead of holding a worker slot.
+HAND_BACK_AFTER_SECONDS = 0.5
 
 
 def deterministic(params: SamplingParams) -> bool:
@@ -157,6 +160,13 @@ return 0
 """
 
 
+class HandBack:
+    """Give the claimed job back to its queue: an identical job is generating its entry right now."""
+
+
+HAND_BACK = HandBack()
+
+
 @dataclass
 class Flight:
     """A cacheable job that generates: the leader of its key, or a follower that stopped waiting."""
@@ -199,42 +209,46 @@ class ResultCache:
     def __post_init__(self) -> None:
         self._release = self.client.register_script(_RELEASE_LEAD)
 
-    def begin(self, job: JobRecord, cancel_requested: Callable[[], bool],
-              running: Callable[[str], bool]) -> tuple[CacheEntry | None, Flight | None]:
-        """(entry, None) to answer ``job`` from the cache; (None, flight) to generate it; (None, None) when
-        the job is not cached here. While an identical job (the lead holder, ``running(job_id)``) is
-        generating, waits for its entry, at most ``wait_seconds``."""
+    def begin(self, job: JobRecord, cancel_requested: Callable[[], bool], running: Callable[[str], bool],
+              may_hand_back: bool = False) -> CacheEntry | Flight | HandBack | None:
+        """An entry to answer ``job`` from the cache; a flight to generate it; None when the job is not
+        cached here. While an identical job (the lead holder, ``running(job_id)``) is generating, waits
+        for its entry, at most ``wait_seconds``; or, with ``may_hand_back``, says to hand the job back to
+        its queue after ``HAND_BACK_AFTER_SECONDS`` (it then meets the entry when it comes round again)."""
         profile = self.profiles.get(job.model)
         if not job.cache_key or profile is None:
-            return None, None
+            return None
         digest = entry_digest(job.cache_key, profile)
         entry_key, lead_key = self.keys.cache_entry(digest), self.keys.cache_lead(digest)
-        deadline = time.monotonic() + self.wait_seconds
+        started = time.monotonic()
+        deadline = started + self.wait_seconds
         pause = POLL_SECONDS[0]
         try:
             while True:
                 entry = CacheEntry.decode(self.client.get(entry_key))  # type: ignore[arg-type]
                 if entry is not None:
-                    return entry, None
+                    return entry
                 holder = self.client.get(lead_key)
                 # A redelivered attempt of the leader itself takes its lead back.
                 if holder in (None, job.id) and self._take_lead(lead_key, job.id, holder):
                     entry = CacheEntry.decode(self.client.get(entry_key))  # type: ignore[arg-type]
                     if entry is not None:  # the leader before us finished in between
                         self.release_lead(digest, job.id)
-                        return entry, None
-                    return None, Flight(self, job, digest, leader=True)
+                        return entry
+                    return Flight(self, job, digest, leader=True)
                 if holder and holder != job.id and not running(str(holder)):
                     self.release_lead(digest, str(holder))  # its job ended or went back to the queue
                     continue
                 if time.monotonic() >= deadline or cancel_requested():
                     log.info("job %s stops waiting for an identical job and generates", job.id)
-                    return None, Flight(self, job, digest, leader=False)
+                    return Flight(self, job, digest, leader=False)
+                if may_hand_back and time.monotonic() - started >= HAND_BACK_AFTER_SECONDS:
+                    return HAND_BACK
                 time.sleep(pause)
                 pause = min(pause * 2, POLL_SECONDS[1])
         except redis.RedisError as exc:  # the cache is an optimisation: without it, generate
             log.warning("cache unavailable for %s: %s", job.id, exc)
-            return None, None
+            return None
 
     def _take_lead(self, lead_key: str, job_id: str, holder: object) -> bool:
         if holder == job_id:

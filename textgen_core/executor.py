@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from textgen_core import metrics
-from textgen_core.cache import CacheEntry, ResultCache, hit_outcome
+from textgen_core.cache import CacheEntry, Flight, HandBack, ResultCache, hit_outcome
 from textgen_core.jobs import JobRecord, JobStatus, turn_messages
 from textgen_core.modes import build_messages
 from textgen_core.settings import Settings
@@ -62,8 +62,11 @@ class JobExecutor:
     _inflight: dict[str, EngineLike] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def run(self, job_id: str) -> JobStatus | None:
-        """Run a job once. Safe to call for a redelivered message: only a queued job is claimed."""
+    def run(self, job_id: str, *, may_hand_back: bool = False) -> JobStatus | None:
+        """Run a job once. Safe to call for a redelivered message: only a queued job is claimed.
+
+        ``may_hand_back`` (batch items): rather than wait for an identical job that is generating, hand
+        the job back (status ``queued``, the attempt not counted); the caller re-sends its message."""
         attempt = uuid.uuid4().hex
         claim = self.store.claim(
             job_id, worker=self.worker_name, attempt_token=attempt, max_attempts=self.settings.max_attempts
@@ -81,9 +84,12 @@ class JobExecutor:
         flight = None
         if self.cache is not None:
             begun = time.monotonic()
-            hit, flight = self.cache.begin(job, lambda: self.store.cancel_requested(job_id), self._running)
-            if hit is not None:
-                return self._finish_cached(job, attempt, hit, time.monotonic() - begun)
+            plan = self.cache.begin(job, lambda: self.store.cancel_requested(job_id), self._running, may_hand_back)
+            if isinstance(plan, CacheEntry):
+                return self._finish_cached(job, attempt, plan, time.monotonic() - begun)
+            if isinstance(plan, HandBack) and self.store.requeue(job_id, attempt, refund_attempt=True):
+                return JobStatus.queued
+            flight = plan if isinstance(plan, Flight) else None
         try:
             ids = render_prompt_ids(self.tokenizers[job.model], job, self.settings.history_max_tokens)
             with self._lock:

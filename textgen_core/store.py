@@ -179,11 +179,13 @@ end
 return st
 """
 
-# KEYS: job. ARGV: attempt_token. Hands a running job back to the queue (warm shutdown, lapsed lease).
+# KEYS: job. ARGV: attempt_token, refund ("1": the attempt does not count, it only waited).
+# Hands a running job back to the queue (warm shutdown, lapsed lease, an identical job generating).
 _REQUEUE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'attempt_token', '')
+if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
 return 1
 """
 
@@ -287,8 +289,8 @@ class JobStore:
             self._ended(job.id)
         return bool(done)
 
-    def requeue(self, job_id: str, attempt_token: str = "") -> bool:
-        return bool(self._requeue(keys=[self.keys.job(job_id)], args=[attempt_token]))
+    def requeue(self, job_id: str, attempt_token: str = "", *, refund_attempt: bool = False) -> bool:
+        return bool(self._requeue(keys=[self.keys.job(job_id)], args=[attempt_token, "1" if refund_attempt else "0"]))
 
 
 class AsyncJobStore:
