@@ -111,7 +111,11 @@ def main() -> None:
     finally:
         for proc in procs.values():
             proc.terminate()
-            proc.wait(30)
+        for proc in procs.values():
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:  # a worker still draining its tasks
+                proc.kill()
         redis_proc.terminate()
 
     hits, misses = stats["hits"] - stats_before["hits"], stats["misses"] - stats_before["misses"]
