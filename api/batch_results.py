@@ -29,7 +29,8 @@ async def finished_items(store: AsyncBatchStore, batch_id: str, chunk: int) -> A
 
 def _result(item: dict[str, Any]) -> dict[str, Any]:
     return {"custom_id": item["custom_id"], "status": item["status"], "output": item["output"] or None,
-            "finish_reason": item["finish_reason"] or None, "usage": item["usage"], "error": item["error"]}
+            "finish_reason": item["finish_reason"] or None, "usage": item["usage"], "error": item["error"],
+            "cached": item["cached"] == "1"}
 
 
 async def jsonl_results(store: AsyncBatchStore, batch_id: str, chunk: int) -> AsyncIterator[str]:

@@ -80,6 +80,8 @@ class BatchDefaults(SamplingParams):
     model: str | None = Field(default=None, description="Defaults to the configured default model.")
     mode: Mode = Mode.general
     metadata: dict[str, Any] = Field(default_factory=dict)
+    cache: bool = Field(default=True, description="Answer deterministic items from the result cache "
+                        "(identical items generate once); false generates every item.")
 
     @field_validator("metadata")
     @classmethod

@@ -66,7 +66,7 @@ def _check(source: ItemSource, limit: int, default_model: str, served: Callable[
 
 
 async def accept(state: AppState, owner: str, source: ItemSource, *, model: str | None, mode: Mode,
-                 what: str, **fields: object) -> BatchRecord:
+                 what: str, cache: bool = True, **fields: object) -> BatchRecord:
     settings = state.settings
     default_model = model or settings.default_model
     if settings.model(default_model) is None:
@@ -85,7 +85,12 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
         while specs := await to_thread.run_sync(lambda: [s for _, _, s in islice(items, chunk)]):
             jobs = [JobRecord.new(owner=owner, model=model_id, mode=s.mode, lane="bulk", input=s.input,
                                   params=s.params, batch_id=batch.id, custom_id=s.custom_id) for s in specs]
+            if state.cache is not None:
+                for job in jobs:
+                    state.cache.mark(state, job, cache)
             await store.add_items(batch.id, jobs)
+            if state.cache is not None:  # hits end now; their queued messages then find them finished
+                await state.cache.answer(state, jobs)
             await _dispatch(state, batch.id, model_id, written, written + len(jobs))
             written += len(jobs)
         await store.start(batch.id)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request, Response, Security
@@ -23,6 +23,9 @@ from textgen_core.store import AsyncJobStore
 from textgen_core.webhooks.events import AsyncWebhookEmitter
 from textgen_core.webhooks.outbox import AsyncOutbox
 
+if TYPE_CHECKING:
+    from api.cache_answer import CacheAnswers
+
 
 @dataclass
 class AppState:
@@ -36,6 +39,7 @@ class AppState:
     prompts: PromptBudget
     webhooks: AsyncWebhookEmitter | None = None  # set by api.webhooks.install
     webhook_outbox: AsyncOutbox | None = None  # likewise
+    cache: CacheAnswers | None = None  # set by api.main (None: no result cache, as in route tests)
 
 
 def get_state(request: Request) -> AppState:

@@ -28,6 +28,7 @@ class LoadedOn:
     dtype: str | None
     max_batch: int | None
     context_length: int | None
+    cache_profile: str | None = None  # weights, device and dtype (textgen_core.cache.model_profile)
 
 
 async def loaded_models(state: AppState) -> dict[str, list[LoadedOn]]:
@@ -49,6 +50,7 @@ async def loaded_models(state: AppState) -> dict[str, list[LoadedOn]]:
                 dtype=model.get("dtype"),
                 max_batch=model.get("max_batch"),
                 context_length=model.get("context_length"),
+                cache_profile=model.get("cache_profile"),
             ))
     for workers in out.values():
         workers.sort(key=lambda w: w.worker)

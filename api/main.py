@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import errors, metrics
+from api.cache_answer import CacheAnswers
 from api.deps import AppState
 from api.events import EventHub
 from api.prompt_budget import PromptBudget
@@ -20,6 +21,7 @@ from api.ratelimit import RateLimits
 from api.request_guard import RequestGuard
 from api.routes import (
     batches,
+    cache,
     conversations,
     files,
     health,
@@ -31,6 +33,7 @@ from api.routes import (
 )
 from api.routes import metrics as metrics_route
 from api.webhooks import install_webhooks
+from textgen_core.cache import AsyncResultCache
 from textgen_core.keys import Keys
 from textgen_core.logs import configure_logging
 from textgen_core.settings import Settings, get_settings
@@ -52,17 +55,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             timeout=settings.api_redis_pool_timeout_seconds,
         )
         client = aioredis.Redis(connection_pool=pool)
+        cache_client = client
+        if settings.cache_redis_url:  # the cache on a Redis of its own (one that may evict)
+            cache_client = aioredis.Redis.from_url(settings.cache_redis_url, decode_responses=True,
+                                                   socket_connect_timeout=1.0, health_check_interval=15)
         keys = Keys(settings.key_prefix)
         hub = EventHub(client, keys.events_channel)
         app.state.textgen = AppState(
             settings=settings,
             redis=client,
             keys=keys,
-            store=AsyncJobStore(client, keys, job_ttl=settings.job_ttl_seconds, stream_ttl=settings.stream_ttl_seconds),
+            store=AsyncJobStore(client, keys, job_ttl=settings.job_ttl_seconds, stream_ttl=settings.stream_ttl_seconds,
+                                stream_maxlen=settings.stream_maxlen),
             hub=hub,
             queue=JobQueue(keys),
             limits=RateLimits(settings, keys.rate_limit_prefix),
             prompts=PromptBudget(settings),
+            cache=CacheAnswers(AsyncResultCache(cache_client, keys)),
         )
         install_webhooks(app.state.textgen)
         await to_thread.run_sync(app.state.textgen.prompts.warm)
@@ -71,6 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await hub.stop()
+            if cache_client is not client:
+                await cache_client.aclose()
             await client.aclose()
             await pool.disconnect()
 
@@ -88,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"])
     errors.install(app)
     metrics.instrument(app)
-    for module in (health, jobs, conversations, batches, files, webhooks, metrics_route, openai_models,
+    for module in (health, jobs, cache, conversations, batches, files, webhooks, metrics_route, openai_models,
                    openai_completions, playground):
         app.include_router(module.router)
     return app

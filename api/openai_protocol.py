@@ -53,6 +53,7 @@ class _CompletionRequestBase(SamplingParams):
     mode: Mode | None = Field(default=None, description="textgen extra: the scenario mode.")
     conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID,
                                         description="textgen extra: keep and use history (n=1 only).")
+    cache: bool = Field(default=True, description="textgen extra: false never answers from the result cache.")
 
     @model_validator(mode="before")
     @classmethod
@@ -94,6 +95,7 @@ class _CompletionRequestBase(SamplingParams):
 
     def extras(self) -> dict[str, Any]:
         return {
+            "cache": self.cache,
             "model": self.model,
             "conversation_id": self.conversation_id,
             "metadata": {"user": self.user} if self.user else {},

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from api.webhook_fields import WEBHOOK_DOC, WebhookURL, unique_events
-from textgen_core.jobs import ChatMessage, Job, JobInput, JobRecord, SamplingParams
+from textgen_core.jobs import PRIVATE_FIELDS, ChatMessage, Job, JobInput, JobRecord, SamplingParams
 from textgen_core.modes import Mode
 from textgen_core.webhooks.events import job_links
 from textgen_core.webhooks.models import JobWebhookEvent, default_job_events
@@ -30,6 +30,8 @@ class JobCreate(SamplingParams):
     webhook_events_filter: list[JobWebhookEvent] = Field(
         default_factory=default_job_events, min_length=1, max_length=3,
         description="Events to send: any of start, output (at most every 500 ms), completed.")
+    cache: bool = Field(default=True, description="Answer from (and fill) the result cache when the request "
+                        "is deterministic (temperature 0 or a seed). false always generates.")
 
     model_config = {
         "extra": "forbid",
@@ -93,7 +95,7 @@ class JobOut(Job):
 
     @classmethod
     def of(cls, job: Job) -> JobOut:
-        data = job.model_dump(exclude={"owner", "history"})
+        data = job.model_dump(exclude=PRIVATE_FIELDS)
         return cls(**data, links=job_links(job.id))
 
 

@@ -128,7 +128,8 @@ def launch_stack(root: Path, models: list[dict[str, object]], worker_models: str
         TEXTGEN_WEBHOOK_OUTBOX_GRACE_SECONDS="2",
         TEXTGEN_WEBHOOK_OUTBOX_SWEEP_SECONDS="0.5",
         TEXTGEN_WORKER_METRICS_PORT="0",  # fixed ports would collide between parallel test runs
-        **env,
+        # Tests of other features expect each job to generate; tests/integration/test_cache.py turns it on.
+        **{"TEXTGEN_CACHE_ENABLED": "false", **env},
     )
     port = free_port()
     st = Stack(url=f"http://127.0.0.1:{port}", redis_url=redis_url, keys=Keys(prefix), env=full_env, logs=root,

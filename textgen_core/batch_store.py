@@ -22,7 +22,7 @@ from textgen_core.store import _CANCEL, encode_job
 
 # Fields of an item that results need (everything but the input and history).
 ITEM_FIELDS = ("id", "custom_id", "status", "output", "finish_reason", "usage", "error", "model", "created_at",
-               "finished_at")
+               "finished_at", "cached")
 
 # KEYS: inflight hash. ARGV: job id, expected value. Deletes the entry only if it is still ours.
 _RELEASE = """

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from textgen_core import metrics
-from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
+from textgen_core.cache import CacheEntry, Flight, HandBack, ResultCache, hit_outcome
+from textgen_core.jobs import JobRecord, JobStatus, turn_messages
 from textgen_core.modes import build_messages
 from textgen_core.settings import Settings
 from textgen_core.store import JobStore
@@ -49,15 +50,6 @@ def trim_history(tokenizer: Any, history: list[dict[str, str]], max_tokens: int)
     return history
 
 
-def turn_messages(job: JobRecord, output: str) -> list[ChatMessage]:
-    """What a succeeded job adds to its conversation: the new user turn(s) and the reply."""
-    if job.input.messages:
-        new = [m for m in job.input.messages if m.role != "system"]
-    else:
-        new = [ChatMessage(role="user", content=job.input.prompt or "")]
-    return [*new, ChatMessage(role="assistant", content=output)]
-
-
 @dataclass
 class JobExecutor:
     store: JobStore
@@ -66,11 +58,15 @@ class JobExecutor:
     engines: dict[str, EngineLike]
     tokenizers: dict[str, Any]
     webhooks: JobWebhooks | None = None
+    cache: ResultCache | None = None
     _inflight: dict[str, EngineLike] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def run(self, job_id: str) -> JobStatus | None:
-        """Run a job once. Safe to call for a redelivered message: only a queued job is claimed."""
+    def run(self, job_id: str, *, may_hand_back: bool = False) -> JobStatus | None:
+        """Run a job once. Safe to call for a redelivered message: only a queued job is claimed.
+
+        ``may_hand_back`` (batch items): rather than wait for an identical job that is generating, hand
+        the job back (status ``queued``, the attempt not counted); the caller re-sends its message."""
         attempt = uuid.uuid4().hex
         claim = self.store.claim(
             job_id, worker=self.worker_name, attempt_token=attempt, max_attempts=self.settings.max_attempts
@@ -85,6 +81,15 @@ class JobExecutor:
         engine = self.engines.get(job.model)
         if engine is None:
             return self._fail(job, attempt, f"model {job.model!r} is not served by worker {self.worker_name}")
+        flight = None
+        if self.cache is not None:
+            begun = time.monotonic()
+            plan = self.cache.begin(job, lambda: self.store.cancel_requested(job_id), self._running, may_hand_back)
+            if isinstance(plan, CacheEntry):
+                return self._finish_cached(job, attempt, plan, time.monotonic() - begun)
+            if isinstance(plan, HandBack) and self.store.requeue(job_id, attempt, refund_attempt=True):
+                return JobStatus.queued
+            flight = plan if isinstance(plan, Flight) else None
         try:
             ids = render_prompt_ids(self.tokenizers[job.model], job, self.settings.history_max_tokens)
             with self._lock:
@@ -95,6 +100,8 @@ class JobExecutor:
             result = self.webhooks.await_result(job, future) if self.webhooks else future.result()
         except Exception as exc:
             log.warning("job %s failed: %s", job_id, exc)
+            if flight is not None:
+                flight.abandon()
             return self._fail(job, attempt, str(exc), type(exc).__name__)
         finally:
             with self._lock:
@@ -105,6 +112,8 @@ class JobExecutor:
             "completion_tokens": result.completion_tokens,
             "total_tokens": result.prompt_tokens + result.completion_tokens,
         }
+        if flight is not None:  # the entry first, so that no follower sees the job done without it
+            flight.complete(result.finish_reason if final is JobStatus.succeeded else None, result.text, usage)
         recorded = self.store.finish(
             job,
             attempt_token=attempt,
@@ -119,6 +128,21 @@ class JobExecutor:
             self._observe(job, final, first_token_at=result.first_token_at, prompt_tokens=result.prompt_tokens,
                           completion_tokens=result.completion_tokens, batch_size=result.batch_size)
         return final
+
+    def _running(self, job_id: str) -> bool:
+        return self.store.r.hget(self.store.keys.job(job_id), "status") == "running"
+
+    def _finish_cached(self, job: JobRecord, attempt: str, entry: CacheEntry, seconds: float) -> JobStatus:
+        """End a claimed job with a cached result, as if generated: its text on the stream, history, hooks."""
+        assert self.cache is not None
+        fields, turn = hit_outcome(job, entry, seconds)
+        self.store.append_deltas({job.id: entry.output} if entry.output else {})
+        if self.store.finish(job, attempt_token=attempt, status=JobStatus.succeeded, fields=fields,
+                             history_append=turn, history_max_turns=self.settings.history_max_turns,
+                             history_ttl=self.settings.history_ttl_seconds):
+            self.cache.count_hit(job)
+            self._observe(job, JobStatus.succeeded)
+        return JobStatus.succeeded
 
     def cancel(self, job_id: str) -> None:
         with self._lock:

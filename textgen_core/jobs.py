@@ -128,6 +128,8 @@ class Timings(BaseModel):
     finished_at: float | None = None
     queue_seconds: float | None = None
     generation_seconds: float | None = None
+    cache_hit: float | None = Field(default=None, description="Seconds it took to answer from the result "
+                                    "cache (null when the text was generated for this job).")
 
 
 class JobError(BaseModel):
@@ -163,20 +165,38 @@ class Job(BaseModel):
                                                       description="Every delivery attempt, oldest first.")
     batch_id: str | None = None
     custom_id: str | None = None
+    cached: bool = Field(default=False, description="The output was served from the result cache: an "
+                         "identical deterministic request generated it earlier.")
 
 
 class JobRecord(Job):
-    """A job with what only the platform sees: its owner and the history it was given."""
+    """A job with what only the platform sees: its owner, the history it was given, and the cache
+    policy the API chose for it (``cache_key`` is None when the job is not cached)."""
 
     owner: str
     history: list[ChatMessage] = Field(default_factory=list)
+    cache_key: str | None = None
+    cache_ttl: int | None = None
 
     @classmethod
     def new(cls, **fields: Any) -> JobRecord:
         return cls(id=new_job_id(), timings=Timings(created_at=time.time()), **fields)
 
     def public(self) -> Job:
-        return Job.model_validate(self.model_dump(exclude={"owner", "history"}))
+        return Job.model_validate(self.model_dump(exclude=PRIVATE_FIELDS))
+
+
+def turn_messages(job: JobRecord, output: str) -> list[ChatMessage]:
+    """What a succeeded job adds to its conversation: the new user turn(s) and the reply."""
+    if job.input.messages:
+        new = [m for m in job.input.messages if m.role != "system"]
+    else:
+        new = [ChatMessage(role="user", content=job.input.prompt or "")]
+    return [*new, ChatMessage(role="assistant", content=output)]
+
+
+# Fields that only the platform sees: never in an API response or a webhook payload.
+PRIVATE_FIELDS: set[str] = {"owner", "history", "cache_key", "cache_ttl"}
 
 
 def new_job_id() -> str:

@@ -128,6 +128,24 @@ class Keys:
         TTL: settings.idempotency_ttl_seconds (a few minutes while the first request runs)."""
         return f"{self.prefix}:idem:{owner}:{key_digest}"
 
+    # -- result cache (may live on its own Redis: settings.cache_redis_url) -------------
+
+    def cache_entry(self, digest: str) -> str:
+        """String: JSON of a deterministic job's result, keyed by the digest of everything that decides
+        its text (``textgen_core/cache.py``). TTL: the job's cache TTL (settings.cache_ttl_seconds)."""
+        return f"{self.prefix}:cache:{digest}"
+
+    def cache_lead(self, digest: str) -> str:
+        """String: the id of the job generating a cache entry (single flight). Owner: that job's worker
+        deletes it when the job ends; TTL: settings.cache_lead_ttl_seconds, for a worker that died."""
+        return f"{self.prefix}:cache:{digest}:lead"
+
+    @property
+    def cache_stats(self) -> str:
+        """Hash: cache hits, misses and bytes written, for ``/v1/cache/stats``. TTL: 30 days, refreshed
+        on every update."""
+        return f"{self.prefix}:cache-stats"
+
     @property
     def rate_limit_prefix(self) -> str:
         """Prefix of the ``limits`` library's window counters. TTL: set by the library (two windows)."""

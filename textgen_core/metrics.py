@@ -52,6 +52,12 @@ BATCH_SIZE = Histogram(
 MODEL_LOAD_SECONDS = Gauge(
     "textgen_model_load_seconds", "How long this worker took to load the model.", ("model", "device", "dtype"))
 
+# Result cache: a hit is a job answered from it (``where``: api at submit, worker at claim); a miss is a
+# cacheable job that generated and wrote its entry (bytes: the entries' size).
+CACHE_HITS = Counter("textgen_cache_hits", "Jobs answered from the result cache.", ("model", "where"))
+CACHE_MISSES = Counter("textgen_cache_misses", "Cacheable jobs that generated and filled the cache.", ("model",))
+CACHE_BYTES = Counter("textgen_cache_bytes", "Bytes of result-cache entries written.", ("model",))
+
 WEBHOOK_DELIVERIES = Counter(
     "textgen_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, retried, failed).",
     ("outcome",))

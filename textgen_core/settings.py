@@ -120,6 +120,15 @@ class Settings(BaseSettings):
     batch_reap_seconds: float = Field(default=5.0, gt=0)  # how often workers look for a dead worker's items
     # Engine rows and Celery slots beyond max_batch that only interactive jobs may use.
     interactive_headroom: int = Field(default=4, ge=1, le=64)
+    # Result cache for deterministic requests (greedy or seeded); see textgen_core/cache.py.
+    cache_enabled: bool = True
+    cache_ttl_seconds: int = Field(default=3600, ge=1)
+    # None: the main Redis. A Redis of its own can evict (maxmemory + allkeys-lru); the broker must not.
+    cache_redis_url: str | None = None
+    # Single flight: how long a job waits for an identical job that is generating before it generates itself
+    # (about the longest generation; the wait ends early when the leader ends without a result).
+    cache_wait_seconds: float = Field(default=300.0, ge=0)
+    cache_lead_ttl_seconds: int = Field(default=600, ge=1)  # a dead leader's claim lapses after this
     # Rate limits, quotas, idempotency and input hardening (per API key; 0 turns a limit off)
     rate_limit_requests_per_minute: int = Field(default=600, ge=0)
     rate_limit_tokens_per_minute: int = Field(default=200_000, ge=0)  # counted as max_tokens on admission

@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 
 # Hash fields stored as plain strings; every other field is JSON.
 _RAW = ("id", "owner", "model", "mode", "lane", "status", "worker", "conversation_id", "output",
-        "finish_reason", "attempt_token", "webhook", "batch_id", "custom_id")
-_NUM = ("created_at", "started_at", "finished_at", "attempts", "batch_size")
+        "finish_reason", "attempt_token", "webhook", "batch_id", "custom_id", "cache_key")
+_NUM = ("created_at", "started_at", "finished_at", "attempts", "batch_size", "cache_ttl", "cache_hit")
 _JSON = ("input", "params", "metadata", "history", "usage", "error", "webhook_events_filter")
 
 
@@ -44,6 +44,9 @@ def encode_job(job: JobRecord) -> dict[str, str]:
     out["attempts"] = str(job.attempts)
     out["batch_size"] = "" if job.batch_size is None else str(job.batch_size)
     out["cancel_requested"] = "1" if job.cancel_requested else "0"
+    out["cache_ttl"] = "" if job.cache_ttl is None else str(job.cache_ttl)
+    out["cached"] = "1" if job.cached else "0"
+    out["cache_hit"] = "" if timings["cache_hit"] is None else repr(timings["cache_hit"])
     return out
 
 
@@ -68,10 +71,13 @@ def decode_job(raw: dict[str, str], deliveries: list[str] | None = None) -> JobR
         "finished_at": finished,
         "queue_seconds": round(started - created, 4) if started else None,
         "generation_seconds": round(finished - started, 4) if (started and finished) else None,
+        "cache_hit": _num(raw.get("cache_hit")),
     }
     fields["attempts"] = int(raw.get("attempts") or 0)
     fields["batch_size"] = int(raw["batch_size"]) if raw.get("batch_size") else None
     fields["cancel_requested"] = raw.get("cancel_requested") == "1"
+    fields["cache_ttl"] = int(raw["cache_ttl"]) if raw.get("cache_ttl") else None
+    fields["cached"] = raw.get("cached") == "1"
     return JobRecord.model_validate(fields)
 
 
@@ -101,27 +107,51 @@ if bid and bid ~= '' then redis.call('HSETNX', ARGV[7] .. ':batch:' .. bid, 'sta
 return 'claimed'
 """
 
+# Ending a job with an outcome: KEYS as below; ARGV[2..12] as below (ARGV[1] is the caller's own).
+# Used by _FINISH (a worker's attempt) and _CREATE_FINISHED (a cache hit answered at submit).
+_END_LUA = SETTLE_LUA + RELEASE_PENDING_LUA + """
+local function end_job()
+  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
+  release_pending(KEYS[1])
+  for k, v in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], k, v) end
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+  local entries = cjson.decode(ARGV[6])
+  if #entries > 0 then
+    for _, e in ipairs(entries) do redis.call('RPUSH', KEYS[3], e) end
+    redis.call('LTRIM', KEYS[3], -tonumber(ARGV[7]), -1)
+    redis.call('EXPIRE', KEYS[3], ARGV[8])
+  end
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'end', ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[10])
+  redis.call('PUBLISH', ARGV[9], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = ARGV[2]}))
+  settle_batch_item(KEYS[1], ARGV[12], ARGV[2], ARGV[3])
+  outbox_add(ARGV[12], KEYS[1], 'job.completed', redis.call('HGET', KEYS[1], 'id'), ARGV[3])
+end
+"""
+
 # KEYS: job, tokens stream, history list. ARGV: attempt_token, status, now, ttl, fields (JSON object
 # of strings), history entries (JSON list of strings), history max, history ttl, events channel,
 # stream ttl, stream maxlen, key prefix. Only the attempt that owns the job can finish it, exactly once.
-_FINISH = SETTLE_LUA + RELEASE_PENDING_LUA + """
+_FINISH = _END_LUA + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
-release_pending(KEYS[1])
-for k, v in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], k, v) end
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-local entries = cjson.decode(ARGV[6])
-if #entries > 0 then
-  for _, e in ipairs(entries) do redis.call('RPUSH', KEYS[3], e) end
-  redis.call('LTRIM', KEYS[3], -tonumber(ARGV[7]), -1)
-  redis.call('EXPIRE', KEYS[3], ARGV[8])
+end_job()
+return 1
+"""
+
+# KEYS and ARGV[2..12] as _FINISH; ARGV[1]: the job record (JSON object of strings), ARGV[13]: its output.
+# Stores a job that is finished already (a cache hit): the record, its text on the stream, then the end,
+# as a worker's finish would. A batch item written queued a moment ago is finished only if still queued.
+_CREATE_FINISHED = _END_LUA + """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st and st ~= 'queued' then return 0 end
+for k, v in pairs(cjson.decode(ARGV[1])) do redis.call('HSET', KEYS[1], k, v) end
+local bid = redis.call('HGET', KEYS[1], 'batch_id')
+if bid and bid ~= '' then redis.call('HSETNX', ARGV[12] .. ':batch:' .. bid, 'started_at', ARGV[3]) end
+if ARGV[13] ~= '' then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'd', ARGV[13])
 end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'end', ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[10])
-redis.call('PUBLISH', ARGV[9], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = ARGV[2]}))
-settle_batch_item(KEYS[1], ARGV[12], ARGV[2], ARGV[3])
-outbox_add(ARGV[12], KEYS[1], 'job.completed', redis.call('HGET', KEYS[1], 'id'), ARGV[3])
+end_job()
 return 1
 """
 
@@ -149,13 +179,27 @@ end
 return st
 """
 
-# KEYS: job. ARGV: attempt_token. Hands a running job back to the queue (warm shutdown, lapsed lease).
+# KEYS: job. ARGV: attempt_token, refund ("1": the attempt does not count, it only waited).
+# Hands a running job back to the queue (warm shutdown, lapsed lease, an identical job generating).
 _REQUEUE = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'attempt_token', '')
+if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
 return 1
 """
+
+
+def _end_args(keys: Keys, job: JobRecord, *, status: JobStatus, ttl: int, fields: dict[str, Any],
+              history_append: list[ChatMessage] | None, history_max_turns: int, history_ttl: int,
+              stream_ttl: int, stream_maxlen: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV[2..12] of the scripts built on ``_END_LUA``."""
+    encoded = {k: (v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))) for k, v in fields.items()}
+    entries = [m.model_dump_json() for m in history_append or []] if job.conversation_id else []
+    history_key = keys.history(job.owner, job.conversation_id or "-")
+    return ([keys.job(job.id), keys.tokens(job.id), history_key],
+            [status.value, time.time(), ttl, json.dumps(encoded), json.dumps(entries), history_max_turns * 2,
+             history_ttl, keys.events_channel, stream_ttl, stream_maxlen, keys.prefix])
 
 
 class Claim(NamedTuple):
@@ -237,23 +281,16 @@ class JobStore:
         history_ttl: int = 3600,
     ) -> bool:
         """Write the outcome (and append history) if this attempt still owns the job."""
-        encoded = {k: (v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))) for k, v in fields.items()}
-        entries = [m.model_dump_json() for m in history_append or []] if job.conversation_id else []
-        history_key = self.keys.history(job.owner, job.conversation_id or "-")
-        done = self._finish(
-            keys=[self.keys.job(job.id), self.keys.tokens(job.id), history_key],
-            args=[
-                attempt_token, status.value, time.time(), self.job_ttl, json.dumps(encoded),
-                json.dumps(entries), history_max_turns * 2, history_ttl, self.keys.events_channel,
-                self.stream_ttl, self.stream_maxlen, self.keys.prefix,
-            ],
-        )
+        keys, args = _end_args(self.keys, job, status=status, ttl=self.job_ttl, fields=fields,
+                               history_append=history_append, history_max_turns=history_max_turns,
+                               history_ttl=history_ttl, stream_ttl=self.stream_ttl, stream_maxlen=self.stream_maxlen)
+        done = self._finish(keys=keys, args=[attempt_token, *args])
         if done:
             self._ended(job.id)
         return bool(done)
 
-    def requeue(self, job_id: str, attempt_token: str = "") -> bool:
-        return bool(self._requeue(keys=[self.keys.job(job_id)], args=[attempt_token]))
+    def requeue(self, job_id: str, attempt_token: str = "", *, refund_attempt: bool = False) -> bool:
+        return bool(self._requeue(keys=[self.keys.job(job_id)], args=[attempt_token, "1" if refund_attempt else "0"]))
 
 
 class AsyncJobStore:
@@ -261,12 +298,15 @@ class AsyncJobStore:
 
     on_terminal: Callable[[str], Awaitable[None]] | None = None
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, job_ttl: int, stream_ttl: int):
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, job_ttl: int, stream_ttl: int,
+                 stream_maxlen: int = 10_000):
         self.r = client
         self.keys = keys
         self.job_ttl = job_ttl
         self.stream_ttl = stream_ttl
+        self.stream_maxlen = stream_maxlen
         self._cancel = client.register_script(_CANCEL)
+        self._create_finished = client.register_script(_CREATE_FINISHED)
         self._admit = client.register_script(ADMIT_LUA)
         self._withdraw = client.register_script(WITHDRAW_LUA)
 
@@ -279,6 +319,23 @@ class AsyncJobStore:
             args=[max_pending, self.job_ttl, self.job_ttl, *pairs],
         )
         return bool(stored), int(count)
+
+    async def create_finished(self, job: JobRecord, *, fields: dict[str, Any], history_append: list[ChatMessage],
+                              history_max_turns: int, history_ttl: int) -> bool:
+        """Store ``job`` already ``succeeded`` with ``fields`` (a cache hit), ending it as a worker's
+        finish would: stream, history, events, batch counts, ``on_terminal``. False: a batch item that
+        was canceled meanwhile (it keeps that outcome)."""
+        keys, args = _end_args(self.keys, job, status=JobStatus.succeeded, ttl=self.job_ttl, fields=fields,
+                               history_append=history_append, history_max_turns=history_max_turns,
+                               history_ttl=history_ttl, stream_ttl=self.stream_ttl, stream_maxlen=self.stream_maxlen)
+        done = await self._create_finished(keys=keys, args=[json.dumps(encode_job(job)), *args,
+                                                            str(fields.get("output") or "")])
+        if done and self.on_terminal is not None:
+            try:
+                await self.on_terminal(job.id)
+            except Exception:
+                log.exception("on_terminal hook failed for %s", job.id)
+        return bool(done)
 
     async def delete(self, job_id: str) -> None:
         """Take back a stored job that never reached the queue (and its place under the cap)."""

@@ -17,6 +17,7 @@ import redis
 
 from textgen_core import metrics
 from textgen_core.batch_store import BatchLedger
+from textgen_core.cache import ResultCache, model_profile
 from textgen_core.engine.batching import Engine
 from textgen_core.engine.loader import LoadedModel, load
 from textgen_core.executor import JobExecutor
@@ -60,6 +61,7 @@ class Runtime:
                     "max_batch": self.engines[model_id].max_batch,
                     "context_length": m.context_length,
                     "load_seconds": round(m.load_seconds, 2),
+                    "cache_profile": self.executor.cache.profiles.get(model_id) if self.executor.cache else None,
                     "running": self.engines[model_id].running,
                     "waiting": self.engines[model_id].waiting,
                 }
@@ -155,6 +157,7 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
     webhooks = JobWebhooks(store, webhook_emitter(client, store.keys), settings.webhook_output_interval_seconds,
                            settings.webhook_batch_progress_seconds, settings.webhook_outbox_grace_seconds)
     store.on_terminal = webhooks.completed
+    keys = Keys(settings.key_prefix)
     executor = JobExecutor(
         store=store,
         settings=settings,
@@ -162,8 +165,8 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
         engines=dict(engines),
         tokenizers={model_id: m.tokenizer for model_id, m in models.items()},
         webhooks=webhooks,
+        cache=result_cache(settings, client, keys, models),
     )
-    keys = Keys(settings.key_prefix)
     gates = {
         model_id: BulkGate(client, keys.queue(model_id, "interactive"), engine.max_batch)
         for model_id, engine in engines.items()
@@ -174,6 +177,16 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
     _runtime.metrics_port = serve_metrics(_runtime, settings.worker_metrics_port)
     _runtime.start_threads()
     return _runtime
+
+
+def result_cache(settings: Settings, client: redis.Redis, keys: Keys, models: dict[str, LoadedModel]) -> ResultCache:
+    """The cache every claimed job consults; jobs the API did not mark cacheable pass straight through."""
+    cache_client = client
+    if settings.cache_redis_url:
+        cache_client = redis.Redis.from_url(settings.cache_redis_url, decode_responses=True, health_check_interval=30)
+    profiles = {model_id: model_profile(m, settings.cache_dir) for model_id, m in models.items()}
+    return ResultCache(cache_client, keys, profiles, wait_seconds=settings.cache_wait_seconds,
+                       lead_ttl=settings.cache_lead_ttl_seconds)
 
 
 def webhook_emitter(client: redis.Redis, keys: Keys) -> WebhookEmitter:

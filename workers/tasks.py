@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+from textgen_core.jobs import JobStatus
 from textgen_core.keys import BATCH_DISPATCH_TASK, BATCH_ITEM_TASK, GENERATE_TASK, Keys
 from workers.app import app
 from workers.runtime import runtime
@@ -46,10 +47,13 @@ def batch_item(job_id: str, batch_id: str, model: str) -> str | None:
             send_item(job_id, batch_id, model)  # interactive work is waiting: give the slot back
             return "yielded"
         try:
-            status = rt.executor.run(job_id)
+            status = rt.executor.run(job_id, may_hand_back=True)
         finally:
             if gate is not None:
                 gate.leave()
+        if status is JobStatus.queued:  # an identical item is generating: meet its result next time round
+            send_item(job_id, batch_id, model)
+            return "handed back"
         return status.value if status else None
     finally:
         if entry:

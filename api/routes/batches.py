@@ -42,6 +42,7 @@ _BODY_DOC: dict[str, Any] = {
                 "webhook": {"type": "string", "format": "uri", "maxLength": 2048},
                 "webhook_events_filter": {"type": "string", "description": "completed and/or progress, "
                                           "comma-separated (or the field repeated)"},
+                "cache": {"type": "boolean"},
             }}},
         },
         "required": True,
@@ -117,7 +118,7 @@ async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchRec
 
     try:
         return await accept(state, owner, source, model=body.model, mode=body.mode, what="items",
-                            metadata=body.metadata, **_hook(body))
+                            cache=body.cache, metadata=body.metadata, **_hook(body))
     except APIError as exc:  # name the item, not a line, for inline items
         exc.body.message = exc.body.message.replace("line ", "items.", 1)
         raise
@@ -150,7 +151,7 @@ async def _from_upload(request: Request, state: AppState, owner: str) -> BatchRe
             return csv_items(stream, defaults) if fmt == "csv" else jsonl_items(stream, defaults)
 
         return await accept(state, owner, source, model=defaults.model, mode=defaults.mode, what="file",
-                            metadata=defaults.metadata, **_hook(hook))
+                            cache=defaults.cache, metadata=defaults.metadata, **_hook(hook))
 
 
 def _form_hook(events: list[Any], fields: dict[str, Any]) -> BatchWebhookFields:

@@ -51,6 +51,11 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
     job = body.to_record(owner=owner, model=model, history=history or [])
     job.lane = lane
     job.input.raw = raw
+    if state.cache is not None:
+        state.cache.mark(state, job, body.cache)
+        if await state.cache.answer(state, [job]):  # a cache hit: finished already, nothing to queue
+            log.info("job answered from cache", extra={"job_id": job.id, "model": model, "owner": owner})
+            return await state.store.get(job.id, owner) or job
     cap = state.settings.max_queued_jobs_per_key
     stored, _ = await state.store.create(job, max_pending=cap)
     if not stored:

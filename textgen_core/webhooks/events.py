@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from textgen_core.batch_view import BatchOut
 from textgen_core.batches import BatchRecord
+from textgen_core.jobs import PRIVATE_FIELDS
 from textgen_core.keys import Keys
 from textgen_core.webhooks.models import FILTER_WORD, DeliveryRequest
 
@@ -35,7 +36,7 @@ def job_links(job_id: str) -> dict[str, str]:
 
 def job_payload(job: Any) -> dict[str, Any]:
     """A job as ``GET /v1/jobs/{id}`` returns it (without what only the platform sees)."""
-    data: dict[str, Any] = job.model_dump(mode="json", exclude={"owner", "history"})
+    data: dict[str, Any] = job.model_dump(mode="json", exclude=PRIVATE_FIELDS)
     data["links"] = job_links(job.id)
     return data
 
