@@ -32,7 +32,7 @@ def pct(values: list[float], q: float) -> float:
 def one(client: httpx.Client, max_tokens: int) -> tuple[float, float]:
     """Submit, follow the SSE stream; return (time to first delta, end to end) in seconds."""
     started = time.perf_counter()
-    job = client.post("/v1/jobs", json={"prompt": "Give me one tip for better sleep.", "temperature": 0,
+    job = client.post("/v1/jobs", json={"prompt": "Give me one tip for better sleep.", "temperature": 0, "cache": False,
                                         "max_tokens": max_tokens}).json()
     first = None
     with client.stream("GET", f"/v1/jobs/{job['id']}/stream") as resp:

@@ -108,7 +108,8 @@ async def _stack_run(stack: LocalStack, texts: list[str], max_tokens: int) -> tu
     limits = httpx.Limits(max_connections=len(texts) + 8)
     async with httpx.AsyncClient(base_url=stack.url, headers=headers, timeout=600, limits=limits) as client:
         async def one(text: str) -> dict[str, Any]:
-            resp = await client.post("/v1/jobs", json={"prompt": text, "temperature": 0, "max_tokens": max_tokens})
+            resp = await client.post("/v1/jobs", json={"prompt": text, "temperature": 0, "max_tokens": max_tokens,
+                                                         "cache": False})
             resp.raise_for_status()
             job = resp.json()
             while job["status"] in ("queued", "running"):
