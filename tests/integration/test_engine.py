@@ -167,3 +167,25 @@ def test_bulk_rows_pause_for_an_interactive_row_and_resume_unchanged(model: Load
     assert sum(r.finished_at > interactive.finished_at for r in results) >= 4
     assert [r.text for r in results] == [r.text for r in alone]
     assert [r.completion_tokens for r in results] == [r.completion_tokens for r in alone]
+
+
+def test_a_parked_bulk_row_can_be_canceled_while_interactive_rows_run(model: LoadedModel) -> None:
+    eng = Engine(model, max_batch=4, batch_wait_s=0.05, interactive_headroom=1, bulk_rows_with_interactive=0).start()
+    try:
+        bulk = [eng.submit(f"b{i}", ids(model, p), GREEDY, lane="bulk") for i, p in enumerate(OTHERS[:2])]
+        deadline = time.monotonic() + 60
+        while eng.steps < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        story = eng.submit("story", ids(model, "Write a very long story about a dragon."),
+                           SamplingParams(temperature=0, max_tokens=200))
+        while eng.running != 1 and time.monotonic() < deadline:  # both bulk rows parked
+            time.sleep(0.01)
+        assert eng.running == 1 and eng.waiting == 2
+        eng.cancel("b0")
+        canceled = bulk[0].result(60)
+        assert canceled.finish_reason == "canceled" and 0 < canceled.completion_tokens < GREEDY.max_tokens
+        assert not story.done(), "the parked row ended at once, not after the interactive row"
+        eng.cancel("story")
+        assert bulk[1].result(120).finish_reason in ("stop", "length")
+    finally:
+        eng.stop()
