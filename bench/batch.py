@@ -3,8 +3,10 @@ latency under the bulk backlog against the same on an idle system, in one run.
 
 The offline limit is the engine alone, in this process, with every prompt submitted at once (no
 Redis, Celery or HTTP). Then a local stack (``textgen_cli.localstack``: its own Redis, one
-worker, the API) serves interactive probes on the idle system, takes the batch, and serves the
-same probes while the backlog runs. Each probe's time is split into queueing (accepted ->
+worker, the API) serves interactive probes on the idle system, takes the batch, serves the same
+probes while the backlog runs, and probes the idle system again; the offline limit is measured
+again at the end. Baselines are the means of before and after, so a drifting machine load
+skews neither ratio. Each probe's time is split into queueing (accepted ->
 claimed by the worker) and generation (claimed -> finished) to show where latency goes.
 Targets: interactive p95 under the backlog <= 2x idle; batch tokens/s >= 0.8x offline.
 
@@ -178,8 +180,8 @@ def main() -> None:
     load_before = os.getloadavg()
     print(f"offline limit: {args.offline_items} prompts x {args.max_tokens} tokens through the engine alone ...",
           flush=True)
-    offline = offline_limit(args.offline_items, args.max_tokens, args.max_batch)
-    print(f"  {offline}", flush=True)
+    offline = [offline_limit(args.offline_items, args.max_tokens, args.max_batch)]
+    print(f"  {offline[0]}", flush=True)
 
     with tempfile.TemporaryDirectory(prefix="textgen-bench-") as tmp, LocalStack(
         Path(tmp), models=[{"id": DEFAULT_MODEL_ID, "max_batch": args.max_batch}],
@@ -193,12 +195,20 @@ def main() -> None:
             idle = probes(client, args.probes, args.probe_gap, args.probe_tokens)
             print(f"interactive, idle: {summary(idle)}", flush=True)
             run = run_batch(client, args.items, args.max_tokens, args.probes, args.probe_gap, args.probe_tokens)
+            busy = run["busy"]
+            print(f"interactive, under the bulk backlog: {summary(busy) if busy else 'none finished in time'}")
+            # Baselines before and after the batch, pooled: a machine whose load drifts skews neither way.
+            after = probes(client, args.probes, args.probe_gap, args.probe_tokens)
+            print(f"interactive, idle again: {summary(after)}", flush=True)
+            idle += after
         rss.stop.set()
-        busy = run["busy"]
-        print(f"interactive, under the bulk backlog: {summary(busy) if busy else 'none finished in time'}")
+    print("offline limit again ...", flush=True)
+    offline.append(offline_limit(args.offline_items, args.max_tokens, args.max_batch))
+    print(f"  {offline[1]}", flush=True)
 
     batch, elapsed = run["batch"], run["elapsed"]
     batch_tps = run["tokens"] / elapsed
+    offline_tps = statistics.mean(o["tokens_per_s"] for o in offline)
     idle_s, busy_s = summary(idle), summary(busy) if busy else None
     figures = {
         "items": args.items,
@@ -209,9 +219,9 @@ def main() -> None:
         "batch_seconds": round(elapsed, 1),
         "items_per_s": round(args.items / elapsed, 2),
         "tokens_per_s": round(batch_tps, 1),
-        "offline_items_per_s": offline["items_per_s"],
-        "offline_tokens_per_s": offline["tokens_per_s"],
-        "batch_vs_offline": round(batch_tps / offline["tokens_per_s"], 3),
+        "offline_items_per_s": round(statistics.mean(o["items_per_s"] for o in offline), 2),
+        "offline_tokens_per_s": round(offline_tps, 1),  # the mean of the runs before and after the stack
+        "batch_vs_offline": round(batch_tps / offline_tps, 3),
         "interactive_idle": idle_s,
         "interactive_under_backlog": busy_s,
         "interactive_p95_ratio": round(busy_s["p95_s"] / idle_s["p95_s"], 2) if busy_s else None,

@@ -120,9 +120,9 @@ class Settings(BaseSettings):
     batch_reap_seconds: float = Field(default=5.0, gt=0)  # how often workers look for a dead worker's items
     # Engine rows and Celery slots beyond max_batch that only interactive jobs may use.
     interactive_headroom: int = Field(default=4, ge=1, le=64)
-    # Bulk rows an engine keeps in its batch while interactive rows run (the rest pause and resume
-    # after): fewer rows make each step, so each interactive token, cheaper on a CPU.
-    bulk_rows_with_interactive: int = Field(default=2, ge=0, le=256)
+    # Bulk rows an engine keeps in its batch while interactive rows run (the rest are parked and
+    # carry on after): fewer rows make each step, so each interactive token, cheaper on a CPU.
+    bulk_rows_with_interactive: int = Field(default=1, ge=0, le=256)
     # New bulk rows an engine prefills per step: an interactive job arriving waits for that prefill.
     bulk_prefill_rows: int = Field(default=4, ge=1, le=256)
     # Rate limits, quotas, idempotency and input hardening (per API key; 0 turns a limit off)
