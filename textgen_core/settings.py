@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     # (about the longest generation; the wait ends early when the leader ends without a result).
     cache_wait_seconds: float = Field(default=300.0, ge=0)
     cache_lead_ttl_seconds: int = Field(default=600, ge=1)  # a dead leader's claim lapses after this
+    # Bulk rows an engine keeps in its batch while interactive rows run (the rest are parked and
+    # carry on after): fewer rows make each step, so each interactive token, cheaper on a CPU.
+    bulk_rows_with_interactive: int = Field(default=1, ge=0, le=256)
+    # New bulk rows an engine prefills per step: an interactive job arriving waits for that prefill.
+    bulk_prefill_rows: int = Field(default=4, ge=1, le=256)
     # Rate limits, quotas, idempotency and input hardening (per API key; 0 turns a limit off)
     rate_limit_requests_per_minute: int = Field(default=600, ge=0)
     rate_limit_tokens_per_minute: int = Field(default=200_000, ge=0)  # counted as max_tokens on admission

@@ -153,6 +153,8 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
             time_limit_s=settings.generation_time_limit_seconds,
             on_step=store.append_deltas,
             interactive_headroom=settings.interactive_headroom,
+            bulk_rows_with_interactive=settings.bulk_rows_with_interactive,
+            bulk_prefill_rows=settings.bulk_prefill_rows,
         ).start()
     webhooks = JobWebhooks(store, webhook_emitter(client, store.keys), settings.webhook_output_interval_seconds,
                            settings.webhook_batch_progress_seconds, settings.webhook_outbox_grace_seconds)

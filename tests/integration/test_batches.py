@@ -10,9 +10,11 @@ import signal
 import time
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import KEY_A, KEY_B, Stack, wait_job
+from textgen_core.settings import Settings
 
 # Generous: the bulk items share two CPU cores with everything else on a test machine.
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -179,10 +181,11 @@ def test_interactive_job_overtakes_a_bulk_backlog(client: httpx.Client) -> None:
     assert final["status"] == "completed"
     assert done["timings"]["finished_at"] < final["finished_at"]
     assert snapshot["request_counts"]["completed"] < 24, "the interactive job finished before the backlog"
+    # It shared its decoding steps with at most TEXTGEN_BULK_ROWS_WITH_INTERACTIVE bulk rows, not max_batch.
+    assert done["batch_size"] <= 1 + Settings(_env_file=None).bulk_rows_with_interactive < 8
 
 
 def test_openai_sdk_files_and_batches_round_trip(stack: Stack) -> None:
-    openai = pytest.importorskip("openai")
     sdk = openai.OpenAI(base_url=f"{stack.url}/v1", api_key=KEY_A, max_retries=0, timeout=60)
     lines = [
         {"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions",

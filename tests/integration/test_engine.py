@@ -120,6 +120,7 @@ class OutOfMemoryAbove:
 
     def __init__(self, model: object, rows: int):
         self.model, self.rows, self.raised = model, rows, 0
+        self.forward = model.forward  # type: ignore[attr-defined]  # the engine reads its signature
 
     def __call__(self, *, input_ids: torch.Tensor, **kwargs: object) -> object:
         if input_ids.shape[0] > self.rows:
@@ -143,3 +144,49 @@ def test_out_of_memory_splits_the_batch_and_loses_no_job(model: LoadedModel) -> 
         eng.stop()
     assert small.raised > 0
     assert texts == expected
+
+
+def test_bulk_rows_pause_for_an_interactive_row_and_resume_unchanged(model: LoadedModel, engine: Engine) -> None:
+    prompts = OTHERS + ["Name three rivers.", "Describe a red apple."]
+    alone = [engine.submit(f"a{i}", ids(model, p), GREEDY, lane="bulk").result(120) for i, p in enumerate(prompts)]
+    question = ids(model, "What colour is the sky?")
+    expected = engine.submit("q-alone", question, GREEDY).result(120)
+    eng = Engine(model, max_batch=8, batch_wait_s=0.05, interactive_headroom=2, bulk_rows_with_interactive=1).start()
+    try:
+        bulk = [eng.submit(f"b{i}", ids(model, p), GREEDY, lane="bulk") for i, p in enumerate(prompts)]
+        deadline = time.monotonic() + 60
+        while eng.steps < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        interactive = eng.submit("q", question, GREEDY).result(120)
+        results = [f.result(120) for f in bulk]
+    finally:
+        eng.stop()
+    # The interactive row shared its steps with one bulk row; the others waited, then resumed
+    # where they were and wrote what they write alone.
+    assert interactive.batch_size == 2
+    assert interactive.text == expected.text
+    assert sum(r.finished_at > interactive.finished_at for r in results) >= 4
+    assert [r.text for r in results] == [r.text for r in alone]
+    assert [r.completion_tokens for r in results] == [r.completion_tokens for r in alone]
+
+
+def test_a_parked_bulk_row_can_be_canceled_while_interactive_rows_run(model: LoadedModel) -> None:
+    eng = Engine(model, max_batch=4, batch_wait_s=0.05, interactive_headroom=1, bulk_rows_with_interactive=0).start()
+    try:
+        bulk = [eng.submit(f"b{i}", ids(model, p), GREEDY, lane="bulk") for i, p in enumerate(OTHERS[:2])]
+        deadline = time.monotonic() + 60
+        while eng.steps < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        story = eng.submit("story", ids(model, "Write a very long story about a dragon."),
+                           SamplingParams(temperature=0, max_tokens=200))
+        while eng.running != 1 and time.monotonic() < deadline:  # both bulk rows parked
+            time.sleep(0.01)
+        assert eng.running == 1 and eng.waiting == 2
+        eng.cancel("b0")
+        canceled = bulk[0].result(60)
+        assert canceled.finish_reason == "canceled" and 0 < canceled.completion_tokens < GREEDY.max_tokens
+        assert not story.done(), "the parked row ended at once, not after the interactive row"
+        eng.cancel("story")
+        assert bulk[1].result(120).finish_reason in ("stop", "length")
+    finally:
+        eng.stop()

@@ -8,7 +8,11 @@ left-padded; each keeps its own positions, so its text does not depend on its ba
 
 Lanes: interactive rows are admitted before waiting bulk rows, and may use
 ``interactive_headroom`` rows beyond ``max_batch`` that bulk rows never take, so a bulk backlog
-delays an interactive job by at most one decoding step.
+delays an interactive job by at most one decoding step. On a CPU a step costs about as much per
+row, so while interactive rows run at most ``bulk_rows_with_interactive`` bulk rows share their
+steps: the others are parked with their slice of the KV cache and merged back, without
+recomputing anything, before any new bulk row is prefilled; and new bulk rows are prefilled
+``bulk_prefill_rows`` at a time, so an interactive row never waits behind one long prefill.
 """
 
 from __future__ import annotations
@@ -67,6 +71,19 @@ class _Row:
         return self.prompt_ids + self.generated
 
 
+@dataclass(eq=False)
+class _Parked:
+    """Bulk rows out of the running batch, with everything needed to merge them back as they were."""
+
+    rows: list[_Row]
+    logits: torch.Tensor
+    cache: DynamicCache
+    mask: torch.Tensor
+
+    def take(self, index: list[int]) -> _Parked:
+        return _slice_rows(self.rows, self.logits, self.cache, self.mask, index)
+
+
 StepSink = Callable[[dict[str, str]], None]
 
 RECOVER_STEPS = 64
@@ -82,6 +99,8 @@ class Engine:
         time_limit_s: float = 300.0,
         on_step: StepSink | None = None,
         interactive_headroom: int = 0,
+        bulk_rows_with_interactive: int | None = None,
+        bulk_prefill_rows: int | None = None,
     ):
         self.loaded = loaded
         self.model = loaded.model
@@ -92,8 +111,14 @@ class Engine:
         self.time_limit_s = time_limit_s
         self.on_step = on_step
         self.interactive_headroom = interactive_headroom
+        # None: bulk rows share steps with interactive rows up to the batch cap.
+        self.bulk_rows_with_interactive = bulk_rows_with_interactive
+        # New bulk rows prefilled per step (None: as many as fit); an interactive row that arrives
+        # during a prefill waits for it, and a prefill of many rows costs many steps.
+        self.bulk_prefill_rows = bulk_prefill_rows
         self._intake: queue.Queue[_Row] = queue.Queue()
         self._bulk_intake: queue.Queue[_Row] = queue.Queue()
+        self._parked: list[_Parked] = []  # bulk rows set aside for interactive rows, oldest first
         self._arrived = threading.Event()
         self._cancel: set[str] = set()
         self._lock = threading.Lock()
@@ -162,7 +187,7 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return self._intake.qsize() + self._bulk_intake.qsize()
+        return self._intake.qsize() + self._bulk_intake.qsize() + sum(len(p.rows) for p in self._parked)
 
     # -- engine thread ------------------------------------------------------------------
 
@@ -178,15 +203,73 @@ class Engine:
                 self._fail_all(exc)
 
     def _take_new(self) -> list[_Row]:
-        if not self._rows:  # idle: block for the first arrival, then wait briefly to fill a batch
+        """Rows to prefill now; parked bulk rows are merged back here, as room allows."""
+        if not self._rows and not self._parked:  # idle: block for the first arrival, then wait briefly
             if not self._arrived.wait(0.2):
                 return []
             self._arrived.clear()
             if self.batch_wait_s:
                 time.sleep(self.batch_wait_s)
+        if self._parked and self._cancel:
+            self._cancel_parked()
         new = _drain(self._intake, self._cap + self.interactive_headroom - len(self._rows))
-        new += _drain(self._bulk_intake, self._cap - len(self._rows) - len(new))
-        return new
+        room = self._cap - len(self._rows) - len(new)
+        limit = self.bulk_rows_with_interactive
+        if limit is not None and (new or any(r.lane != "bulk" for r in self._rows)):
+            # Interactive rows run: only a few bulk rows share their steps.
+            bulk = sum(r.lane == "bulk" for r in self._rows)
+            if bulk > limit:
+                self._park_bulk(bulk - limit)
+            room = min(room, limit - bulk)
+        room -= self._unpark(room)  # parked rows first: they cost no prefill
+        if self.bulk_prefill_rows is not None:
+            room = min(room, self.bulk_prefill_rows)
+        return new + _drain(self._bulk_intake, room)
+
+    def _park_bulk(self, count: int) -> None:
+        """Set aside ``count`` bulk rows, those with the fewest tokens first (the rest finish sooner)."""
+        assert self._cache is not None and self._mask is not None and self._logits is not None
+        bulk = sorted((i for i, r in enumerate(self._rows) if r.lane == "bulk"),
+                      key=lambda i: len(self._rows[i].generated))
+        out = sorted(bulk[:count])
+        self._parked.append(_slice_rows(self._rows, self._logits, self._cache, self._mask, out))
+        parked = set(out)
+        keep = [i for i in range(len(self._rows)) if i not in parked]
+        if keep:
+            self._select(keep)
+        else:
+            self._rows, self._cache, self._mask, self._logits = [], None, None, None
+            self._last_step_at = None
+
+    def _cancel_parked(self) -> None:
+        """A parked row canceled ends now, not when it would have been merged back."""
+        with self._lock:
+            canceled = self._cancel & {r.job_id for group in self._parked for r in group.rows}
+            self._cancel -= canceled
+        if not canceled:
+            return
+        groups = []
+        for group in self._parked:
+            keep = [i for i, r in enumerate(group.rows) if r.job_id not in canceled]
+            for r in group.rows:
+                if r.job_id in canceled:
+                    self._resolve(r, "canceled")
+            if keep:
+                groups.append(group if len(keep) == len(group.rows) else group.take(keep))
+        self._parked = groups
+
+    def _unpark(self, room: int) -> int:
+        """Merge up to ``room`` parked rows back into the batch, oldest first; how many came back."""
+        back = 0
+        while self._parked and back < room:
+            group = self._parked.pop(0)
+            n = min(room - back, len(group.rows))
+            if n < len(group.rows):
+                self._parked.insert(0, group.take(list(range(n, len(group.rows)))))
+                group = group.take(list(range(n)))
+            self._merge(group.rows, group.logits, group.cache, group.mask)
+            back += n
+        return back
 
     def _admit(self, rows: list[_Row]) -> None:
         rows = [r for r in rows if not self._resolve_if_canceled(r)]
@@ -394,6 +477,17 @@ def _drain(intake: queue.Queue[_Row], limit: int) -> list[_Row]:
     except queue.Empty:
         pass
     return rows
+
+
+def _slice_rows(rows: list[_Row], logits: torch.Tensor, cache: DynamicCache, mask: torch.Tensor,
+                index: list[int]) -> _Parked:
+    """The given rows of a batch, with copies of their logits, mask and KV cache, trimmed of the
+    leading columns that are padding for all of them."""
+    at = torch.tensor(index, device=mask.device)
+    mask = mask[at]
+    lead = int((mask.sum(0) == 0).long().cumprod(0).sum())
+    layers = [(layer.keys[at, :, lead:], layer.values[at, :, lead:]) for layer in cache.layers]
+    return _Parked([rows[i] for i in index], logits[at], DynamicCache(layers), mask[:, lead:])
 
 
 def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
