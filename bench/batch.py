@@ -95,7 +95,7 @@ def probe(client: httpx.Client, i: int, max_tokens: int) -> dict[str, Any]:
     """One interactive job, waited for as a client would; its latency and where it went."""
     started = time.perf_counter()
     job = client.post("/v1/jobs", json={"prompt": f"Say hello number {i}.", "max_tokens": max_tokens,
-                                        "temperature": 0}).json()
+                                        "temperature": 0, "cache": False}).json()
     while job["status"] in ("queued", "running"):
         job = client.get(f"/v1/jobs/{job['id']}", params={"wait": 30}).json()
     timings = job["timings"]
@@ -133,7 +133,8 @@ def run_batch(client: httpx.Client, n: int, max_tokens: int, probe_count: int, p
               probe_tokens: int) -> dict[str, Any]:
     items = [{"custom_id": f"item-{i}", "prompt": p} for i, p in enumerate(prompts(n))]
     started = time.perf_counter()
-    resp = client.post("/v1/batches", json={"items": items, "max_tokens": max_tokens, "temperature": 0})
+    resp = client.post("/v1/batches", json={"items": items, "max_tokens": max_tokens, "temperature": 0,
+                                            "cache": False})
     submit_s = time.perf_counter() - started
     assert resp.status_code == 202, resp.text
     batch = resp.json()
