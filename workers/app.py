@@ -44,10 +44,10 @@ def _consume_model_queues(sender: str, instance: Any, **_: Any) -> None:
 def _boot(sender: Any = None, **_: Any) -> None:
     # Imported here: loading torch is the worker's business, not the app module's.
     from workers.runtime import start_runtime
-    from workers.tasks import send_item
+    from workers.tasks import resend
 
     rt = start_runtime(served_models(), name=getattr(sender, "hostname", None) or "worker")
-    rt.start_reaper(send_item)
+    rt.start_reaper(resend)
 
 
 @worker_shutdown.connect
