@@ -11,10 +11,12 @@ from celery.signals import celeryd_after_setup, setup_logging, worker_init, work
 from textgen_core.keys import LANES, Keys
 from textgen_core.logs import configure_logging
 from textgen_core.settings import get_settings
+from workers import broker_compat
 
 app = Celery("textgen")
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+broker_compat.install()
 
 log = logging.getLogger(__name__)
 
