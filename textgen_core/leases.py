@@ -164,7 +164,8 @@ class JobLeases:
         """Take back up to ``limit`` jobs whose lease lapsed; the caller re-sends their messages."""
         now = time.time()
         out: list[Reaped] = []
-        for job_id in self.r.zrangebyscore(self.keys.leases, "-inf", now, start=0, num=limit):
+        lapsed: list[str] = self.r.zrangebyscore(self.keys.leases, "-inf", now, start=0, num=limit)  # type: ignore[assignment]
+        for job_id in lapsed:
             row = self._reap(keys=[self.keys.job(job_id), self.keys.leases], args=[job_id, now, self.lease_seconds])
             if row:
                 out.append(Reaped(job_id, *row))
