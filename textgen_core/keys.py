@@ -170,6 +170,7 @@ class Keys:
 WITHOUT_TTL: dict[str, str] = {
     "{prefix}:batches:active": "the batch settle script removes each batch as it ends (empty set: no key)",
     "{prefix}:webhook_secret:*": "lives as long as its API key; replaced by POST /v1/webhooks/secret/rotate",
+    "{prefix}:webhook_outbox": "whoever queues a completion event removes it (empty set: no key)",
     "{prefix}.*": "Celery queues (lists): Celery pops every message it delivers (empty list: no key)",
 }
 
