@@ -161,7 +161,11 @@ class JobLeases:
         return int(self._renew(keys=[self.keys.leases], args=[self.keys.prefix, expiry, *pairs]))
 
     def reap(self, limit: int = 100) -> list[Reaped]:
-        """Take back up to ``limit`` jobs whose lease lapsed; the caller re-sends their messages."""
+        """Take back up to ``limit`` jobs whose lease lapsed; the caller re-sends their messages.
+
+        This process's own leases are renewed first: a lease that lapsed while Redis was away (a
+        restart) must not cost the job an attempt when its holder is alive and reaping."""
+        self.renew()
         now = time.time()
         out: list[Reaped] = []
         lapsed: list[str] = self.r.zrangebyscore(self.keys.leases, "-inf", now, start=0, num=limit)  # type: ignore[assignment]
