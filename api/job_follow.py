@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from api.deps import AppState
 from textgen_core.jobs import JobRecord
 
-BLOCK_MS = 1000
+BLOCK_MS = 1000  # a blocking read must end well inside the Redis socket timeout (api_redis_socket_timeout_seconds)
 QUIET_CHECKS_EVERY = 5  # idle ticks between checks for jobs that ended without a stream end
 
 

@@ -48,9 +48,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # A burst of requests waits briefly for a free connection instead of failing at once.
+        # A burst of requests waits briefly for a free connection instead of failing at once. A Redis
+        # that is down or hung costs a request at most the socket timeout, then a 503 (api.errors).
         pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url, decode_responses=True, socket_connect_timeout=1.0, socket_timeout=None,
+            settings.redis_url, decode_responses=True, socket_connect_timeout=settings.api_redis_socket_timeout_seconds,
+            socket_timeout=settings.api_redis_socket_timeout_seconds,
             health_check_interval=15, retry_on_timeout=False, max_connections=settings.api_redis_max_connections,
             timeout=settings.api_redis_pool_timeout_seconds,
         )

@@ -24,7 +24,8 @@ from textgen_core.settings import Settings
 class RateLimits:
     def __init__(self, settings: Settings, key_prefix: str):
         storage = RedisStorage(f"async+{settings.redis_url}", implementation="redispy", key_prefix=key_prefix,
-                               socket_connect_timeout=1.0)
+                               socket_connect_timeout=settings.api_redis_socket_timeout_seconds,
+                               socket_timeout=settings.api_redis_socket_timeout_seconds)
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         rpm, tpm = settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
         self.requests: RateLimitItem | None = RateLimitItemPerMinute(rpm) if rpm else None

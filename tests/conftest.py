@@ -75,6 +75,12 @@ class Stack:
         wait_for_api(url, self.logs / f"{name}.log")
         return url
 
+    def kill(self, name: str) -> None:
+        """SIGKILL a process, as the OOM killer or a lost machine would."""
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait(30)
+
     def stop(self, name: str) -> None:
         proc = self.procs.pop(name)
         proc.terminate()
@@ -118,6 +124,9 @@ def launch_stack(root: Path, models: list[dict[str, object]], worker_models: str
         TEXTGEN_WORKER_MODELS=worker_models,
         TEXTGEN_LOG_LEVEL="INFO",
         TEXTGEN_HEARTBEAT_SECONDS="1",
+        # A killed worker's jobs are handed back within about five seconds.
+        TEXTGEN_LEASE_SECONDS="5",
+        TEXTGEN_LEASE_REAP_SECONDS="1",
         # Webhook receivers in the tests listen on 127.0.0.1.
         TEXTGEN_WEBHOOK_ALLOW_PRIVATE="true",
         TEXTGEN_WEBHOOK_RETRY_SCHEDULE=json.dumps(WEBHOOK_RETRY_SCHEDULE),

@@ -11,15 +11,14 @@ from __future__ import annotations
 
 from textgen_core.webhooks.outbox_lua import OUTBOX_LUA
 
-# Key names are built from the prefix here; they must match Keys.batch, Keys.batch_inflight,
-# Keys.active_batches and Keys.batch_events_channel.
+# Key names are built from the prefix here; they must match Keys.batch, Keys.active_batches and
+# Keys.batch_events_channel.
 # Needs OUTBOX_LUA (included) for ``outbox_add``.
 SETTLE_LUA = OUTBOX_LUA + """
 local function settle_batch_item(jobkey, prefix, status, now)
   local bid = redis.call('HGET', jobkey, 'batch_id')
   if not bid or bid == '' then return end
   local bkey = prefix .. ':batch:' .. bid
-  redis.call('HDEL', bkey .. ':inflight', redis.call('HGET', jobkey, 'id'))
   if redis.call('EXISTS', bkey) == 0 then return end
   local field = 'failed'
   if status == 'succeeded' then field = 'completed' elseif status == 'canceled' then field = 'canceled' end

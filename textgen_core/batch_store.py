@@ -1,6 +1,6 @@
 """Batches in Redis: the API's :class:`AsyncBatchStore` (create, read, list, cancel, read items)
-and the workers' :class:`BatchLedger` (which worker holds which item, and handing back a dead
-worker's items).
+and the workers' :class:`BatchLedger` (the reads the batch tasks need). Which worker holds which
+item is a job lease, as for any job (``textgen_core/leases.py``).
 
 Items are job records written in chunks with pipelines, so a 50,000-item batch never needs
 one giant command or all its records in memory at once.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 
 import redis
 import redis.asyncio as aioredis
@@ -23,13 +23,6 @@ from textgen_core.store import _CANCEL, encode_job
 # Fields of an item that results need (everything but the input and history).
 ITEM_FIELDS = ("id", "custom_id", "status", "output", "finish_reason", "usage", "error", "model", "created_at",
                "finished_at", "cached")
-
-# KEYS: inflight hash. ARGV: job id, expected value. Deletes the entry only if it is still ours.
-_RELEASE = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HDEL', KEYS[1], ARGV[1]) end
-return 0
-"""
-
 
 class AsyncBatchStore:
     def __init__(self, client: aioredis.Redis, keys: Keys, *, ttl: int, stream_ttl: int):
@@ -79,7 +72,7 @@ class AsyncBatchStore:
         ids_key = self.keys.batch_jobs(batch_id)
         while chunk := await self.r.lpop(ids_key, 1000):
             await self.r.delete(*[self.keys.job(j) for j in chunk])
-        await self.r.delete(self.keys.batch(batch_id), self.keys.batch_inflight(batch_id))
+        await self.r.delete(self.keys.batch(batch_id))
         await self.r.zrem(self.keys.owner_batches(owner), batch_id)
         await self.r.srem(self.keys.active_batches, batch_id)
 
@@ -156,44 +149,14 @@ def item_json(value: str | None) -> object:
 
 
 class BatchLedger:
-    """Worker side: which items each worker holds, so a dead worker's items are handed back."""
+    """Worker side: the batch reads of the dispatch and item tasks."""
 
     def __init__(self, client: redis.Redis, keys: Keys):
         self.r = client
         self.keys = keys
-        self._release = client.register_script(_RELEASE)
 
     def job_ids(self, batch_id: str, start: int, stop: int) -> list[str]:
         return list(self.r.lrange(self.keys.batch_jobs(batch_id), start, stop - 1))
-
-    def hold(self, batch_id: str, job_id: str, worker: str, token: str) -> str | None:
-        """Record that ``worker`` holds the item; returns the entry, or None if another holds it."""
-        entry = f"{worker}|{time.time()!r}|{token}"
-        return entry if self.r.hsetnx(self.keys.batch_inflight(batch_id), job_id, entry) else None
-
-    def release(self, batch_id: str, job_id: str, entry: str) -> bool:
-        return bool(self._release(keys=[self.keys.batch_inflight(batch_id)], args=[job_id, entry]))
-
-    def orphans(self, alive: Iterable[tuple[str, float]]) -> list[tuple[str, str, str]]:
-        """(batch id, job id, entry) of items held by workers that are gone or restarted since.
-
-        ``alive`` is (worker name, started_at) of every worker with a heartbeat.
-        """
-        started = dict(alive)
-        out: list[tuple[str, str, str]] = []
-        for batch_id in self.r.smembers(self.keys.active_batches):
-            if not self.r.exists(self.keys.batch(batch_id)):
-                self.r.srem(self.keys.active_batches, batch_id)
-                continue
-            for job_id, entry in self.r.hgetall(self.keys.batch_inflight(batch_id)).items():
-                worker, since, _ = entry.split("|", 2)
-                boot = started.get(worker)
-                if boot is None or boot > float(since):
-                    out.append((batch_id, job_id, entry))
-        return out
-
-    def model_of(self, job_id: str) -> str | None:
-        return self.r.hget(self.keys.job(job_id), "model")
 
     def is_active(self, batch_id: str) -> bool:
         return bool(self.r.sismember(self.keys.active_batches, batch_id))

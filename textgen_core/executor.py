@@ -62,12 +62,13 @@ class JobExecutor:
     _inflight: dict[str, EngineLike] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def run(self, job_id: str, *, may_hand_back: bool = False) -> JobStatus | None:
+    def run(self, job_id: str, attempt_token: str | None = None, *, may_hand_back: bool = False) -> JobStatus | None:
         """Run a job once. Safe to call for a redelivered message: only a queued job is claimed.
 
+        ``attempt_token``: the token of the caller's lease, which the claim takes over.
         ``may_hand_back`` (batch items): rather than wait for an identical job that is generating, hand
         the job back (status ``queued``, the attempt not counted); the caller re-sends its message."""
-        attempt = uuid.uuid4().hex
+        attempt = attempt_token or uuid.uuid4().hex
         claim = self.store.claim(
             job_id, worker=self.worker_name, attempt_token=attempt, max_attempts=self.settings.max_attempts
         )

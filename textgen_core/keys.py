@@ -1,7 +1,8 @@
 """Every Redis key and channel textgen uses, under one prefix.
 
 Each key either carries a TTL or has an owner that deletes it (noted per key), so a Redis
-scan after any run finds nothing of ours that lives forever.
+scan after any run finds nothing of ours that lives forever. The few without a TTL are listed,
+with their owners, in ``WITHOUT_TTL`` (a test scans Redis after a mixed workload against it).
 """
 
 from __future__ import annotations
@@ -32,6 +33,13 @@ class Keys:
 
     def workers_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
+
+    @property
+    def leases(self) -> str:
+        """Sorted set: job id -> lease expiry of jobs a worker holds (``textgen_core/leases.py``).
+        Owner: the job scripts add on hold and claim and remove when the job ends or the lease is
+        reaped; TTL: settings.job_ttl_seconds, refreshed on every add."""
+        return f"{self.prefix}:leases"
 
     @property
     def events_channel(self) -> str:
@@ -91,11 +99,6 @@ class Keys:
         """List: the item job ids of a batch, in input order. TTL: settings.job_ttl_seconds."""
         return f"{self.prefix}:batch:{batch_id}:jobs"
 
-    def batch_inflight(self, batch_id: str) -> str:
-        """Hash: item job id -> "worker|since" for items a worker holds. Owner: the finish scripts
-        delete each entry (an empty hash vanishes); the worker reaper hands back a dead worker's."""
-        return f"{self.prefix}:batch:{batch_id}:inflight"
-
     @property
     def active_batches(self) -> str:
         """Set: ids of batches not yet terminal. Owner: the settle script removes a batch when it ends."""
@@ -117,6 +120,7 @@ class Keys:
     def file_content(self, file_id: str) -> str:
         """String: an uploaded file's bytes. TTL: settings.batch_file_ttl_seconds."""
         return f"{self.prefix}:file:{file_id}:content"
+
     def pending(self, owner: str) -> str:
         """String: count of the owner's accepted jobs not yet finished (the queued-jobs cap).
         Owner: the job scripts (``textgen_core/pending.py``): +1 on admission, -1 on the terminal
@@ -155,6 +159,20 @@ class Keys:
         """Celery queue (a Redis list owned by Celery) for one model and lane."""
         safe = re.sub(r"[^A-Za-z0-9_-]", "_", model_id)
         return f"{self.prefix}.{safe}.{lane}"
+
+    def without_ttl(self) -> dict[str, str]:
+        """``WITHOUT_TTL`` as glob patterns of full key names."""
+        return {pattern.format(prefix=self.prefix): owner for pattern, owner in WITHOUT_TTL.items()}
+
+
+# Our keys that live without a TTL, as glob patterns, each with the owner that deletes it.
+# Every other key of ours has a TTL; tests/integration/test_expiry.py holds Redis to this list.
+WITHOUT_TTL: dict[str, str] = {
+    "{prefix}:batches:active": "the batch settle script removes each batch as it ends (empty set: no key)",
+    "{prefix}:webhook_secret:*": "lives as long as its API key; replaced by POST /v1/webhooks/secret/rotate",
+    "{prefix}:webhook_outbox": "whoever queues a completion event removes it (empty set: no key)",
+    "{prefix}.*": "Celery queues (lists): Celery pops every message it delivers (empty list: no key)",
+}
 
 
 GENERATE_TASK = "textgen.generate"

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(default=5.0, ge=0)
     torch_threads: int | None = None
     heartbeat_seconds: float = Field(default=5.0, gt=0)
+    # A worker holds a lease on each job it runs, renewed by its heartbeat; a lapsed lease (the
+    # worker died) puts the job back on its queue within about lease + reap seconds.
+    lease_seconds: float = Field(default=30.0, gt=0)
+    lease_reap_seconds: float = Field(default=5.0, gt=0)  # how often each worker looks for lapsed leases
 
     # Webhooks: signed deliveries (Standard Webhooks) on their own Celery queue, with retries.
     # Secrets per API key ("<key>" or "sha256:<hex>" -> "whsec_..."); keys not listed get one generated.
@@ -117,7 +121,6 @@ class Settings(BaseSettings):
     batch_chunk_size: int = Field(default=500, ge=1, le=10_000)  # items written and enqueued per step
     batch_file_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     batch_file_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
-    batch_reap_seconds: float = Field(default=5.0, gt=0)  # how often workers look for a dead worker's items
     # Engine rows and Celery slots beyond max_batch that only interactive jobs may use.
     interactive_headroom: int = Field(default=4, ge=1, le=64)
     # Result cache for deterministic requests (greedy or seeded); see textgen_core/cache.py.
@@ -143,6 +146,8 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(default=32, ge=4)
     api_redis_max_connections: int = Field(default=512, ge=8)  # per API process; bursts queue for one
     api_redis_pool_timeout_seconds: float = Field(default=5.0, gt=0)  # then 503
+    # A Redis down or hung answers 503 after at most this; above the API's 1 s blocking reads.
+    api_redis_socket_timeout_seconds: float = Field(default=2.0, ge=1.5, le=30)
 
     @field_validator("api_keys", "worker_models", "cors_origins", mode="before")
     @classmethod
@@ -170,6 +175,9 @@ class Settings(BaseSettings):
             raise ValueError("model ids must be unique")
         if self.default_model not in ids:
             raise ValueError(f"default_model {self.default_model!r} is not one of the models {ids}")
+        if self.lease_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError("lease_seconds must be at least two heartbeats (heartbeat_seconds), or live "
+                             "workers would lose their jobs")
         if not self.api_keys:
             raise ValueError("at least one API key is required")
         if self.env == "production" and DEV_API_KEY in self.api_keys:

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from textgen_core.batch_settle import SETTLE_LUA
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.keys import Keys
+from textgen_core.leases import LEASE_LUA
 from textgen_core.pending import ADMIT_LUA, RELEASE_PENDING_LUA, WITHDRAW_LUA
 from textgen_core.webhooks.records import parse_deliveries
 
@@ -81,10 +82,10 @@ def decode_job(raw: dict[str, str], deliveries: list[str] | None = None) -> JobR
     return JobRecord.model_validate(fields)
 
 
-# KEYS: job. ARGV: worker, now, attempt_token, ttl, max_attempts, events channel, key prefix.
-# Returns "claimed" when this attempt now owns the job, else the status it has (another attempt may
-# be running it: a message redelivered while the first delivery still runs must not run it twice).
-_CLAIM = SETTLE_LUA + RELEASE_PENDING_LUA + """
+# KEYS: job. ARGV: worker, now, attempt_token, ttl, max_attempts, events channel, key prefix, lease seconds.
+# Returns "claimed" when this attempt now owns the job (and its lease), else the status it has (another
+# attempt may be running it: a message redelivered while the first delivery still runs must not run it twice).
+_CLAIM = SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st ~= 'queued' then return st end
@@ -94,6 +95,7 @@ if attempts > tonumber(ARGV[5]) then
     'error', cjson.encode({message = 'gave up after ' .. ARGV[5] .. ' attempts: the job stopped its '
       .. 'worker each time', type = 'max_attempts_exceeded'}))
   release_pending(KEYS[1])
+  drop_lease(KEYS[1], ARGV[7])
   redis.call('PUBLISH', ARGV[6], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = 'failed'}))
   settle_batch_item(KEYS[1], ARGV[7], 'failed', ARGV[2])
   outbox_add(ARGV[7], KEYS[1], 'job.completed', redis.call('HGET', KEYS[1], 'id'), ARGV[2])
@@ -102,6 +104,7 @@ end
 redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'attempt_token', ARGV[3],
   'started_at', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[4])
+take_lease(KEYS[1], ARGV[7], ARGV[3], tonumber(ARGV[2]) + tonumber(ARGV[8]), ARGV[4])
 local bid = redis.call('HGET', KEYS[1], 'batch_id')
 if bid and bid ~= '' then redis.call('HSETNX', ARGV[7] .. ':batch:' .. bid, 'started_at', ARGV[2]) end
 return 'claimed'
@@ -109,10 +112,11 @@ return 'claimed'
 
 # Ending a job with an outcome: KEYS as below; ARGV[2..12] as below (ARGV[1] is the caller's own).
 # Used by _FINISH (a worker's attempt) and _CREATE_FINISHED (a cache hit answered at submit).
-_END_LUA = SETTLE_LUA + RELEASE_PENDING_LUA + """
+_END_LUA = SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + """
 local function end_job()
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
   release_pending(KEYS[1])
+  drop_lease(KEYS[1], ARGV[12])
   for k, v in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], k, v) end
   redis.call('EXPIRE', KEYS[1], ARGV[4])
   local entries = cjson.decode(ARGV[6])
@@ -157,7 +161,7 @@ return 1
 
 # KEYS: job, tokens stream. ARGV: owner, now, events channel, cancel channel, stream ttl, key prefix.
 # Returns the status afterwards ("running" means a stop was requested), or "missing".
-_CANCEL = SETTLE_LUA + RELEASE_PENDING_LUA + """
+_CANCEL = SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'missing' end
 local id = redis.call('HGET', KEYS[1], 'id')
@@ -165,6 +169,7 @@ if st == 'queued' then
   redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[2], 'finish_reason', 'canceled',
     'output', '')
   release_pending(KEYS[1])
+  drop_lease(KEYS[1], ARGV[6])
   redis.call('XADD', KEYS[2], '*', 'end', 'canceled')
   redis.call('EXPIRE', KEYS[2], ARGV[5])
   redis.call('PUBLISH', ARGV[3], cjson.encode({id = id, status = 'canceled'}))
@@ -217,15 +222,16 @@ class JobStore:
 
     on_terminal: Callable[[str], None] | None = None
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, job_ttl: int, stream_ttl: int, stream_maxlen: int):
+    def __init__(self, client: redis.Redis, keys: Keys, *, job_ttl: int, stream_ttl: int, stream_maxlen: int,
+                 lease_seconds: float = 30.0):
         self.r = client
         self.keys = keys
         self.job_ttl = job_ttl
+        self.lease_seconds = lease_seconds
         self.stream_ttl = stream_ttl
         self.stream_maxlen = stream_maxlen
         self._claim = client.register_script(_CLAIM)
         self._finish = client.register_script(_FINISH)
-        self._requeue = client.register_script(_REQUEUE)
 
     def get(self, job_id: str) -> JobRecord | None:
         pipe = self.r.pipeline(transaction=False)
@@ -246,7 +252,7 @@ class JobStore:
         result = self._claim(
             keys=[self.keys.job(job_id)],
             args=[worker, time.time(), attempt_token, self.job_ttl, max_attempts, self.keys.events_channel,
-                  self.keys.prefix],
+                  self.keys.prefix, self.lease_seconds],
         )
         if result == "claimed":
             return Claim(True, JobStatus.running)

@@ -11,10 +11,12 @@ from celery.signals import celeryd_after_setup, setup_logging, worker_init, work
 from textgen_core.keys import LANES, Keys
 from textgen_core.logs import configure_logging
 from textgen_core.settings import get_settings
+from workers import broker_compat
 
 app = Celery("textgen")
 app.config_from_object("celeryconfig")
 app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
+broker_compat.install()
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +46,10 @@ def _consume_model_queues(sender: str, instance: Any, **_: Any) -> None:
 def _boot(sender: Any = None, **_: Any) -> None:
     # Imported here: loading torch is the worker's business, not the app module's.
     from workers.runtime import start_runtime
-    from workers.tasks import send_item
+    from workers.tasks import resend
 
     rt = start_runtime(served_models(), name=getattr(sender, "hostname", None) or "worker")
-    rt.start_reaper(send_item)
+    rt.start_reaper(resend)
 
 
 @worker_shutdown.connect

@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 from textgen_core import metrics
 from textgen_core.batch_store import BatchLedger
@@ -22,6 +24,7 @@ from textgen_core.engine.batching import Engine
 from textgen_core.engine.loader import LoadedModel, load
 from textgen_core.executor import JobExecutor
 from textgen_core.keys import DELIVER_WEBHOOK_TASK, Keys
+from textgen_core.leases import JobLeases, Reaped
 from textgen_core.settings import Settings, get_settings
 from textgen_core.store import JobStore
 from textgen_core.webhooks.events import WebhookEmitter
@@ -43,6 +46,7 @@ class Runtime:
     executor: JobExecutor
     webhooks: JobWebhooks
     ledger: BatchLedger
+    leases: JobLeases
     gates: dict[str, BulkGate]
     started_at: float = field(default_factory=time.time)
     metrics_port: int | None = None
@@ -75,6 +79,7 @@ class Runtime:
         while True:
             try:
                 self.client.set(key, self.heartbeat_payload(), ex=max(2, int(period * 3)))
+                self.leases.renew()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
             if self._stop.wait(period):
@@ -102,10 +107,10 @@ class Runtime:
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._cancel_loop, "cancel-listener")):
             threading.Thread(target=target, name=f"textgen-{name}", daemon=True).start()
 
-    def start_reaper(self, resend: Callable[[str, str, str], None]) -> None:
+    def start_reaper(self, resend: Callable[[Reaped], None]) -> None:
         from workers.reaper import start_reaper
 
-        start_reaper(self.ledger, self.store, self.client, self.settings.batch_reap_seconds, resend, self._stop)
+        start_reaper(self.leases, self.settings.lease_reap_seconds, resend, self._stop)
 
     def stop(self) -> None:
         self._stop.set()
@@ -126,13 +131,17 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
+    # A few quick retries ride out a Redis restart (stale connections, a second or two down); the
+    # scripts are safe to run again (a lost claim or reap is left to lapse and reaped, see leases.py).
+    client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30,
+                                  retry=Retry(ExponentialBackoff(cap=1.0, base=0.1), 6))
     store = JobStore(
         client,
         Keys(settings.key_prefix),
         job_ttl=settings.job_ttl_seconds,
         stream_ttl=settings.stream_ttl_seconds,
         stream_maxlen=settings.stream_maxlen,
+        lease_seconds=settings.lease_seconds,
     )
     models: dict[str, LoadedModel] = {}
     engines: dict[str, Engine] = {}
@@ -175,6 +184,8 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
     }
     _runtime = Runtime(name=name, settings=settings, client=client, store=store, models=models,
                        engines=engines, executor=executor, webhooks=webhooks, ledger=BatchLedger(client, keys),
+                       leases=JobLeases(client, keys, lease_seconds=settings.lease_seconds,
+                                        ttl=settings.job_ttl_seconds),
                        gates=gates)
     _runtime.metrics_port = serve_metrics(_runtime, settings.worker_metrics_port)
     _runtime.start_threads()

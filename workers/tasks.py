@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-import uuid
-
 from textgen_core.jobs import JobStatus
 from textgen_core.keys import BATCH_DISPATCH_TASK, BATCH_ITEM_TASK, GENERATE_TASK, Keys
+from textgen_core.leases import Reaped
 from workers.app import app
 from workers.runtime import runtime
 
 
 @app.task(name=GENERATE_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def generate(job_id: str) -> str | None:
-    status = runtime().executor.run(job_id)
+    rt = runtime()
+    with rt.leases.holding(job_id) as token:
+        status = rt.executor.run(job_id, attempt_token=token)
     return status.value if status else None
+
+
+def resend(job: Reaped) -> None:
+    """Send a reaped job's message again, on the lane it came from."""
+    if job.batch_id:
+        send_item(job.job_id, job.batch_id, job.model)
+    else:
+        queue = Keys(runtime().settings.key_prefix).queue(job.model, job.lane)
+        app.send_task(GENERATE_TASK, args=[job.job_id], queue=queue, task_id=job.job_id)
 
 
 def send_item(job_id: str, batch_id: str, model: str) -> None:
@@ -40,21 +50,17 @@ def batch_dispatch(batch_id: str, model: str, start: int, stop: int) -> int:
 @app.task(name=BATCH_ITEM_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def batch_item(job_id: str, batch_id: str, model: str) -> str | None:
     rt = runtime()
-    entry = rt.ledger.hold(batch_id, job_id, rt.name, uuid.uuid4().hex)
-    try:
+    with rt.leases.holding(job_id) as token:  # held while it waits at the gate too
         gate = rt.gates.get(model)
         if gate is not None and not gate.enter():
             send_item(job_id, batch_id, model)  # interactive work is waiting: give the slot back
             return "yielded"
         try:
-            status = rt.executor.run(job_id, may_hand_back=True)
+            status = rt.executor.run(job_id, attempt_token=token, may_hand_back=True)
         finally:
             if gate is not None:
                 gate.leave()
         if status is JobStatus.queued:  # an identical item is generating: meet its result next time round
             send_item(job_id, batch_id, model)
             return "handed back"
-        return status.value if status else None
-    finally:
-        if entry:
-            rt.ledger.release(batch_id, job_id, entry)
+    return status.value if status else None

@@ -14,7 +14,9 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 from api.deps import AppState, OwnerDep, StateDep
 from api.errors import CREATE_RESPONSES, ERROR_RESPONSES, APIError, not_found
 from api.idempotency import IdempotencyDep
+from api.job_follow import BLOCK_MS
 from api.metrics import JOBS_SUBMITTED
+from api.refused_jobs import withdraw_later
 from api.schemas import JobCreate, JobOut
 from api.webhooks import check_webhook_url
 from textgen_core import metrics
@@ -57,7 +59,11 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
             log.info("job answered from cache", extra={"job_id": job.id, "model": model, "owner": owner})
             return await state.store.get(job.id, owner) or job
     cap = state.settings.max_queued_jobs_per_key
-    stored, _ = await state.store.create(job, max_pending=cap)
+    try:
+        stored, _ = await state.store.create(job, max_pending=cap)
+    except RedisError:  # a 503 (api.errors); Redis may still run the create later, so take it back then
+        withdraw_later(state.store, job.id)
+        raise
     if not stored:
         raise APIError(429, f"this API key already has {cap} unfinished jobs; wait for some to finish",
                        code="too_many_queued_jobs", headers={"Retry-After": "5", "x-ratelimit-limit-jobs": str(cap),
@@ -142,7 +148,7 @@ async def _events(state: AppState, job_id: str, owner: str) -> AsyncIterator[Ser
     last = "0-0"
     while True:
         try:
-            batches = await state.redis.xread({key: last}, count=256, block=5000)
+            batches = await state.redis.xread({key: last}, count=256, block=BLOCK_MS)
         except RedisError as exc:
             yield ServerSentEvent(event="error", data=json.dumps({"message": f"stream interrupted: {exc}"}))
             return

@@ -34,3 +34,10 @@ def test_models_from_json_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEXTGEN_DEFAULT_MODEL", "a")
     s = Settings(_env_file=None)
     assert s.model("a") is not None and s.model("a").max_batch == 4  # type: ignore[union-attr]
+
+
+def test_a_lease_must_outlast_two_heartbeats() -> None:
+    # Shorter, and a live worker's jobs would be handed back while it still runs them.
+    with pytest.raises(ValidationError, match="lease_seconds"):
+        Settings(_env_file=None, heartbeat_seconds=5, lease_seconds=9)
+    Settings(_env_file=None, heartbeat_seconds=5, lease_seconds=10)
