@@ -124,8 +124,9 @@ def launch_stack(root: Path, models: list[dict[str, object]], worker_models: str
         TEXTGEN_WORKER_MODELS=worker_models,
         TEXTGEN_LOG_LEVEL="INFO",
         TEXTGEN_HEARTBEAT_SECONDS="1",
-        # A killed worker's jobs are handed back within about five seconds.
-        TEXTGEN_LEASE_SECONDS="5",
+        # A killed worker's jobs are handed back within about ten seconds (a tighter lease can lapse on a
+        # live worker starved of CPU by a loaded machine, which costs its jobs an attempt).
+        TEXTGEN_LEASE_SECONDS="10",
         TEXTGEN_LEASE_REAP_SECONDS="1",
         # Webhook receivers in the tests listen on 127.0.0.1.
         TEXTGEN_WEBHOOK_ALLOW_PRIVATE="true",

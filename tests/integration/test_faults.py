@@ -138,7 +138,7 @@ def test_a_job_of_a_sigkilled_worker_runs_again_with_one_result(faults: Stack, a
     again = wait_running(faults, job_id, not_on=running["worker"], timeout=120)
     recovery = time.monotonic() - killed
     print(f"\nSIGKILLed {victim} mid-generation; job running again on {again['worker']} after {recovery:.1f} s "
-          "(target 60 s; lease 5 s, reaper every 1 s here)")
+          "(target 60 s; lease 10 s, reaper every 1 s here)")
     job = wait_done(api, job_id)
     assert job["status"] == "succeeded" and job["output"], job
     assert job["attempts"] == 2
