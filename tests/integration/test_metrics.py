@@ -162,7 +162,9 @@ def promql(base: str, query: str, rows: int = 1, timeout: float = 90) -> list[di
     result: list[dict] = []
     while True:
         try:
-            body = httpx.get(f"{base}/api/v1/query", params={"query": query}, timeout=10).json()
+            resp = httpx.get(f"{base}/api/v1/query", params={"query": query}, timeout=10)
+            # A starting Prometheus answers 503 "Service Unavailable" (plain text) until it is ready.
+            body = resp.json() if resp.status_code == 200 else {}
             if body.get("status") == "success":
                 result = list(body["data"]["result"])
                 if len(result) >= rows:
