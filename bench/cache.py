@@ -2,7 +2,7 @@
 the same shape (fresh texts) with it, in the same run on the same stack; items/s of each, the
 speed-up, and the hit rate (from the items and from ``/v1/cache/stats``).
 
-Starts its own Redis, one worker and the API (as the tests do); the last line is one JSON object.
+Starts its own Redis, one worker and the API (``textgen_cli.localstack``); the last line is one JSON object.
 
     .venv/bin/python bench/cache.py                       # 500 items, 50% duplicates
     .venv/bin/python bench/cache.py --items 100 --max-tokens 4
@@ -13,20 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from textgen_cli.processes import api_command, child_env, worker_command  # noqa: E402
-from textgen_cli.redis_server import free_port, start_redis  # noqa: E402
-from textgen_core.settings import Settings, get_settings  # noqa: E402
+from textgen_cli.localstack import LocalStack  # noqa: E402
 
 PRODUCTS = Path(__file__).resolve().parent.parent / "examples" / "products.csv"
 
@@ -74,32 +70,11 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=8)
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="textgen-bench-cache-"))
-    redis_url, redis_proc = start_redis(root / "redis")
-    env = child_env(TEXTGEN_REDIS_URL=redis_url, TEXTGEN_KEY_PREFIX=f"bench{uuid.uuid4().hex[:6]}",
-                    TEXTGEN_ENV="test", TEXTGEN_LOG_LEVEL="WARNING", TEXTGEN_CACHE_ENABLED="true",
-                    TEXTGEN_WORKER_METRICS_PORT="0")
-    port = free_port()
-    procs = {
-        "api": subprocess.Popen(api_command("127.0.0.1", port, "warning"), env=env,
-                                stdout=(root / "api.log").open("ab"), stderr=subprocess.STDOUT),
-        "worker": subprocess.Popen(worker_command(Settings(_env_file=None), "bench@local", loglevel="WARNING"),
-                                   env=env, stdout=(root / "worker.log").open("ab"), stderr=subprocess.STDOUT),
-    }
-    key = get_settings().api_keys[0]
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
-                          timeout=600) as client:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    if client.get("/ready").status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"stack not ready; logs in {root}")
-                time.sleep(0.5)
+    with tempfile.TemporaryDirectory() as tmp, LocalStack(
+        Path(tmp), extra_env={"TEXTGEN_CACHE_ENABLED": "true", "TEXTGEN_LOG_LEVEL": "WARNING"}
+    ) as stack:
+        stack.start()
+        with stack.client(timeout=600) as client:
             run_batch(client, items(16, 0.0, "warmup", 0), args.max_tokens, cache=False)
             print(f"{args.items} items, {args.duplicates:.0%} duplicates, max_tokens {args.max_tokens}")
             without = run_batch(client, items(args.items, args.duplicates, "a", 1), args.max_tokens, cache=False)
@@ -108,15 +83,6 @@ def main() -> None:
             with_cache = run_batch(client, items(args.items, args.duplicates, "b", 1), args.max_tokens, cache=True)
             print(f"  with the cache:    {with_cache}")
             stats = client.get("/v1/cache/stats").json()
-    finally:
-        for proc in procs.values():
-            proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:  # a worker still draining its tasks
-                proc.kill()
-        redis_proc.terminate()
 
     hits, misses = stats["hits"] - stats_before["hits"], stats["misses"] - stats_before["misses"]
     figures = {
