@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -14,11 +13,13 @@ from pydantic import ValidationError
 
 from api.batch_schemas import BatchDefaults, BatchItem
 from api.openai_batch import LineError, is_request_line, line_to_spec
+from api.safe_json import BadJSON, loads
 from textgen_core.batches import ItemSpec
 
 # CSV columns that are product fields; any other non-empty column becomes an attribute.
 PRODUCT_COLUMNS = ("name", "category", "price", "description")
 ITEM_COLUMNS = ("custom_id", "sku", "prompt", "mode", "max_tokens", "temperature", "seed")
+MAX_LINE_DEPTH = 32  # the default of TEXTGEN_MAX_JSON_DEPTH, as for request bodies
 
 
 class BatchInputError(ValueError):
@@ -83,16 +84,16 @@ def _row_item(line: int, row: dict[str, str], defaults: BatchDefaults) -> ItemSp
         raise BatchInputError(line, _validation_message(exc)) from exc
 
 
-def jsonl_items(stream: IO[bytes], defaults: BatchDefaults,
-                endpoint: str | None = None) -> Iterator[tuple[int, str | None, ItemSpec]]:
+def jsonl_items(stream: IO[bytes], defaults: BatchDefaults, endpoint: str | None = None, *,
+                max_depth: int = MAX_LINE_DEPTH) -> Iterator[tuple[int, str | None, ItemSpec]]:
     """(line number, model, item) per non-empty JSONL line: a textgen item or an OpenAI request line."""
     for number, raw in enumerate(stream, start=1):
         if not raw.strip():
             continue
         try:
-            obj = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BatchInputError(number, f"not valid JSON: {exc}") from exc
+            obj = loads(raw, max_depth)
+        except BadJSON as exc:
+            raise BatchInputError(number, str(exc)) from exc
         if not isinstance(obj, dict):
             raise BatchInputError(number, "each line must be a JSON object")
         try:

@@ -52,26 +52,46 @@ _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API k
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
 
 
-def authenticate(
-    state: StateDep,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
-    header: Annotated[str | None, Security(_header)],
-) -> str:
-    """The caller's owner id. Keys are compared as sha256 digests in constant time."""
-    key = bearer.credentials if bearer else header
+def key_of(authorization: str | None, x_api_key: str | None) -> str | None:
+    """The API key a request presents. Two different keys (``Authorization: Bearer`` and
+    ``X-API-Key``) are refused: silently picking one would hide a client's mistake."""
+    bearer = None
+    if authorization:
+        scheme, _, credentials = authorization.partition(" ")
+        if scheme.lower() == "bearer" and credentials.strip():
+            bearer = credentials.strip()
+    if bearer and x_api_key and not hmac.compare_digest(bearer.encode(), x_api_key.encode()):
+        AUTH_FAILURES.labels("conflicting_keys").inc()
+        raise APIError(401, "two different API keys: 'Authorization' and 'X-API-Key' must name the same key "
+                       "(or send only one)", code="invalid_api_key")
+    return bearer or x_api_key or None
+
+
+def owner_of(settings: Settings, key: str | None) -> str:
+    """The owner id of an API key. Keys are compared as sha256 digests in constant time."""
     if not key:
         AUTH_FAILURES.labels("missing_key").inc()
         raise APIError(401, "missing API key: send 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
                        code="invalid_api_key")
     digest = hashlib.sha256(key.encode()).hexdigest()
     owner = None
-    for known, owner_id in state.settings.owner_ids().items():
+    for known, owner_id in settings.owner_ids().items():
         if hmac.compare_digest(digest, known):
             owner = owner_id
     if owner is None:
         AUTH_FAILURES.labels("invalid_key").inc()
         raise APIError(401, "invalid API key", code="invalid_api_key")
     return owner
+
+
+def authenticate(
+    state: StateDep,
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
+    header: Annotated[str | None, Security(_header)],
+) -> str:
+    """The caller's owner id (the security schemes are here so that the OpenAPI page shows them)."""
+    return owner_of(state.settings, key_of(request.headers.get("authorization"), header))
 
 
 async def rate_limited_owner(

@@ -18,7 +18,7 @@ from api.events import EventHub
 from api.prompt_budget import PromptBudget
 from api.queueing import JobQueue
 from api.ratelimit import RateLimits
-from api.request_guard import RequestGuard
+from api.request_guard import BodyRule, RequestGuard
 from api.routes import (
     batches,
     cache,
@@ -93,9 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Asynchronous text generation: submit jobs, poll or stream results.",
         lifespan=lifespan,
     )
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes,
-                       max_json_depth=settings.max_json_depth, upload_paths=("/v1/batches", "/v1/files"),
-                       max_upload_bytes=settings.batch_file_max_bytes)
+    uploads = BodyRule(json_bytes=settings.batch_json_max_bytes, upload_bytes=settings.batch_file_max_bytes)
+    app.add_middleware(RequestGuard, settings=settings, rules={"/v1/batches": uploads, "/v1/files": uploads})
     if settings.cors_origins:  # added last, so outermost: refusals carry CORS headers too
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
                            allow_headers=["*"])

@@ -1,133 +1,104 @@
-"""Refuse hostile request bodies before any route parses them (ASGI middleware).
+"""Refuse hostile requests before any route reads them (pure ASGI middleware).
 
-- Larger than ``max_body_bytes``: 413, decided from ``Content-Length`` or while reading a
-  chunked body, so a huge upload is never buffered whole.
-- JSON nested deeper than ``max_json_depth``: 400 (deep nesting exhausts parsers' stacks).
-- JSON that cannot be stored and echoed back as JSON: ``NaN`` and ``Infinity``, numbers out
-  of float range, and lone UTF-16 surrogates (not encodable as UTF-8): 422. Other control
-  characters, NUL included, are ordinary text: stored and returned intact.
+In this order, so that a refusal costs almost nothing:
+
+1. A request that carries a body (POST, PUT, PATCH) to ``/v1/`` without a valid API key: 401,
+   decided from the headers alone. Not one byte of the body is read.
+2. Larger than its route's limit: 413, from ``Content-Length`` or while reading a chunked body,
+   so a huge upload is never buffered whole. Uploads (multipart) stream through to the route.
+3. A body that is not JSON where the route takes JSON (a form-encoded or text body): 400 saying
+   to send ``Content-Type: application/json``.
+4. JSON the API will not take (:mod:`api.safe_json`): malformed (400, with line and column),
+   nested too deep (400), ``NaN``, out-of-range numbers or lone surrogates (422). Large bodies
+   are parsed on a worker thread, so the event loop keeps serving other requests.
 
 Every refusal uses the one error envelope.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
+from dataclasses import dataclass
 from typing import Any
 
+from anyio import to_thread
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import ErrorBody, error_response
+from api.deps import key_of, owner_of
+from api.errors import APIError, error_response
+from api.safe_json import BadJSON, loads
+from textgen_core.settings import Settings
 
-_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_BRACKETS = re.compile(rb"[\[\]{}]")
+BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Bodies above this are parsed off the event loop (a thread hop costs more than parsing less).
+OFF_LOOP_BYTES = 64 * 1024
+PARSED_BODY = "textgen.json_body"
+"""Where the guard leaves the parsed JSON body (in ``scope["state"]``) for routes that read
+their body themselves, so it is parsed once."""
 
-
-class BadJSON(ValueError):
-    def __init__(self, status: int, message: str, code: str):
-        super().__init__(message)
-        self.status = status
-        self.code = code
-
-
-def json_depth_exceeds(body: bytes, limit: int) -> bool:
-    """Whether brackets outside strings nest deeper than ``limit`` (without parsing)."""
-    depth = 0
-    for match in _BRACKETS.finditer(_STRINGS.sub(b'""', body)):
-        if match.group() in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False
+NOT_JSON = "send the request body as JSON with the header 'Content-Type: application/json'"
 
 
-def _no_constants(name: str) -> Any:
-    raise BadJSON(422, f"{name} is not a valid JSON number", "invalid_number")
+@dataclass(frozen=True)
+class BodyRule:
+    """What one path accepts: JSON up to ``json_bytes``, and multipart uploads up to
+    ``upload_bytes`` (0: none)."""
+
+    json_bytes: int
+    upload_bytes: int = 0
 
 
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise BadJSON(422, f"the number {text[:32]} is out of range", "invalid_number")
-    return value
+def parsed_body(request: Request) -> Any:
+    """The JSON body the guard parsed (None when the request had none)."""
+    return request.scope.get("state", {}).get(PARSED_BODY)
 
 
-def check_text(value: Any) -> None:
-    """Walk parsed JSON; refuse strings (values or keys) that cannot be encoded as UTF-8."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-        elif isinstance(item, str) and not item.isascii():
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                raise BadJSON(422, "text must be valid Unicode: lone UTF-16 surrogates are not allowed",
-                              "invalid_unicode") from None
-
-
-def check_json(body: bytes, max_depth: int) -> None:
-    if json_depth_exceeds(body, max_depth):
-        raise BadJSON(400, f"JSON nested deeper than {max_depth} levels is refused", "json_too_deep")
-    try:
-        parsed = json.loads(body, parse_constant=_no_constants, parse_float=_finite)
-    except BadJSON:
-        raise
-    except ValueError:
-        return  # malformed JSON: the route's own parser answers with its 4xx
-    check_text(parsed)
+def is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return not media or media == "application/json" or media.endswith("+json")
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_json_depth: int,
-                 upload_paths: tuple[str, ...] = (), max_upload_bytes: int = 0):
+    def __init__(self, app: ASGIApp, *, settings: Settings, rules: dict[str, BodyRule] | None = None):
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.max_json_depth = max_json_depth
-        # Batch inputs and file uploads are large by nature: they get their own, larger limit.
-        self.upload_paths = upload_paths
-        self.max_upload_bytes = max(max_upload_bytes, max_body_bytes)
+        self.settings = settings
+        self.default = BodyRule(json_bytes=settings.max_body_bytes)
+        self.rules = rules or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        limit = self.max_upload_bytes if scope["path"].rstrip("/") in self.upload_paths else self.max_body_bytes
+        path = scope["path"].rstrip("/")
+        try:
+            if path.startswith("/v1/"):
+                owner_of(self.settings, key_of(headers.get("authorization"), headers.get("x-api-key")))
+            await self._guarded(scope, receive, send, headers, self.rules.get(path, self.default))
+        except APIError as exc:
+            await error_response(exc.status, exc.body, exc.headers)(scope, receive, send)
+
+    async def _guarded(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],
+                       rule: BodyRule) -> None:
+        content_type = headers.get("content-type", "")
+        upload = rule.upload_bytes > 0 and content_type.lower().startswith("multipart/form-data")
+        limit = rule.upload_bytes if upload else rule.json_bytes
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
-            await self._refuse(scope, receive, send, 413, self._too_large(limit), "request_too_large")
+            raise _too_large(limit)
+        if upload:
+            await self._stream(scope, receive, send, limit)
             return
-        chunks: list[bytes] = []
-        size = 0
-        more = True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                await self._refuse(scope, receive, send, 413, self._too_large(limit), "request_too_large")
-                return
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        content_type = headers.get("content-type", "")
-        if body and (not content_type or "json" in content_type):
-            try:
-                check_json(body, self.max_json_depth)
-            except BadJSON as exc:
-                await self._refuse(scope, receive, send, exc.status, str(exc), exc.code)
-                return
+        body = await _read(receive, limit)
+        if body is None:
+            return  # the client went away
+        if body:
+            if not is_json(content_type):
+                or_upload = " (or upload a file as multipart/form-data)" if rule.upload_bytes else ""
+                raise APIError(400, f"{NOT_JSON}{or_upload}; this body is {content_type.split(';')[0]!r}",
+                               code="unsupported_content_type")
+            parsed = await _parse(body, self.settings.max_json_depth)
+            scope.setdefault("state", {})[PARSED_BODY] = parsed
 
         replayed = False
 
@@ -140,11 +111,65 @@ class RequestGuard:
 
         await self.app(scope, replay, send)
 
-    @staticmethod
-    def _too_large(limit: int) -> str:
-        return f"request body larger than {limit} bytes"
+    async def _stream(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """Pass an upload through as it arrives, counting: past ``limit`` the client gets 413 and
+        the route sees a disconnect (whatever it then answers is dropped)."""
+        size = 0
+        refused = False
 
-    @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str, code: str) -> None:
-        body = ErrorBody(message=message, type="invalid_request_error", code=code)
-        await error_response(status, body)(scope, receive, send)
+        async def counted() -> Message:
+            nonlocal size, refused
+            message = await receive()
+            size += len(message.get("body", b""))
+            if size > limit and not refused:
+                refused = True
+                exc = _too_large(limit)
+                await error_response(exc.status, exc.body)(scope, receive, send)
+                return {"type": "http.disconnect"}
+            return message
+
+        async def unless_refused(message: Message) -> None:
+            if not refused:
+                await send(message)
+
+        try:
+            await self.app(scope, counted, unless_refused)
+        except Exception:
+            if not refused:
+                raise
+
+
+async def _read(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, refusing (413) as soon as it passes ``limit``; None if the client left."""
+    chunks: list[bytes] = []
+    size = 0
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+async def _parse(body: bytes, max_depth: int) -> Any:
+    try:
+        if len(body) > OFF_LOOP_BYTES:
+            return await to_thread.run_sync(loads, body, max_depth)
+        return loads(body, max_depth)
+    except BadJSON as exc:
+        message = str(exc)
+        if exc.code == "invalid_json":
+            message = f"the request body is {message}"
+        raise APIError(exc.status, message, code=exc.code, type="invalid_request_error") from None
+
+
+def _too_large(limit: int) -> APIError:
+    return APIError(413, f"request body larger than {limit} bytes", code="request_too_large",
+                    type="invalid_request_error")
+

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
 
     # API keys: plain keys or "sha256:<hex>" digests, comma-separated in the environment.
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=lambda: [DEV_API_KEY])
+    # Operator keys (plain or "sha256:<hex>", among api_keys) see figures across every key, such as
+    # /v1/cache/stats. Empty: the first of api_keys.
+    operator_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     models: list[ModelSpec] = Field(default_factory=default_models)
     default_model: str = DEFAULT_MODEL_ID
@@ -120,6 +123,8 @@ class Settings(BaseSettings):
     batch_max_items: int = Field(default=50_000, ge=1)
     batch_chunk_size: int = Field(default=500, ge=1, le=10_000)  # items written and enqueued per step
     batch_file_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
+    # An inline JSON batch is parsed whole (a file upload is read line by line): a smaller limit.
+    batch_json_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     batch_file_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     # Engine rows and Celery slots beyond max_batch that only interactive jobs may use.
     interactive_headroom: int = Field(default=4, ge=1, le=64)
@@ -149,7 +154,7 @@ class Settings(BaseSettings):
     # A Redis down or hung answers 503 after at most this; above the API's 1 s blocking reads.
     api_redis_socket_timeout_seconds: float = Field(default=2.0, ge=1.5, le=30)
 
-    @field_validator("api_keys", "worker_models", "cors_origins", mode="before")
+    @field_validator("api_keys", "operator_keys", "worker_models", "cors_origins", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
         if isinstance(value, str):
@@ -192,6 +197,10 @@ class Settings(BaseSettings):
         if key.startswith("sha256:"):
             return key.removeprefix("sha256:").lower()[:16]
         return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def operator_owner_ids(self) -> set[str]:
+        """Owner ids of the operator keys."""
+        return {self.owner_id(key) for key in (self.operator_keys or self.api_keys[:1])}
 
     def owner_ids(self) -> dict[str, str]:
         """Map of sha256(key) hex digest -> owner id, for constant-time key checks."""

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Request, Response
@@ -20,6 +19,8 @@ from api.batch_schemas import BatchCreate, BatchDefaults, BatchList, BatchOut, O
 from api.batch_submit import accept, batch_store
 from api.deps import AppState, OwnerDep, StateDep
 from api.errors import ERROR_RESPONSES, APIError, not_found
+from api.request_guard import parsed_body
+from api.safe_json import BadJSON, loads
 from api.webhook_fields import BatchWebhookFields
 from api.webhooks import check_webhook_url, flush_batch_completed
 from textgen_core.batches import BatchRecord
@@ -74,11 +75,9 @@ async def create_batch(request: Request, owner: OwnerDep, state: StateDep, respo
     if content_type.startswith("multipart/form-data"):
         batch = await _from_upload(request, state, owner)
     else:
-        try:
-            data = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, "the body must be JSON, or a multipart upload with a 'file'",
-                           code="invalid_json") from exc
+        data = parsed_body(request)  # parsed and checked by api.request_guard
+        if data is None:
+            raise APIError(400, "the body must be JSON, or a multipart upload with a 'file'", code="invalid_json")
         if isinstance(data, dict) and "input_file_id" in data:
             batch = await _from_file(_validate(OpenAIBatchCreate, data), state, owner)
         else:
@@ -135,8 +134,8 @@ async def _from_upload(request: Request, state: AppState, owner: str) -> BatchRe
         await _check_hook(state, owner, hook)
         if "metadata" in fields:
             try:
-                fields["metadata"] = json.loads(fields["metadata"])
-            except json.JSONDecodeError as exc:
+                fields["metadata"] = loads(fields["metadata"], state.settings.max_json_depth)
+            except BadJSON as exc:
                 raise APIError(422, "metadata: must be a JSON object", code="invalid_value",
                                param="metadata") from exc
         defaults = _validate(BatchDefaults, fields)
