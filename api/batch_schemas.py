@@ -141,3 +141,13 @@ class FileOut(BaseModel):
     status: str = "processed"
     status_details: str | None = None
 
+
+class FileList(BaseModel):
+    """A page of uploads, in the shape of OpenAI's cursor pages (the SDK pages on ``after``)."""
+
+    object: Literal["list"] = "list"
+    data: list[FileOut]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+

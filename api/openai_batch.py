@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
+from api.openai_protocol import ChatCompletionMessageParam
 from textgen_core.batches import ItemSpec
-from textgen_core.jobs import ChatMessage, JobInput, SamplingParams
+from textgen_core.jobs import JobInput, SamplingParams
 from textgen_core.modes import Mode
 
 
@@ -23,7 +24,8 @@ class LineError(ValueError):
 
 class _Body(BaseModel):
     model: str | None = None
-    messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=64)
+    # As /v1/chat/completions takes them: text content parts, the developer role, names.
+    messages: list[ChatCompletionMessageParam] | None = Field(default=None, min_length=1, max_length=64)
     prompt: str | None = Field(default=None, min_length=1, max_length=32_000)
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
@@ -65,7 +67,9 @@ def line_to_spec(obj: dict[str, Any], endpoint: str | None) -> tuple[str | None,
     if endpoint == "/v1/chat/completions":
         if body.messages is None:
             raise LineError("body.messages is required for /v1/chat/completions")
-        source = JobInput(messages=body.messages)
+        if not any(m.role == "user" for m in body.messages):
+            raise LineError("body.messages needs at least one user message")
+        source = JobInput(messages=[m.to_chat() for m in body.messages])
     elif endpoint == "/v1/completions":
         if body.prompt is None:
             raise LineError("body.prompt is required for /v1/completions (a single string)")

@@ -11,21 +11,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
 from api.schemas import CONVERSATION_ID, JobCreate
-from textgen_core.jobs import ChatMessage, JobRecord, SamplingParams, Usage
+from textgen_core.jobs import ChatMessage, JobRecord, NotBool, SamplingParams, Usage
 from textgen_core.modes import Mode
 
 MaxTokens = Annotated[int, *SamplingParams.model_fields["max_tokens"].metadata]
 MAX_PROMPT_CHARS = 32_000
 SEED_SPACE = 2**53  # the largest seed the job schema accepts, plus one
 
-# finish_reason in OpenAI's vocabulary: it knows only "stop" and "length".
-FINISH_REASONS: dict[str, Literal["stop", "length"]] = {"length": "length", "time_limit": "length"}
+# finish_reason in OpenAI's vocabulary ("stop", "length"), plus "canceled" for a choice whose job
+# was canceled (POST /v1/jobs/{id}/cancel): saying "stop" would pass a cut-off text as complete.
+# The SDKs keep a finish_reason they do not know as a plain string.
+OpenAIFinishReason = Literal["stop", "length", "canceled"]
+FINISH_REASONS: dict[str, OpenAIFinishReason] = {"length": "length", "time_limit": "length",
+                                                 "canceled": "canceled"}
 
 
-def openai_finish_reason(reason: str | None) -> Literal["stop", "length"]:
+def openai_finish_reason(reason: str | None) -> OpenAIFinishReason:
     return FINISH_REASONS.get(reason or "", "stop")
 
 
@@ -36,7 +40,7 @@ def _off(value: Any, allowed: tuple[Any, ...], name: str) -> Any:
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class _CompletionRequestBase(SamplingParams):
@@ -45,15 +49,15 @@ class _CompletionRequestBase(SamplingParams):
     model_config = {"extra": "ignore"}
 
     model: str | None = Field(default=None, description="A model id from /v1/models; default: the server's.")
-    n: int = Field(default=1, ge=1, le=8, description="Choices to generate, each as its own job.")
+    n: Annotated[int, NotBool] = Field(default=1, ge=1, le=8, description="Choices to generate, each as its own job.")
     max_completion_tokens: MaxTokens | None = Field(default=None, description="Alias of max_tokens.")
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = Field(default=None, max_length=256, description="Your end user's id; kept in metadata.")
     mode: Mode | None = Field(default=None, description="textgen extra: the scenario mode.")
     conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID,
                                         description="textgen extra: keep and use history (n=1 only).")
-    cache: bool = Field(default=True, description="textgen extra: false never answers from the result cache.")
+    cache: StrictBool = Field(default=True, description="textgen extra: false never answers from the result cache.")
 
     @model_validator(mode="before")
     @classmethod
@@ -135,8 +139,8 @@ class ChatCompletionRequest(_CompletionRequestBase):
     """``POST /v1/chat/completions``: messages rendered with the model's chat template."""
 
     messages: list[ChatCompletionMessageParam] = Field(min_length=1, max_length=64)
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
+    logprobs: StrictBool | None = None
+    top_logprobs: Annotated[int, NotBool] | None = None
     logit_bias: dict[str, Any] | None = None
     tools: list[Any] | None = None
     functions: list[Any] | None = None
@@ -194,9 +198,9 @@ class CompletionRequest(_CompletionRequestBase):
     """
 
     prompt: str | list[str] = Field(description="A prompt, or a list of prompts (n choices each).")
-    logprobs: int | None = None
-    echo: bool | None = None
-    best_of: int | None = None
+    logprobs: Annotated[int, NotBool] | None = None
+    echo: StrictBool | None = None
+    best_of: Annotated[int, NotBool] | None = None
     suffix: str | None = None
     logit_bias: dict[str, Any] | None = None
 
@@ -269,7 +273,7 @@ class ChatCompletionChoice(BaseModel):
     index: int
     message: ChatCompletionMessage
     logprobs: None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: OpenAIFinishReason
 
 
 class ChatCompletion(BaseModel):
@@ -285,7 +289,7 @@ class CompletionChoice(BaseModel):
     index: int
     text: str
     logprobs: None = None
-    finish_reason: Literal["stop", "length"]
+    finish_reason: OpenAIFinishReason
 
 
 class Completion(BaseModel):

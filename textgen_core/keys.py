@@ -121,6 +121,11 @@ class Keys:
         """String: an uploaded file's bytes. TTL: settings.batch_file_ttl_seconds."""
         return f"{self.prefix}:file:{file_id}:content"
 
+    def owner_files(self, owner: str) -> str:
+        """Sorted set: a caller's uploaded file ids by upload time. TTL: settings.batch_file_ttl_seconds,
+        refreshed on upload; ids whose file has expired are dropped when listed."""
+        return f"{self.prefix}:files:owner:{owner}"
+
     def pending(self, owner: str) -> str:
         """String: count of the owner's accepted jobs not yet finished (the queued-jobs cap).
         Owner: the job scripts (``textgen_core/pending.py``): +1 on admission, -1 on the terminal

@@ -4,17 +4,18 @@ OpenAI-style batches (rendered from the items when read, never stored twice)."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response, StreamingResponse
 
 from api import file_store
 from api.batch_results import openai_file
-from api.batch_schemas import FileOut
+from api.batch_schemas import FileList, FileOut
 from api.batch_submit import batch_store
 from api.deps import AppState, OwnerDep, StateDep
 from api.errors import ERROR_RESPONSES, APIError, not_found
+from api.schemas import Deleted
 from textgen_core.batches import BatchRecord
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
@@ -51,6 +52,33 @@ async def create_file(
                        param="purpose")
     data = await read_upload(file, state.settings.batch_file_max_bytes)
     return await file_store.save(state, owner, file.filename or "input.jsonl", purpose, data)
+
+
+@router.get("", response_model=FileList, summary="List your uploaded files")
+async def list_files(
+    owner: OwnerDep,
+    state: StateDep,
+    purpose: Annotated[str | None, Query(description="Only files of this purpose ('batch').")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    order: Annotated[Literal["asc", "desc"], Query(description="By upload time.")] = "desc",
+    after: Annotated[str | None, Query(description="A file id: list the files after it.")] = None,
+) -> FileList:
+    if purpose not in (None, "batch"):  # uploads are all 'batch'; output files belong to their batch
+        return FileList(data=[], first_id=None, last_id=None, has_more=False)
+    files, more = await file_store.page(state, owner, limit, after, newest_first=order == "desc")
+    return FileList(data=files, first_id=files[0].id if files else None,
+                    last_id=files[-1].id if files else None, has_more=more)
+
+
+@router.delete("/{file_id}", response_model=Deleted, summary="Delete an uploaded file",
+               responses={409: {"model": ERROR_RESPONSES[404]["model"]}})
+async def delete_file(file_id: str, owner: OwnerDep, state: StateDep) -> Deleted:
+    if await _batch_file(state, file_id, owner) is not None:
+        raise APIError(409, "a batch's output and error files are rendered from the batch and expire with it; "
+                       "they cannot be deleted on their own", code="file_not_deletable", param="file_id")
+    if not await file_store.delete(state, file_id, owner):
+        raise not_found("file", "file_id")
+    return Deleted(id=file_id, object="file")
 
 
 async def _batch_file(state: AppState, file_id: str, owner: str) -> tuple[BatchRecord, bool] | None:

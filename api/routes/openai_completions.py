@@ -45,7 +45,8 @@ RETRY_AFTER_NO_WORKER = "5"
 
 
 class OpenAIRoute(APIRoute):
-    """Request validation errors become 400 ``invalid_request_error`` naming the parameter."""
+    """Request validation errors, and every other 422 (a prompt over the context length included),
+    become 400 ``invalid_request_error`` naming the parameter: OpenAI's status for bad input."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -56,6 +57,10 @@ class OpenAIRoute(APIRoute):
             except RequestValidationError as exc:
                 body = validation_error_body(exc)
                 raise APIError(400, body.message, code=body.code, param=body.param) from exc
+            except APIError as exc:
+                if exc.status == 422:
+                    exc.status = 400
+                raise
 
         return route
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import time
 import uuid
@@ -283,3 +284,86 @@ def test_mode_and_conversation_id_extras(sdk: openai.OpenAI, client: httpx.Clien
 def test_openapi_lists_the_openai_endpoints(stack: Stack) -> None:
     paths = set(httpx.get(f"{stack.url}/openapi.json").json()["paths"])
     assert {"/v1/models", "/v1/models/{model_id}", "/v1/chat/completions", "/v1/completions"} <= paths
+
+
+def test_context_length_exceeded_is_a_bad_request(sdk: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "7 " * 5000}], max_tokens=4)
+    assert err.value.status_code == 400 and err.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as err:
+        sdk.completions.create(model=MODEL, prompt="7 " * 5000, max_tokens=4)
+    assert err.value.code == "context_length_exceeded"
+
+
+LONG = [{"role": "user", "content": "Write a very long story about a dragon."}]
+
+
+def _cancel_when_running(stack: Stack, client: httpx.Client, marker: str) -> None:
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            job_id = _job_with_user(stack, marker)
+            if client.get(f"/v1/jobs/{job_id}").json()["status"] == "running":
+                break
+        except AssertionError:
+            pass
+        assert time.monotonic() < deadline, "the completion's job never ran"
+        time.sleep(0.1)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+
+
+def test_a_job_canceled_through_the_jobs_api_ends_its_completion_as_canceled(
+        sdk: openai.OpenAI, stack: Stack, client: httpx.Client) -> None:
+    marker = f"user-{uuid.uuid4().hex[:8]}"
+    params = {"model": MODEL, "messages": LONG, "max_tokens": 1000, "temperature": 0.9, "seed": 3}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        reply = pool.submit(sdk.chat.completions.create, **params, user=marker)
+        _cancel_when_running(stack, client, marker)
+        [choice] = reply.result(timeout=120).choices
+    assert choice.finish_reason == "canceled"  # not "stop": the text was cut off
+
+    marker = f"user-{uuid.uuid4().hex[:8]}"
+    stream = sdk.chat.completions.create(**params, user=marker, stream=True)
+    _cancel_when_running(stack, client, marker)
+    reasons = [c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason]
+    assert reasons == ["canceled"]
+
+
+def test_files_list_and_delete(sdk: openai.OpenAI, stack: Stack) -> None:
+    line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions",
+                       "body": {"messages": QUESTION}}).encode()
+    first = sdk.files.create(file=("a.jsonl", line), purpose="batch")
+    second = sdk.files.create(file=("b.jsonl", line), purpose="batch")
+    listed = [f.id for f in sdk.files.list()]
+    assert listed.index(second.id) < listed.index(first.id)  # newest first
+    assert [f.id for f in sdk.files.list(order="asc", limit=1, after=first.id)][:1] == [second.id]
+    with openai.OpenAI(base_url=f"{stack.url}/v1", api_key=KEY_B, max_retries=0) as other:
+        assert first.id not in [f.id for f in other.files.list()]
+        with pytest.raises(openai.NotFoundError):
+            other.files.delete(first.id)
+    deleted = sdk.files.delete(first.id)
+    assert deleted.id == first.id and deleted.deleted is True
+    assert first.id not in [f.id for f in sdk.files.list()]
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.retrieve(first.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.files.delete(first.id)
+
+
+def test_batch_lines_take_content_parts_and_the_developer_role(sdk: openai.OpenAI, client: httpx.Client) -> None:
+    body = {"max_tokens": 4, "temperature": 0, "messages": [
+        {"role": "developer", "content": "Answer in one word."},
+        {"role": "user", "content": [{"type": "text", "text": "Name a "}, {"type": "text", "text": "fruit."}]}]}
+    line = json.dumps({"custom_id": "parts", "method": "POST", "url": "/v1/chat/completions", "body": body})
+    uploaded = sdk.files.create(file=("parts.jsonl", line.encode()), purpose="batch")
+    batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h")
+    deadline = time.monotonic() + 120
+    while batch.status not in ("completed", "failed", "cancelled", "expired") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        batch = sdk.batches.retrieve(batch.id)
+    assert batch.status == "completed" and batch.output_file_id
+    [out] = [json.loads(x) for x in sdk.files.content(batch.output_file_id).text.splitlines()]
+    assert out["custom_id"] == "parts" and out["response"]["status_code"] == 200
+    job = client.get(f"/v1/jobs/{out['response']['request_id']}").json()
+    assert job["input"]["messages"] == [{"role": "system", "content": "Answer in one word."},
+                                        {"role": "user", "content": "Name a fruit."}]
