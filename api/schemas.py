@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator, model_validator
 
 from api.webhook_fields import WEBHOOK_DOC, WebhookURL, unique_events
 from textgen_core.jobs import PRIVATE_FIELDS, ChatMessage, Job, JobInput, JobRecord, SamplingParams
@@ -30,7 +30,7 @@ class JobCreate(SamplingParams):
     webhook_events_filter: list[JobWebhookEvent] = Field(
         default_factory=default_job_events, min_length=1, max_length=3,
         description="Events to send: any of start, output (at most every 500 ms), completed.")
-    cache: bool = Field(default=True, description="Answer from (and fill) the result cache when the request "
+    cache: StrictBool = Field(default=True, description="Answer from (and fill) the result cache when the request "
                         "is deterministic (temperature 0 or a seed). false always generates.")
 
     model_config = {

@@ -9,9 +9,9 @@ from __future__ import annotations
 import enum
 import secrets
 import time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 
 from textgen_core.modes import Mode
 from textgen_core.webhooks.models import JobWebhookEvent, WebhookDelivery, default_job_events
@@ -67,19 +67,31 @@ def _stop_schema(schema: dict[str, Any]) -> None:
     schema["anyOf"] = [item, {"type": "array", "items": item, "maxItems": 4}]
 
 
+def _not_bool(value: object) -> object:
+    # JSON true is not 1: pydantic's lax mode would take it as one (numeric text, as in CSV and form
+    # fields, stays accepted).
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
+NotBool = BeforeValidator(_not_bool)
+"""Refuses ``true``/``false`` for a number field."""
+
+
 class SamplingParams(BaseModel):
     """Everything that decides the generated text besides the input. Bounds live here once."""
 
-    max_tokens: int = Field(default=128, ge=1, le=1024, description="Tokens to generate at most.")
-    temperature: float = Field(default=0.7, ge=0.0, le=2.0, description="0 means greedy.")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    top_k: int = Field(default=0, ge=0, le=1000, description="0 disables top-k.")
-    repetition_penalty: float = Field(default=1.0, ge=0.5, le=2.0)
-    presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
-    frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    max_tokens: Annotated[int, NotBool] = Field(default=128, ge=1, le=1024, description="Tokens to generate at most.")
+    temperature: Annotated[float, NotBool] = Field(default=0.7, ge=0.0, le=2.0, description="0 means greedy.")
+    top_p: Annotated[float, NotBool] = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: Annotated[int, NotBool] = Field(default=0, ge=0, le=1000, description="0 disables top-k.")
+    repetition_penalty: Annotated[float, NotBool] = Field(default=1.0, ge=0.5, le=2.0)
+    presence_penalty: Annotated[float, NotBool] = Field(default=0.0, ge=-2.0, le=2.0)
+    frequency_penalty: Annotated[float, NotBool] = Field(default=0.0, ge=-2.0, le=2.0)
     stop: list[str] = Field(default_factory=list, max_length=4, json_schema_extra=lambda s: _stop_schema(s))
     # 2**53 - 1: the largest integer every JSON client (and schema validator) represents exactly.
-    seed: int | None = Field(default=None, ge=0, le=2**53 - 1)
+    seed: Annotated[int, NotBool] | None = Field(default=None, ge=0, le=2**53 - 1)
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -167,6 +179,13 @@ class Job(BaseModel):
     custom_id: str | None = None
     cached: bool = Field(default=False, description="The output was served from the result cache: an "
                          "identical deterministic request generated it earlier.")
+
+    @model_validator(mode="after")
+    def _succeeded_has_text(self) -> Job:
+        # The store keeps the text as a plain string, where "" and "no text yet" look alike.
+        if self.status is JobStatus.succeeded and self.output is None:
+            self.output = ""
+        return self
 
 
 class JobRecord(Job):

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
 from api.deps import OwnerDep, StateDep
-from api.errors import ERROR_RESPONSES
+from api.errors import ERROR_RESPONSES, APIError, ErrorResponse
 
 router = APIRouter(prefix="/v1/cache", tags=["cache"], responses=ERROR_RESPONSES)
 
@@ -24,8 +24,14 @@ class CacheStats(BaseModel):
     bytes_written: int
 
 
-@router.get("/stats", response_model=CacheStats, summary="Result cache hits, misses and bytes (all API keys)")
+@router.get("/stats", response_model=CacheStats, summary="Result cache hits, misses and bytes (all API keys)",
+            description="The figures cover every API key, so only operator keys (TEXTGEN_OPERATOR_KEYS, by "
+                        "default the first of TEXTGEN_API_KEYS) may read them; other keys get 403.",
+            responses={403: {"model": ErrorResponse}})
 async def cache_stats(owner: OwnerDep, state: StateDep) -> CacheStats:
+    if owner not in state.settings.operator_owner_ids():
+        raise APIError(403, "cache statistics cover every API key: only an operator key (TEXTGEN_OPERATOR_KEYS) "
+                       "may read them", code="operator_only")
     counts = await state.cache.cache.stats() if state.cache else {"hits": 0, "misses": 0, "bytes_written": 0}
     seen = counts["hits"] + counts["misses"]
     return CacheStats(enabled=state.settings.cache_enabled, ttl_seconds=state.settings.cache_ttl_seconds,

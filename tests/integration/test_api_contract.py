@@ -132,3 +132,10 @@ def test_importing_the_api_does_not_import_torch() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cache_stats_are_for_operator_keys_only(stack: Stack) -> None:
+    # The figures cover every key; the operator key (by default the first configured) reads them.
+    assert stack.client(KEY_A).get("/v1/cache/stats").status_code == 200
+    error = assert_envelope(stack.client(KEY_B).get("/v1/cache/stats"), 403)
+    assert error["code"] == "operator_only" and error["type"] == "permission_error"

@@ -67,8 +67,20 @@ def test_too_many_choices_in_all() -> None:
 
 
 def test_finish_reasons_in_openai_vocabulary() -> None:
+    # A canceled job is not passed off as a complete answer ("stop").
     assert [openai_finish_reason(r) for r in ("stop", "length", "time_limit", "canceled", None)] == [
-        "stop", "length", "length", "stop", "stop"]
+        "stop", "length", "length", "canceled", "stop"]
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"max_tokens": True}, "max_tokens"), ({"max_completion_tokens": True}, "max_completion_tokens"),
+    ({"n": True}, "n"), ({"temperature": False}, "temperature"), ({"seed": True}, "seed"),
+    ({"stream": "yes"}, "stream"), ({"stream": 1}, "stream"), ({"cache": "no"}, "cache"),
+    ({"stream_options": {"include_usage": "yes"}}, "stream_options")])
+def test_no_booleans_for_numbers_and_only_booleans_for_flags(extra: dict, param: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        ChatCompletionRequest.model_validate({"messages": USER, **extra})
+    assert err.value.errors()[0]["loc"][0] == param
 
 
 def test_usage_counts_each_prompt_once() -> None:
