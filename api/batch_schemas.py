@@ -6,14 +6,14 @@ carry it too.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from api.webhook_fields import BatchWebhookFields
 from textgen_core.batch_view import BatchOut
 from textgen_core.batches import ItemSpec
-from textgen_core.jobs import ChatMessage, JobInput, SamplingParams
+from textgen_core.jobs import ChatMessage, JobInput, NotBool, SamplingParams
 from textgen_core.modes import Mode, product_message
 
 CUSTOM_ID = r"^[\w.:@/#+-]{1,128}$"
@@ -35,11 +35,11 @@ class Product(BaseModel):
 class ItemOverrides(BaseModel):
     """Sampling fields an item may set for itself, over the batch's defaults."""
 
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    seed: int | None = None
+    max_tokens: Annotated[int, NotBool] | None = None
+    temperature: Annotated[float, NotBool] | None = None
+    top_p: Annotated[float, NotBool] | None = None
+    top_k: Annotated[int, NotBool] | None = None
+    seed: Annotated[int, NotBool] | None = None
     stop: list[str] | str | None = None
 
 

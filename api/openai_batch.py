@@ -8,13 +8,13 @@ text completion request; output lines follow OpenAI's documented format
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictBool, ValidationError
 
 from api.openai_protocol import ChatCompletionMessageParam
 from textgen_core.batches import ItemSpec
-from textgen_core.jobs import JobInput, SamplingParams
+from textgen_core.jobs import JobInput, NotBool, SamplingParams
 from textgen_core.modes import Mode
 
 
@@ -27,14 +27,14 @@ class _Body(BaseModel):
     # As /v1/chat/completions takes them: text content parts, the developer role, names.
     messages: list[ChatCompletionMessageParam] | None = Field(default=None, min_length=1, max_length=64)
     prompt: str | None = Field(default=None, min_length=1, max_length=32_000)
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    seed: int | None = None
+    max_tokens: Annotated[int, NotBool] | None = None
+    max_completion_tokens: Annotated[int, NotBool] | None = None
+    temperature: Annotated[float, NotBool] | None = None
+    top_p: Annotated[float, NotBool] | None = None
+    seed: Annotated[int, NotBool] | None = None
     stop: list[str] | str | None = None
-    n: int = 1
-    stream: bool = False
+    n: Annotated[int, NotBool] = 1
+    stream: StrictBool = False
 
     model_config = {"extra": "ignore"}  # other OpenAI parameters are accepted and have no effect
 

@@ -42,6 +42,9 @@ def test_jsonl_native_and_openai_lines() -> None:
     ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n=1"),
     ({"prompt": "x"}, "messages is required"),
     ({"messages": [{"role": "user", "content": "x"}], "temperature": 9}, "temperature"),
+    ({"messages": [{"role": "user", "content": "x"}], "max_tokens": True}, "max_tokens"),
+    ({"messages": [{"role": "user", "content": "x"}], "stream": "yes"}, "stream"),
+    ({"messages": [{"role": "system", "content": "x"}]}, "user message"),
 ])
 def test_openai_lines_that_cannot_run_name_the_problem(body: dict, needle: str) -> None:
     line = json.dumps({"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": body})
@@ -68,3 +71,15 @@ def test_eta_comes_from_the_observed_rate() -> None:
                         created_at=0.0, started_at=100.0)
     assert batch.rate(now=110.0) == 1.0 and batch.eta_seconds(now=110.0) == 90.0
     assert BatchRecord.decode(batch.encode()) == batch
+
+
+def test_a_native_item_takes_no_boolean_for_a_number() -> None:
+    line = json.dumps({"custom_id": "a", "prompt": "hi", "max_tokens": True})
+    with pytest.raises(BatchInputError, match="max_tokens"):
+        list(jsonl_items(io.BytesIO(line.encode()), DEFAULTS))
+
+
+def test_csv_numbers_are_text() -> None:
+    text = "custom_id,prompt,max_tokens,temperature\nq,Say hi,7,0.5\n"
+    [(_, _, spec)] = list(csv_items(io.BytesIO(text.encode()), DEFAULTS))
+    assert (spec.params.max_tokens, spec.params.temperature) == (7, 0.5)
