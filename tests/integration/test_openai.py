@@ -348,6 +348,8 @@ def test_files_list_and_delete(sdk: openai.OpenAI, stack: Stack) -> None:
         sdk.files.retrieve(first.id)
     with pytest.raises(openai.NotFoundError):
         sdk.files.delete(first.id)
+    assert list(sdk.files.list(purpose="fine-tune")) == []
+    assert list(sdk.files.list(after="file-unknown")) == []
 
 
 def test_batch_lines_take_content_parts_and_the_developer_role(sdk: openai.OpenAI, client: httpx.Client) -> None:
@@ -364,6 +366,8 @@ def test_batch_lines_take_content_parts_and_the_developer_role(sdk: openai.OpenA
     assert batch.status == "completed" and batch.output_file_id
     [out] = [json.loads(x) for x in sdk.files.content(batch.output_file_id).text.splitlines()]
     assert out["custom_id"] == "parts" and out["response"]["status_code"] == 200
+    with pytest.raises(openai.ConflictError):  # rendered from the batch: it goes with the batch
+        sdk.files.delete(batch.output_file_id)
     job = client.get(f"/v1/jobs/{out['response']['request_id']}").json()
     assert job["input"]["messages"] == [{"role": "system", "content": "Answer in one word."},
                                         {"role": "user", "content": "Name a fruit."}]

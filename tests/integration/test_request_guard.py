@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,3 +126,28 @@ def test_inline_json_batches_have_their_own_limit(guarded: tuple[str, int]) -> N
     items = [{"custom_id": f"i{i}", "prompt": "x" * 200} for i in range(400)]  # about 90 kB
     resp = httpx.post(f"{guarded[0]}/v1/batches", json={"items": items}, headers={"Authorization": f"Bearer {KEY_A}"})
     assert assert_envelope(resp, 413)["code"] == "request_too_large"
+
+
+def test_a_large_body_is_parsed_off_the_event_loop_and_reaches_the_route(client: httpx.Client) -> None:
+    # About 120 kB: past the size parsed on the loop. The route still sees it (and counts its tokens).
+    messages = [{"role": "user", "content": "7 " * 15_000}] * 4
+    error = assert_envelope(client.post("/v1/jobs", json={"messages": messages}), 422, "messages")
+    assert error["code"] == "context_length_exceeded"
+    deep = '{"prompt": "' + "x" * 100_000 + '", "metadata": {"a": ' + "[" * 40 + "]" * 40 + "}}"
+    assert assert_envelope(client.post("/v1/jobs", content=deep, headers=JSON), 400)["code"] == "json_too_deep"
+
+
+def test_an_empty_batch_body_is_400(client: httpx.Client) -> None:
+    assert assert_envelope(client.post("/v1/batches", headers=JSON), 400)["code"] == "invalid_json"
+
+
+def test_a_client_that_leaves_mid_body_leaves_no_trace(guarded: tuple[str, int], stack: Stack) -> None:
+    url = guarded[0]
+    host, port = url.removeprefix("http://").split(":")
+    before = (stack.logs / "api-guard.log").read_text()
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY_A}\r\n"
+                     "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"prompt\": ".encode())
+    time.sleep(1)  # let the API notice the disconnect
+    assert httpx.get(f"{url}/health").status_code == 200
+    assert "Traceback" not in (stack.logs / "api-guard.log").read_text().removeprefix(before)
