@@ -8,6 +8,8 @@ field, so a job is released at most once whichever script ends it.
 
 from __future__ import annotations
 
+from textgen_core.scripts import define
+
 # A Lua function to prepend to any script that ends a job (finish, cancel, expire, give up).
 RELEASE_PENDING_LUA = """
 local function release_pending(job)
@@ -21,7 +23,7 @@ end
 
 # KEYS: counter, job. ARGV: cap (0 = none), counter ttl, job ttl, then the job's field/value pairs.
 # Returns {1, count} when the job was stored, {0, count} when the owner is at the cap.
-ADMIT_LUA = """
+ADMIT = define("pending.admit", """
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
 local cap = tonumber(ARGV[1])
 if cap > 0 and count >= cap then return {0, count} end
@@ -31,10 +33,10 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 count = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {1, count}
-"""
+""")
 
 # KEYS: job, tokens stream. Takes back a job that was stored but could not be enqueued.
-WITHDRAW_LUA = RELEASE_PENDING_LUA + """
+WITHDRAW = define("pending.withdraw", RELEASE_PENDING_LUA + """
 release_pending(KEYS[1])
 return redis.call('DEL', KEYS[1], KEYS[2])
-"""
+""")
