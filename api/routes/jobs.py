@@ -47,9 +47,10 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
     if body.webhook:
         await check_webhook_url(state, owner, body.webhook)
     job_input = JobInput(prompt=body.prompt, messages=body.messages, raw=raw)
-    state.prompts.check(model, body.mode, job_input, body.max_tokens, "prompt" if body.prompt else "messages")
-    await state.limits.check_tokens(owner, body.max_tokens)
     history = await state.store.history(owner, body.conversation_id) if body.conversation_id else None
+    state.prompts.check(model, body.mode, job_input, body.max_tokens, "prompt" if body.prompt else "messages",
+                        history)
+    await state.limits.check_tokens(owner, body.max_tokens)
     job = body.to_record(owner=owner, model=model, history=history or [])
     job.lane = lane
     job.input.raw = raw

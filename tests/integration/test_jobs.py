@@ -205,3 +205,20 @@ def test_cancel_mid_batch_leaves_the_other_rows_intact(stack: Stack, client: htt
     assert canceled["status"] == "canceled" and canceled["usage"]["completion_tokens"] < 1000
     assert finished["status"] == "succeeded" and finished["batch_size"] >= 2
     assert finished["output"] == alone["output"]
+
+
+def test_the_prompt_check_at_submit_counts_the_conversation_history(client: httpx.Client) -> None:
+    """Regression: with a conversation_id, a prompt that fits alone but not with the history the
+    worker keeps was accepted and failed later with prompt_too_long."""
+    conv = f"conv-long-{time.monotonic_ns()}"
+    first = wait_job(client, submit(client, prompt="cat " * 900, conversation_id=conv, temperature=0,
+                                    max_tokens=2)["id"])
+    assert first["status"] == "succeeded", first
+    # About 6,900 tokens + max_tokens 1,024 fits the 8,192-token context alone; the ~900 tokens of
+    # history the worker keeps (TEXTGEN_HISTORY_MAX_TOKENS 1,024) take it over.
+    resp = client.post("/v1/jobs", json={"prompt": "cat " * 6900, "conversation_id": conv, "max_tokens": 1024})
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "prompt"
+    assert "history" in error["message"]
+    client.delete(f"/v1/conversations/{conv}")
