@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from textgen_core.batches import BatchRecord, BatchStatus
 from textgen_core.jobs import JobRecord
 from textgen_core.keys import Keys
+from textgen_core.pending import RESERVE, UNRESERVE, WITHDRAW
 from textgen_core.scripts import Scripts, define
 from textgen_core.store import CANCEL, encode_job
 
@@ -51,7 +52,7 @@ class AsyncBatchStore:
         self.keys = keys
         self.ttl = ttl
         self.stream_ttl = stream_ttl
-        self._scripts = Scripts(client, CANCEL, START, REQUEST_CANCEL)
+        self._scripts = Scripts(client, CANCEL, START, REQUEST_CANCEL, RESERVE, UNRESERVE, WITHDRAW)
 
     async def create(self, batch: BatchRecord) -> None:
         key = self.keys.batch(batch.id)
@@ -64,12 +65,20 @@ class AsyncBatchStore:
             pipe.expire(owned, self.ttl)
             await pipe.execute()
 
+    async def reserve(self, owner: str, places: int, cap: int) -> tuple[bool, int]:
+        """Count ``places`` items among the owner's unfinished jobs unless that would pass ``cap``
+        (0: no cap). Returns whether they were counted and the owner's unfinished jobs."""
+        taken, count = await self._scripts[RESERVE](keys=[self.keys.pending(owner)], args=[cap, places, self.ttl])
+        return bool(taken), int(count)
+
     async def add_items(self, batch_id: str, jobs: list[JobRecord]) -> None:
-        """Write one chunk of item records and append their ids to the batch's ordered list."""
+        """Write one chunk of item records (each holding one of the places :meth:`reserve` took) and
+        append their ids to the batch's ordered list."""
         ids_key = self.keys.batch_jobs(batch_id)
         async with self.r.pipeline(transaction=False) as pipe:
             for job in jobs:
-                pipe.hset(self.keys.job(job.id), mapping=encode_job(job))
+                pipe.hset(self.keys.job(job.id),
+                          mapping={**encode_job(job), "pending_key": self.keys.pending(job.owner)})
                 pipe.expire(self.keys.job(job.id), self.ttl)
             pipe.rpush(ids_key, *[job.id for job in jobs])
             pipe.expire(ids_key, self.ttl)
@@ -79,11 +88,16 @@ class AsyncBatchStore:
         """Every item is written and enqueued: validating -> in_progress (unless already ended)."""
         await self._scripts[START](keys=[self.keys.batch(batch_id), self.keys.active_batches], args=[batch_id])
 
-    async def delete(self, batch_id: str, owner: str) -> None:
-        """Remove a batch that could not be accepted, with the items written so far."""
+    async def delete(self, batch_id: str, owner: str, unwritten: int = 0) -> None:
+        """Remove a batch that could not be accepted, with the items written so far; their places
+        among the owner's unfinished jobs go back, and so do the ``unwritten`` ones reserved."""
         ids_key = self.keys.batch_jobs(batch_id)
         while chunk := await self.r.lpop(ids_key, 1000):
-            await self.r.delete(*[self.keys.job(j) for j in chunk])
+            async with self.r.pipeline(transaction=False) as pipe:
+                for job_id in chunk:
+                    await self._scripts[WITHDRAW](keys=[self.keys.job(job_id), self.keys.tokens(job_id)], client=pipe)
+                await pipe.execute()
+        await self._scripts[UNRESERVE](keys=[self.keys.pending(owner)], args=[unwritten])
         await self.r.delete(self.keys.batch(batch_id))
         await self.r.zrem(self.keys.owner_batches(owner), batch_id)
         await self.r.srem(self.keys.active_batches, batch_id)
