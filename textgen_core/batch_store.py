@@ -77,8 +77,9 @@ class AsyncBatchStore:
         ids_key = self.keys.batch_jobs(batch_id)
         async with self.r.pipeline(transaction=False) as pipe:
             for job in jobs:
-                pipe.hset(self.keys.job(job.id),
-                          mapping={**encode_job(job), "pending_key": self.keys.pending(job.owner)})
+                record = encode_job(job)
+                record["pending_key"] = self.keys.pending(job.owner)
+                pipe.hset(self.keys.job(job.id), mapping=record)  # type: ignore[arg-type]
                 pipe.expire(self.keys.job(job.id), self.ttl)
             pipe.rpush(ids_key, *[job.id for job in jobs])
             pipe.expire(ids_key, self.ttl)
@@ -95,7 +96,8 @@ class AsyncBatchStore:
         while chunk := await self.r.lpop(ids_key, 1000):
             async with self.r.pipeline(transaction=False) as pipe:
                 for job_id in chunk:
-                    await self._scripts[WITHDRAW](keys=[self.keys.job(job_id), self.keys.tokens(job_id)], client=pipe)
+                    job_key, tokens_key = self.keys.job(str(job_id)), self.keys.tokens(str(job_id))
+                    await self._scripts[WITHDRAW](keys=[job_key, tokens_key], client=pipe)
                 await pipe.execute()
         await self._scripts[UNRESERVE](keys=[self.keys.pending(owner)], args=[unwritten])
         await self.r.delete(self.keys.batch(batch_id))
