@@ -3,6 +3,11 @@ written), then write items and enqueue them chunk by chunk on the bulk lane.
 
 Items are enqueued as one small ``textgen.batch_dispatch`` message per chunk; a worker turns
 each into the chunk's item messages. The API's work and memory stay flat in the batch size.
+
+A batch counts as its items against the key's limits: each item is one unfinished job under
+the queued-jobs cap and its ``max_tokens`` against the tokens-per-minute budget, all at once
+when the batch is accepted. A batch that does not fit now is a 429; one that could never fit
+(more items than the cap, more tokens than the whole budget) is a 413.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Callable, Iterator
 from itertools import islice
 
 from anyio import to_thread
+from redis.exceptions import RedisError
 
 from api.batch_input import BatchInputError
 from api.deps import AppState
@@ -38,14 +44,16 @@ def _too_many(limit: int) -> APIError:
 
 
 def _check(source: ItemSource, limit: int, default_model: str, served: Callable[[str], bool],
-           what: str) -> tuple[int, str]:
-    """Validate every item: count, unique custom_ids, one served model. Returns (count, model)."""
+           what: str) -> tuple[int, str, int]:
+    """Validate every item: count, unique custom_ids, one served model. Returns (count, model,
+    the sum of the items' max_tokens)."""
     seen: set[str] = set()
     model: str | None = None
-    count = 0
+    count = tokens = 0
     try:
         for line, line_model, spec in source():
             count += 1
+            tokens += spec.params.max_tokens
             if count > limit:
                 raise _too_many(limit)
             if spec.custom_id in seen:
@@ -62,7 +70,30 @@ def _check(source: ItemSource, limit: int, default_model: str, served: Callable[
         raise APIError(400, str(exc), code="invalid_batch_input", param=what) from exc
     if count == 0:
         raise APIError(400, "the batch has no items", code="invalid_batch_input", param=what)
-    return count, model or default_model
+    return count, model or default_model, tokens
+
+
+async def _count_against_limits(state: AppState, owner: str, store: AsyncBatchStore, items: int, tokens: int,
+                                what: str) -> None:
+    """Refuse a batch that does not fit the key's limits (413 never, 429 not now); else take its
+    items' places under the queued-jobs cap. Its tokens are charged once it is accepted."""
+    cap = state.settings.max_queued_jobs_per_key
+    if cap and items > cap:
+        raise APIError(413, f"a batch of {items:,} items can never fit this API key's cap of {cap:,} unfinished "
+                            "jobs (each item counts as one); split it into smaller batches",
+                       code="batch_over_queued_jobs_cap", param=what)
+    budget = state.limits.tokens
+    if budget is not None and tokens > budget.amount:
+        raise APIError(413, f"the batch's items ask for {tokens:,} tokens (the sum of their max_tokens), more than "
+                            f"this API key's budget of {budget.amount:,} tokens per minute; split it into smaller "
+                            "batches or lower max_tokens", code="batch_over_token_budget", param=what)
+    await state.limits.check_tokens(owner, tokens)
+    reserved, pending = await store.reserve(owner, items, cap)
+    if not reserved:
+        raise APIError(429, f"this API key has {pending:,} unfinished jobs; {items:,} more items would pass its cap "
+                            f"of {cap:,}; wait for some to finish", code="too_many_queued_jobs",
+                       headers={"Retry-After": "5", "x-ratelimit-limit-jobs": str(cap),
+                                "x-ratelimit-remaining-jobs": str(max(0, cap - pending))})
 
 
 async def accept(state: AppState, owner: str, source: ItemSource, *, model: str | None, mode: Mode,
@@ -71,17 +102,18 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
     default_model = model or settings.default_model
     if settings.model(default_model) is None:
         raise APIError(404, f"model '{default_model}' not found", code="model_not_found", param="model")
-    total, model_id = await to_thread.run_sync(
+    total, model_id, tokens = await to_thread.run_sync(
         lambda: _check(source, settings.batch_max_items, default_model, lambda m: settings.model(m) is not None,
                        what))
     batch = BatchRecord(id=new_batch_id(), owner=owner, model=model_id, mode=mode, total=total,
                         **fields)  # type: ignore[arg-type]
     store = batch_store(state)
-    await store.create(batch)
+    await _count_against_limits(state, owner, store, total, tokens, what)
     items = source()
     chunk = settings.batch_chunk_size
     written = 0
     try:
+        await store.create(batch)
         while specs := await to_thread.run_sync(lambda: [s for _, _, s in islice(items, chunk)]):
             jobs = [JobRecord.new(owner=owner, model=model_id, mode=s.mode, lane="bulk", input=s.input,
                                   params=s.params, batch_id=batch.id, custom_id=s.custom_id) for s in specs]
@@ -89,16 +121,20 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
                 for job in jobs:
                     state.cache.mark(state, job, cache)
             await store.add_items(batch.id, jobs)
+            written += len(jobs)
             if state.cache is not None:  # hits end now; their queued messages then find them finished
                 await state.cache.answer(state, jobs)
-            await _dispatch(state, batch.id, model_id, written, written + len(jobs))
-            written += len(jobs)
+            await _dispatch(state, batch.id, model_id, written - len(jobs), written)
         await store.start(batch.id)
     except Exception as exc:  # not all enqueued means not accepted: remove what was written
         log.warning("batch %s not accepted: %s", batch.id, exc)
-        await store.delete(batch.id, owner)
+        await store.delete(batch.id, owner, unwritten=total - written)
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
+    try:  # accepted now: a failed count must not turn into an error for it
+        await state.limits.charge_tokens(owner, tokens)
+    except RedisError as exc:
+        log.warning("token budget of batch %s not counted: %s", batch.id, exc)
     return await store.get(batch.id, owner) or batch
 
 

@@ -9,6 +9,10 @@ request that fails frees the key, so the client can retry it.
 A route takes ``idem: IdempotencyDep`` and wraps its creating call in one line::
 
     out = await idem.run(body, lambda: create_batch(...), BatchOut)
+
+``body`` is the validated request model, or, for a route that reads its body itself, what
+identifies the request: the raw JSON bytes, or a digest of a multipart upload's fields and file
+(a multipart body's boundary differs on every send, so its bytes never repeat).
 """
 
 from __future__ import annotations
@@ -41,13 +45,12 @@ class Idempotency:
         self.redis = state.redis
         self.response = response
 
-    async def run(self, body: BaseModel, create: Callable[[], Awaitable[M]], out: type[M]) -> M:
+    async def run(self, body: BaseModel | bytes, create: Callable[[], Awaitable[M]], out: type[M]) -> M:
         """``create()`` once per key; repeats within the TTL get its first result back."""
         if self.redis_key is None:
             return await create()
-        fingerprint = hashlib.sha256(
-            (self.fingerprint + body.model_dump_json()).encode()
-        ).hexdigest()
+        material = body.model_dump_json().encode() if isinstance(body, BaseModel) else body
+        fingerprint = hashlib.sha256(self.fingerprint.encode() + material).hexdigest()
         reserved = json.dumps({"fingerprint": fingerprint, "state": "running"})
         if not await self.redis.set(self.redis_key, reserved, nx=True, ex=RESERVATION_SECONDS):
             return await self._replay(fingerprint, out)

@@ -2,8 +2,9 @@
 
 The API counts with the ``tokenizers`` library over the prepared model's ``tokenizer.json``
 and reads the context length from the model spec or its ``config.json``. The count covers
-the new turn under the mode's system prompt plus the chat template's few tokens per message;
-history is left out because the worker trims it to fit. Where the tokenizer is not on this
+the messages the worker will render (``textgen_core.prompt_render``: the mode's system prompt,
+the conversation's history as the worker trims it, the new turn) plus the chat template's few
+tokens per message. Where the tokenizer is not on this
 machine (a hub model never prepared here) the check is skipped and the worker still refuses
 a prompt that does not fit.
 """
@@ -18,16 +19,12 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from api.errors import APIError
-from textgen_core.jobs import JobInput
-from textgen_core.modes import Mode, build_messages
+from textgen_core.jobs import ChatMessage, JobInput
+from textgen_core.modes import Mode
+from textgen_core.prompt_render import prompt_tokens
 from textgen_core.settings import ModelSpec, Settings
 
 log = logging.getLogger(__name__)
-
-# ChatML-style templates spend about this many tokens around each message, and a few to open
-# the assistant's turn; counting a little under the truth never refuses a prompt that fits.
-TOKENS_PER_MESSAGE = 5
-TOKENS_FOR_REPLY = 3
 
 
 @dataclass
@@ -35,16 +32,12 @@ class ModelBudget:
     tokenizer: Tokenizer
     context_length: int
 
-    def prompt_tokens(self, mode: Mode, job_input: JobInput) -> int:
-        if job_input.raw:
-            return len(self.tokenizer.encode(job_input.prompt or "", add_special_tokens=False))
-        messages = build_messages(
-            mode,
-            prompt=job_input.prompt,
-            messages=[m.model_dump() for m in job_input.messages] if job_input.messages else None,
-        )
-        encoded = self.tokenizer.encode_batch([m["content"] for m in messages], add_special_tokens=False)
-        return sum(len(e.ids) for e in encoded) + TOKENS_PER_MESSAGE * len(messages) + TOKENS_FOR_REPLY
+    def count(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def prompt_tokens(self, mode: Mode, job_input: JobInput, history: list[ChatMessage],
+                      history_max_tokens: int) -> int:
+        return prompt_tokens(self.count, mode, job_input, history, history_max_tokens)
 
 
 class PromptBudget:
@@ -54,19 +47,22 @@ class PromptBudget:
         self.settings = settings
         self._budgets: dict[str, ModelBudget | None] = {}
 
-    def check(self, model: str, mode: Mode, job_input: JobInput, max_tokens: int, param: str) -> int | None:
-        """Raise 422 naming the maximum if the prompt plus ``max_tokens`` exceeds the context.
-        Returns the prompt's token count, or None when the model's tokenizer is not available."""
+    def check(self, model: str, mode: Mode, job_input: JobInput, max_tokens: int, param: str,
+              history: list[ChatMessage] | None = None) -> int | None:
+        """Raise 422 naming the maximum if the prompt (with the ``history`` the worker will keep)
+        plus ``max_tokens`` exceeds the context. Returns the prompt's token count, or None when the
+        model's tokenizer is not available."""
         budget = self._budget(model)
         if budget is None:
             return None
-        used = budget.prompt_tokens(mode, job_input)
+        used = budget.prompt_tokens(mode, job_input, history or [], self.settings.history_max_tokens)
         limit = budget.context_length
         if used + max_tokens > limit:
+            with_history = " with the conversation's history" if history else ""
             raise APIError(
                 422,
-                f"the prompt is {used} tokens; with max_tokens={max_tokens} it exceeds the model's context of "
-                f"{limit} tokens: at most {max(0, limit - max_tokens)} prompt tokens",
+                f"the prompt{with_history} is {used} tokens; with max_tokens={max_tokens} it exceeds the "
+                f"model's context of {limit} tokens: at most {max(0, limit - max_tokens)} prompt tokens",
                 code="context_length_exceeded", param=param,
             )
         return used

@@ -18,11 +18,33 @@ import redis.asyncio as aioredis
 from textgen_core.batches import BatchRecord, BatchStatus
 from textgen_core.jobs import JobRecord
 from textgen_core.keys import Keys
-from textgen_core.store import _CANCEL, encode_job
+from textgen_core.pending import RESERVE, UNRESERVE, WITHDRAW
+from textgen_core.scripts import Scripts, define
+from textgen_core.store import CANCEL, encode_job
 
 # Fields of an item that results need (everything but the input and history).
 ITEM_FIELDS = ("id", "custom_id", "status", "output", "finish_reason", "usage", "error", "model", "created_at",
                "finished_at", "cached")
+
+# KEYS: batch, active batches. ARGV: batch id. Every item is written and enqueued: validating ->
+# in_progress (a cancel or the last item may have moved it on already: only validating moves);
+# an ended batch leaves the active set. Returns the status afterwards.
+START = define("batch.start", """
+if redis.call('HGET', KEYS[1], 'status') == 'validating' then redis.call('HSET', KEYS[1], 'status', 'in_progress') end
+local s = redis.call('HGET', KEYS[1], 'status')
+if s == 'completed' or s == 'canceled' or s == 'failed' then redis.call('SREM', KEYS[2], ARGV[1]) end
+return s
+""")
+
+# KEYS: batch. ARGV: now. A validating or in-progress batch becomes cancelling; returns its status before.
+REQUEST_CANCEL = define("batch.request_cancel", """
+local s = redis.call('HGET', KEYS[1], 'status')
+if s == 'validating' or s == 'in_progress' then
+  redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancel_requested', '1', 'cancelling_at', ARGV[1])
+end
+return s
+""")
+
 
 class AsyncBatchStore:
     def __init__(self, client: aioredis.Redis, keys: Keys, *, ttl: int, stream_ttl: int):
@@ -30,7 +52,7 @@ class AsyncBatchStore:
         self.keys = keys
         self.ttl = ttl
         self.stream_ttl = stream_ttl
-        self._cancel = client.register_script(_CANCEL)
+        self._scripts = Scripts(client, CANCEL, START, REQUEST_CANCEL, RESERVE, UNRESERVE, WITHDRAW)
 
     async def create(self, batch: BatchRecord) -> None:
         key = self.keys.batch(batch.id)
@@ -43,12 +65,21 @@ class AsyncBatchStore:
             pipe.expire(owned, self.ttl)
             await pipe.execute()
 
+    async def reserve(self, owner: str, places: int, cap: int) -> tuple[bool, int]:
+        """Count ``places`` items among the owner's unfinished jobs unless that would pass ``cap``
+        (0: no cap). Returns whether they were counted and the owner's unfinished jobs."""
+        taken, count = await self._scripts[RESERVE](keys=[self.keys.pending(owner)], args=[cap, places, self.ttl])
+        return bool(taken), int(count)
+
     async def add_items(self, batch_id: str, jobs: list[JobRecord]) -> None:
-        """Write one chunk of item records and append their ids to the batch's ordered list."""
+        """Write one chunk of item records (each holding one of the places :meth:`reserve` took) and
+        append their ids to the batch's ordered list."""
         ids_key = self.keys.batch_jobs(batch_id)
         async with self.r.pipeline(transaction=False) as pipe:
             for job in jobs:
-                pipe.hset(self.keys.job(job.id), mapping=encode_job(job))
+                record = encode_job(job)
+                record["pending_key"] = self.keys.pending(job.owner)
+                pipe.hset(self.keys.job(job.id), mapping=record)  # type: ignore[arg-type]
                 pipe.expire(self.keys.job(job.id), self.ttl)
             pipe.rpush(ids_key, *[job.id for job in jobs])
             pipe.expire(ids_key, self.ttl)
@@ -56,22 +87,19 @@ class AsyncBatchStore:
 
     async def start(self, batch_id: str) -> None:
         """Every item is written and enqueued: validating -> in_progress (unless already ended)."""
-        key = self.keys.batch(batch_id)
-        # A cancel or the last item may have moved it on already; only validating moves.
-        await self.r.eval(
-            "if redis.call('HGET', KEYS[1], 'status') == 'validating' then "
-            "redis.call('HSET', KEYS[1], 'status', 'in_progress') end "
-            "local s = redis.call('HGET', KEYS[1], 'status') "
-            "if s == 'completed' or s == 'canceled' or s == 'failed' then redis.call('SREM', KEYS[2], ARGV[1]) end "
-            "return s",
-            2, key, self.keys.active_batches, batch_id,
-        )
+        await self._scripts[START](keys=[self.keys.batch(batch_id), self.keys.active_batches], args=[batch_id])
 
-    async def delete(self, batch_id: str, owner: str) -> None:
-        """Remove a batch that could not be accepted, with the items written so far."""
+    async def delete(self, batch_id: str, owner: str, unwritten: int = 0) -> None:
+        """Remove a batch that could not be accepted, with the items written so far; their places
+        among the owner's unfinished jobs go back, and so do the ``unwritten`` ones reserved."""
         ids_key = self.keys.batch_jobs(batch_id)
         while chunk := await self.r.lpop(ids_key, 1000):
-            await self.r.delete(*[self.keys.job(j) for j in chunk])
+            async with self.r.pipeline(transaction=False) as pipe:
+                for job_id in chunk:
+                    job_key, tokens_key = self.keys.job(str(job_id)), self.keys.tokens(str(job_id))
+                    await self._scripts[WITHDRAW](keys=[job_key, tokens_key], client=pipe)
+                await pipe.execute()
+        await self._scripts[UNRESERVE](keys=[self.keys.pending(owner)], args=[unwritten])
         await self.r.delete(self.keys.batch(batch_id))
         await self.r.zrem(self.keys.owner_batches(owner), batch_id)
         await self.r.srem(self.keys.active_batches, batch_id)
@@ -110,20 +138,13 @@ class AsyncBatchStore:
     async def request_cancel(self, batch_id: str, owner: str, chunk: int) -> None:
         """Mark the batch cancelling, then cancel its items in chunks: queued ones never run,
         running ones stop at the next step. The last item to end settles the batch ``canceled``."""
-        key = self.keys.batch(batch_id)
-        await self.r.eval(
-            "local s = redis.call('HGET', KEYS[1], 'status') "
-            "if s == 'validating' or s == 'in_progress' then "
-            "redis.call('HSET', KEYS[1], 'status', 'cancelling', 'cancel_requested', '1', 'cancelling_at', ARGV[1]) "
-            "end return s",
-            1, key, time.time(),
-        )
+        await self._scripts[REQUEST_CANCEL](keys=[self.keys.batch(batch_id)], args=[time.time()])
         start = 0
         while ids := await self.r.lrange(self.keys.batch_jobs(batch_id), start, start + chunk - 1):
             start += len(ids)
             async with self.r.pipeline(transaction=False) as pipe:
                 for job_id in ids:
-                    await self._cancel(
+                    await self._scripts[CANCEL](
                         keys=[self.keys.job(job_id), self.keys.tokens(job_id)],
                         args=[owner, time.time(), self.keys.events_channel, self.keys.cancel_channel,
                               self.stream_ttl, self.keys.prefix],

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from textgen_core import metrics
 from textgen_core.cache import CacheEntry, Flight, HandBack, ResultCache, hit_outcome
 from textgen_core.jobs import JobRecord, JobStatus, turn_messages
-from textgen_core.modes import build_messages
+from textgen_core.prompt_render import chat_messages
 from textgen_core.settings import Settings
 from textgen_core.store import JobStore
 from textgen_core.webhooks.job_events import JobWebhooks
@@ -32,22 +32,12 @@ def render_prompt_ids(tokenizer: Any, job: JobRecord, history_max_tokens: int) -
     """Token ids the model reads for ``job``: raw text, or the chat template over mode + history."""
     if job.input.raw:
         return list(tokenizer.encode(job.input.prompt or "", add_special_tokens=False))
-    history = trim_history(tokenizer, [m.model_dump() for m in job.history], history_max_tokens)
-    messages = build_messages(
-        job.mode,
-        prompt=job.input.prompt,
-        messages=[m.model_dump() for m in job.input.messages] if job.input.messages else None,
-        history=history,
-    )
+
+    def count(text: str) -> int:
+        return len(tokenizer.encode(text, add_special_tokens=False))
+
+    messages = chat_messages(count, job.mode, job.input, job.history, history_max_tokens)
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False))
-
-
-def trim_history(tokenizer: Any, history: list[dict[str, str]], max_tokens: int) -> list[dict[str, str]]:
-    """Drop the oldest turns until the history fits ``max_tokens``."""
-    sizes = [len(tokenizer.encode(m["content"], add_special_tokens=False)) + 4 for m in history]
-    while history and sum(sizes) > max_tokens:
-        history, sizes = history[1:], sizes[1:]
-    return history
 
 
 @dataclass

@@ -24,6 +24,7 @@ from typing import NamedTuple
 import redis
 
 from textgen_core.keys import Keys
+from textgen_core.scripts import Scripts, define
 
 # Lua functions for the job scripts (claim, finish, cancel, give up). The set's name is built from
 # the prefix here; it must match Keys.leases.
@@ -43,7 +44,7 @@ end
 # KEYS: job. ARGV: prefix, token, now, lease seconds, leases ttl. Holds a queued job unless a live
 # lease of another task holds it (a running job is held by the attempt that claimed it; a job the
 # reaper re-sent has a live lease with no holder, for the task of the re-sent message to take).
-_HOLD = LEASE_LUA + """
+HOLD = define("lease.hold", LEASE_LUA + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
 local now = tonumber(ARGV[3])
 local current = redis.call('HGET', KEYS[1], 'lease')
@@ -53,10 +54,10 @@ if current and current ~= '' then
 end
 take_lease(KEYS[1], ARGV[1], ARGV[2], now + tonumber(ARGV[4]), ARGV[5])
 return 1
-"""
+""")
 
 # KEYS: leases. ARGV: prefix, new expiry, then job id and token pairs. Extends only leases still ours.
-_RENEW = """
+RENEW = define("lease.renew", """
 local n = 0
 for i = 3, #ARGV, 2 do
   if redis.call('HGET', ARGV[1] .. ':job:' .. ARGV[i], 'lease') == ARGV[i + 1] then
@@ -64,24 +65,24 @@ for i = 3, #ARGV, 2 do
   end
 end
 return n
-"""
+""")
 
 # KEYS: job. ARGV: prefix, token. Drops the lease if it is still ours, except on a job our attempt
 # claimed and did not finish (a Redis error on the way, say): that lease is left to lapse, so a
 # reaper hands the job back.
-_RELEASE = LEASE_LUA + """
+RELEASE = define("lease.release", LEASE_LUA + """
 if redis.call('HGET', KEYS[1], 'lease') ~= ARGV[2] then return 0 end
 if redis.call('HGET', KEYS[1], 'status') == 'running' and redis.call('HGET', KEYS[1], 'attempt_token') == ARGV[2]
   then return 0 end
 drop_lease(KEYS[1], ARGV[1])
 return 1
-"""
+""")
 
 # KEYS: job, leases. ARGV: job id, now, lease seconds. If the job's lease lapsed: put a running job
 # back to queued, re-arm the lease with no holder (so if the re-send below is lost, it lapses and is
 # re-sent again), and return {model, lane, batch id} for the caller to re-send; else (renewed,
 # reaped by another worker, ended) nil. One script call, so exactly one reaper wins.
-_REAP = """
+REAP = define("lease.reap", """
 local expiry = redis.call('ZSCORE', KEYS[2], ARGV[1])
 if not expiry or tonumber(expiry) > tonumber(ARGV[2]) then return nil end
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -96,7 +97,7 @@ redis.call('HSET', KEYS[1], 'lease', '')
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + tonumber(ARGV[3]), ARGV[1])
 local f = redis.call('HMGET', KEYS[1], 'model', 'lane', 'batch_id')
 return {f[1] or '', f[2] or 'interactive', f[3] or ''}
-"""
+""")
 
 
 class Reaped(NamedTuple):
@@ -116,10 +117,7 @@ class JobLeases:
         self.ttl = ttl
         self._held: dict[str, str] = {}  # job id -> token of this process's task
         self._lock = threading.Lock()
-        self._hold = client.register_script(_HOLD)
-        self._renew = client.register_script(_RENEW)
-        self._release = client.register_script(_RELEASE)
-        self._reap = client.register_script(_REAP)
+        self._scripts = Scripts(client, HOLD, RENEW, RELEASE, REAP)
 
     @contextmanager
     def holding(self, job_id: str) -> Iterator[str]:
@@ -132,14 +130,14 @@ class JobLeases:
         with self._lock:
             self._held[job_id] = token
         try:
-            self._hold(keys=[self.keys.job(job_id)],
+            self._scripts[HOLD](keys=[self.keys.job(job_id)],
                        args=[self.keys.prefix, token, time.time(), self.lease_seconds, self.ttl])
             yield token
         except BaseException:
             self._forget(job_id, token)
             raise
         self._forget(job_id, token)
-        self._release(keys=[self.keys.job(job_id)], args=[self.keys.prefix, token])
+        self._scripts[RELEASE](keys=[self.keys.job(job_id)], args=[self.keys.prefix, token])
 
     def _forget(self, job_id: str, token: str) -> None:
         with self._lock:
@@ -158,7 +156,7 @@ class JobLeases:
         if not pairs:
             return 0
         expiry = time.time() + self.lease_seconds
-        return int(self._renew(keys=[self.keys.leases], args=[self.keys.prefix, expiry, *pairs]))
+        return int(self._scripts[RENEW](keys=[self.keys.leases], args=[self.keys.prefix, expiry, *pairs]))
 
     def reap(self, limit: int = 100) -> list[Reaped]:
         """Take back up to ``limit`` jobs whose lease lapsed; the caller re-sends their messages.
@@ -170,7 +168,8 @@ class JobLeases:
         out: list[Reaped] = []
         lapsed: list[str] = self.r.zrangebyscore(self.keys.leases, "-inf", now, start=0, num=limit)  # type: ignore[assignment]
         for job_id in lapsed:
-            row = self._reap(keys=[self.keys.job(job_id), self.keys.leases], args=[job_id, now, self.lease_seconds])
+            row = self._scripts[REAP](keys=[self.keys.job(job_id), self.keys.leases],
+                                      args=[job_id, now, self.lease_seconds])
             if row:
                 out.append(Reaped(job_id, *row))
         return out

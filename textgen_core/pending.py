@@ -4,9 +4,15 @@ Admission and the count change in one script, and every script that moves a job 
 terminal state releases it in the same atomic step, so the count never drifts with crashes or
 races. The job hash remembers its counter in the ``pending_key`` field; releasing deletes that
 field, so a job is released at most once whichever script ends it.
+
+A batch counts as its items: ``RESERVE`` takes places for all of them at once (or none), each
+item record then carries ``pending_key`` like a job's, and each releases its own place when it
+ends. Places a batch reserved but never wrote (its acceptance failed) go back with ``UNRESERVE``.
 """
 
 from __future__ import annotations
+
+from textgen_core.scripts import define
 
 # A Lua function to prepend to any script that ends a job (finish, cancel, expire, give up).
 RELEASE_PENDING_LUA = """
@@ -21,7 +27,7 @@ end
 
 # KEYS: counter, job. ARGV: cap (0 = none), counter ttl, job ttl, then the job's field/value pairs.
 # Returns {1, count} when the job was stored, {0, count} when the owner is at the cap.
-ADMIT_LUA = """
+ADMIT = define("pending.admit", """
 local count = tonumber(redis.call('GET', KEYS[1]) or '0')
 local cap = tonumber(ARGV[1])
 if cap > 0 and count >= cap then return {0, count} end
@@ -31,10 +37,29 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 count = redis.call('INCR', KEYS[1])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 return {1, count}
-"""
+""")
+
+# KEYS: counter. ARGV: cap (0 = none), places, counter ttl. Returns {1, count} when all the places
+# were taken, {0, count} when they would take the owner past the cap.
+RESERVE = define("pending.reserve", """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+local cap = tonumber(ARGV[1])
+if cap > 0 and count + tonumber(ARGV[2]) > cap then return {0, count} end
+count = redis.call('INCRBY', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return {1, count}
+""")
+
+# KEYS: counter. ARGV: places. Gives back places reserved for records that were never written.
+UNRESERVE = define("pending.unreserve", """
+if tonumber(ARGV[1]) <= 0 then return tonumber(redis.call('GET', KEYS[1]) or '0') end
+local count = redis.call('DECRBY', KEYS[1], ARGV[1])
+if count <= 0 then redis.call('DEL', KEYS[1]) end
+return math.max(count, 0)
+""")
 
 # KEYS: job, tokens stream. Takes back a job that was stored but could not be enqueued.
-WITHDRAW_LUA = RELEASE_PENDING_LUA + """
+WITHDRAW = define("pending.withdraw", RELEASE_PENDING_LUA + """
 release_pending(KEYS[1])
 return redis.call('DEL', KEYS[1], KEYS[2])
-"""
+""")

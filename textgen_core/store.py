@@ -19,7 +19,8 @@ from textgen_core.batch_settle import SETTLE_LUA
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.keys import Keys
 from textgen_core.leases import LEASE_LUA
-from textgen_core.pending import ADMIT_LUA, RELEASE_PENDING_LUA, WITHDRAW_LUA
+from textgen_core.pending import ADMIT, RELEASE_PENDING_LUA, WITHDRAW
+from textgen_core.scripts import Scripts, define
 from textgen_core.webhooks.records import parse_deliveries
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ def decode_job(raw: dict[str, str], deliveries: list[str] | None = None) -> JobR
 # KEYS: job. ARGV: worker, now, attempt_token, ttl, max_attempts, events channel, key prefix, lease seconds.
 # Returns "claimed" when this attempt now owns the job (and its lease), else the status it has (another
 # attempt may be running it: a message redelivered while the first delivery still runs must not run it twice).
-_CLAIM = SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + """
+CLAIM = define("job.claim", SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st ~= 'queued' then return st end
@@ -108,10 +109,10 @@ take_lease(KEYS[1], ARGV[7], ARGV[3], tonumber(ARGV[2]) + tonumber(ARGV[8]), ARG
 local bid = redis.call('HGET', KEYS[1], 'batch_id')
 if bid and bid ~= '' then redis.call('HSETNX', ARGV[7] .. ':batch:' .. bid, 'started_at', ARGV[2]) end
 return 'claimed'
-"""
+""")
 
 # Ending a job with an outcome: KEYS as below; ARGV[2..12] as below (ARGV[1] is the caller's own).
-# Used by _FINISH (a worker's attempt) and _CREATE_FINISHED (a cache hit answered at submit).
+# Used by FINISH (a worker's attempt) and CREATE_FINISHED (a cache hit answered at submit).
 _END_LUA = SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + """
 local function end_job()
   redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
@@ -136,17 +137,17 @@ end
 # KEYS: job, tokens stream, history list. ARGV: attempt_token, status, now, ttl, fields (JSON object
 # of strings), history entries (JSON list of strings), history max, history ttl, events channel,
 # stream ttl, stream maxlen, key prefix. Only the attempt that owns the job can finish it, exactly once.
-_FINISH = _END_LUA + """
+FINISH = define("job.finish", _END_LUA + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
 end_job()
 return 1
-"""
+""")
 
-# KEYS and ARGV[2..12] as _FINISH; ARGV[1]: the job record (JSON object of strings), ARGV[13]: its output.
+# KEYS and ARGV[2..12] as FINISH; ARGV[1]: the job record (JSON object of strings), ARGV[13]: its output.
 # Stores a job that is finished already (a cache hit): the record, its text on the stream, then the end,
 # as a worker's finish would. A batch item written queued a moment ago is finished only if still queued.
-_CREATE_FINISHED = _END_LUA + """
+CREATE_FINISHED = define("job.create_finished", _END_LUA + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st and st ~= 'queued' then return 0 end
 for k, v in pairs(cjson.decode(ARGV[1])) do redis.call('HSET', KEYS[1], k, v) end
@@ -157,11 +158,11 @@ if ARGV[13] ~= '' then
 end
 end_job()
 return 1
-"""
+""")
 
 # KEYS: job, tokens stream. ARGV: owner, now, events channel, cancel channel, stream ttl, key prefix.
 # Returns the status afterwards ("running" means a stop was requested), or "missing".
-_CANCEL = SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + """
+CANCEL = define("job.cancel", SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'missing' end
 local id = redis.call('HGET', KEYS[1], 'id')
@@ -182,17 +183,17 @@ if st == 'running' then
   redis.call('PUBLISH', ARGV[4], id)
 end
 return st
-"""
+""")
 
 # KEYS: job. ARGV: attempt_token, refund ("1": the attempt does not count, it only waited).
 # Hands a running job back to the queue (warm shutdown, lapsed lease, an identical job generating).
-_REQUEUE = """
+REQUEUE = define("job.requeue", """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'attempt_token', '')
 if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
 return 1
-"""
+""")
 
 
 def _end_args(keys: Keys, job: JobRecord, *, status: JobStatus, ttl: int, fields: dict[str, Any],
@@ -230,8 +231,7 @@ class JobStore:
         self.lease_seconds = lease_seconds
         self.stream_ttl = stream_ttl
         self.stream_maxlen = stream_maxlen
-        self._claim = client.register_script(_CLAIM)
-        self._finish = client.register_script(_FINISH)
+        self._scripts = Scripts(client, CLAIM, FINISH, REQUEUE)
 
     def get(self, job_id: str) -> JobRecord | None:
         pipe = self.r.pipeline(transaction=False)
@@ -249,7 +249,7 @@ class JobStore:
 
     def claim(self, job_id: str, *, worker: str, attempt_token: str, max_attempts: int) -> Claim:
         """Atomically queued -> running for this attempt; says whether this attempt owns the job."""
-        result = self._claim(
+        result = self._scripts[CLAIM](
             keys=[self.keys.job(job_id)],
             args=[worker, time.time(), attempt_token, self.job_ttl, max_attempts, self.keys.events_channel,
                   self.keys.prefix, self.lease_seconds],
@@ -290,13 +290,15 @@ class JobStore:
         keys, args = _end_args(self.keys, job, status=status, ttl=self.job_ttl, fields=fields,
                                history_append=history_append, history_max_turns=history_max_turns,
                                history_ttl=history_ttl, stream_ttl=self.stream_ttl, stream_maxlen=self.stream_maxlen)
-        done = self._finish(keys=keys, args=[attempt_token, *args])
+        done = self._scripts[FINISH](keys=keys, args=[attempt_token, *args])
         if done:
             self._ended(job.id)
         return bool(done)
 
     def requeue(self, job_id: str, attempt_token: str = "", *, refund_attempt: bool = False) -> bool:
-        return bool(self._requeue(keys=[self.keys.job(job_id)], args=[attempt_token, "1" if refund_attempt else "0"]))
+        """Hand a running job back to its queue (``refund_attempt``: the attempt only waited)."""
+        return bool(self._scripts[REQUEUE](keys=[self.keys.job(job_id)],
+                                           args=[attempt_token, "1" if refund_attempt else "0"]))
 
 
 class AsyncJobStore:
@@ -311,16 +313,13 @@ class AsyncJobStore:
         self.job_ttl = job_ttl
         self.stream_ttl = stream_ttl
         self.stream_maxlen = stream_maxlen
-        self._cancel = client.register_script(_CANCEL)
-        self._create_finished = client.register_script(_CREATE_FINISHED)
-        self._admit = client.register_script(ADMIT_LUA)
-        self._withdraw = client.register_script(WITHDRAW_LUA)
+        self._scripts = Scripts(client, CANCEL, CREATE_FINISHED, ADMIT, WITHDRAW)
 
     async def create(self, job: JobRecord, *, max_pending: int = 0) -> tuple[bool, int]:
         """Store the job unless its owner already has ``max_pending`` unfinished jobs (0: no cap).
         Returns whether it was stored and the owner's unfinished jobs afterwards."""
         pairs = [item for pair in encode_job(job).items() for item in pair]
-        stored, count = await self._admit(
+        stored, count = await self._scripts[ADMIT](
             keys=[self.keys.pending(job.owner), self.keys.job(job.id)],
             args=[max_pending, self.job_ttl, self.job_ttl, *pairs],
         )
@@ -334,7 +333,7 @@ class AsyncJobStore:
         keys, args = _end_args(self.keys, job, status=JobStatus.succeeded, ttl=self.job_ttl, fields=fields,
                                history_append=history_append, history_max_turns=history_max_turns,
                                history_ttl=history_ttl, stream_ttl=self.stream_ttl, stream_maxlen=self.stream_maxlen)
-        done = await self._create_finished(keys=keys, args=[json.dumps(encode_job(job)), *args,
+        done = await self._scripts[CREATE_FINISHED](keys=keys, args=[json.dumps(encode_job(job)), *args,
                                                             str(fields.get("output") or "")])
         if done and self.on_terminal is not None:
             try:
@@ -345,7 +344,7 @@ class AsyncJobStore:
 
     async def delete(self, job_id: str) -> None:
         """Take back a stored job that never reached the queue (and its place under the cap)."""
-        await self._withdraw(keys=[self.keys.job(job_id), self.keys.tokens(job_id)])
+        await self._scripts[WITHDRAW](keys=[self.keys.job(job_id), self.keys.tokens(job_id)])
 
     async def get(self, job_id: str, owner: str) -> JobRecord | None:
         """The job if it exists and belongs to ``owner`` (others see nothing)."""
@@ -358,7 +357,7 @@ class AsyncJobStore:
         return decode_job(raw, deliveries)
 
     async def cancel(self, job_id: str, owner: str) -> str:
-        outcome: str = await self._cancel(
+        outcome: str = await self._scripts[CANCEL](
             keys=[self.keys.job(job_id), self.keys.tokens(job_id)],
             args=[owner, time.time(), self.keys.events_channel, self.keys.cancel_channel, self.stream_ttl,
                   self.keys.prefix],

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
-from typing import Annotated, Any, Literal
+import json
+from typing import IO, Annotated, Any, Literal
 
+from anyio import to_thread
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
@@ -19,6 +22,7 @@ from api.batch_schemas import BatchCreate, BatchDefaults, BatchList, BatchOut, O
 from api.batch_submit import accept, batch_store
 from api.deps import AppState, OwnerDep, StateDep
 from api.errors import ERROR_RESPONSES, APIError, not_found
+from api.idempotency import Idempotency, IdempotencyDep
 from api.request_guard import parsed_body
 from api.safe_json import BadJSON, loads
 from api.webhook_fields import BatchWebhookFields
@@ -68,26 +72,30 @@ def _validate(model: type[Any], data: Any) -> Any:
 @router.post("", status_code=202, response_model=BatchOut, summary="Submit a batch",
              description="A JSON body with `items` and shared defaults; a multipart upload of a CSV or JSONL "
                          "`file` with defaults as form fields; or OpenAI's `input_file_id` + `endpoint`. "
-                         "Any of them may name a `webhook` for `batch.completed` (and `batch.progress`).",
+                         "Any of them may name a `webhook` for `batch.completed` (and `batch.progress`). "
+                         "With an `Idempotency-Key`, a repeat of the same request returns the first batch.",
              openapi_extra=_BODY_DOC)
-async def create_batch(request: Request, owner: OwnerDep, state: StateDep, response: Response) -> BatchOut:
+async def create_batch(request: Request, owner: OwnerDep, state: StateDep, response: Response,
+                       idem: IdempotencyDep) -> BatchOut:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        batch = await _from_upload(request, state, owner)
+        out = await _from_upload(request, state, owner, idem)
     else:
         data = parsed_body(request)  # parsed and checked by api.request_guard
         if data is None:
             raise APIError(400, "the body must be JSON, or a multipart upload with a 'file'", code="invalid_json")
         if isinstance(data, dict) and "input_file_id" in data:
-            batch = await _from_file(_validate(OpenAIBatchCreate, data), state, owner)
+            openai_body = _validate(OpenAIBatchCreate, data)
+            out = await idem.run(openai_body, lambda: _from_file(openai_body, state, owner), BatchOut)
         else:
             if isinstance(data, dict) and isinstance(data.get("items"), list) \
                     and len(data["items"]) > state.settings.batch_max_items:
                 raise APIError(413, f"a batch holds at most {state.settings.batch_max_items:,} items; split the "
                                     "input into smaller batches", code="too_many_items", param="items")
-            batch = await _from_json(_validate(BatchCreate, data), state, owner)
-    response.headers["Location"] = f"/v1/batches/{batch.id}"
-    return BatchOut.of(batch)
+            body = _validate(BatchCreate, data)
+            out = await idem.run(body, lambda: _from_json(body, state, owner), BatchOut)
+    response.headers["Location"] = f"/v1/batches/{out.id}"
+    return out
 
 
 def _hook(fields: BatchWebhookFields) -> dict[str, Any]:
@@ -100,7 +108,7 @@ async def _check_hook(state: AppState, owner: str, fields: BatchWebhookFields) -
         await check_webhook_url(state, owner, fields.webhook)
 
 
-async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchRecord:
+async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchOut:
     await _check_hook(state, owner, body)
     defaults = BatchDefaults.model_validate(body.model_dump(exclude={"items", *BatchWebhookFields.model_fields}))
     specs = []
@@ -116,14 +124,14 @@ async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchRec
         return iter(specs)
 
     try:
-        return await accept(state, owner, source, model=body.model, mode=body.mode, what="items",
-                            cache=body.cache, metadata=body.metadata, **_hook(body))
+        return BatchOut.of(await accept(state, owner, source, model=body.model, mode=body.mode, what="items",
+                                        cache=body.cache, metadata=body.metadata, **_hook(body)))
     except APIError as exc:  # name the item, not a line, for inline items
         exc.body.message = exc.body.message.replace("line ", "items.", 1)
         raise
 
 
-async def _from_upload(request: Request, state: AppState, owner: str) -> BatchRecord:
+async def _from_upload(request: Request, state: AppState, owner: str, idem: Idempotency) -> BatchOut:
     async with request.form(max_part_size=state.settings.batch_file_max_bytes) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -149,8 +157,25 @@ async def _from_upload(request: Request, state: AppState, owner: str) -> BatchRe
             stream.seek(0)
             return csv_items(stream, defaults) if fmt == "csv" else jsonl_items(stream, defaults)
 
-        return await accept(state, owner, source, model=defaults.model, mode=defaults.mode, what="file",
-                            cache=defaults.cache, metadata=defaults.metadata, **_hook(hook))
+        async def create() -> BatchOut:
+            return BatchOut.of(await accept(state, owner, source, model=defaults.model, mode=defaults.mode,
+                                            what="file", cache=defaults.cache, metadata=defaults.metadata,
+                                            **_hook(hook)))
+
+        if idem.redis_key is None:
+            return await create()
+        fields_seen = sorted((k, v) for k, v in form.multi_items() if isinstance(v, str))
+        material = json.dumps([fields_seen, upload.filename, await to_thread.run_sync(_digest, stream)])
+        return await idem.run(material.encode(), create, BatchOut)
+
+
+def _digest(stream: IO[bytes]) -> str:
+    """SHA-256 of an uploaded file, read in chunks (it may be large)."""
+    stream.seek(0)
+    digest = hashlib.sha256()
+    while chunk := stream.read(1024 * 1024):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _form_hook(events: list[Any], fields: dict[str, Any]) -> BatchWebhookFields:
@@ -174,7 +199,7 @@ def _format_of(upload: UploadFile) -> Literal["csv", "jsonl"]:
                    code="invalid_file", param="file")
 
 
-async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str) -> BatchRecord:
+async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str) -> BatchOut:
     if await file_store.get(state, body.input_file_id, owner) is None:
         raise not_found("file", "input_file_id")
     await _check_hook(state, owner, body)
@@ -184,9 +209,10 @@ async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str) -> Ba
     def source() -> Any:
         return jsonl_items(io.BytesIO(data), defaults, endpoint=body.endpoint)
 
-    return await accept(state, owner, source, model=None, mode=defaults.mode, what="input_file_id",
-                        kind="openai", endpoint=body.endpoint, input_file_id=body.input_file_id,
-                        completion_window=body.completion_window, metadata=body.metadata or {}, **_hook(body))
+    return BatchOut.of(await accept(state, owner, source, model=None, mode=defaults.mode, what="input_file_id",
+                                    kind="openai", endpoint=body.endpoint, input_file_id=body.input_file_id,
+                                    completion_window=body.completion_window, metadata=body.metadata or {},
+                                    **_hook(body)))
 
 
 @router.get("", response_model=BatchList, summary="List your batches, newest first")

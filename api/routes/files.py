@@ -3,6 +3,8 @@ OpenAI-style batches (rendered from the items when read, never stored twice)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
@@ -15,6 +17,7 @@ from api.batch_schemas import FileList, FileOut
 from api.batch_submit import batch_store
 from api.deps import AppState, OwnerDep, StateDep
 from api.errors import ERROR_RESPONSES, APIError, not_found
+from api.idempotency import IdempotencyDep
 from api.schemas import Deleted
 from textgen_core.batches import BatchRecord
 
@@ -46,12 +49,16 @@ async def create_file(
     state: StateDep,
     file: Annotated[UploadFile, File(description="JSONL: one {custom_id, method, url, body} per line")],
     purpose: Annotated[str, Form()],
+    idem: IdempotencyDep,
 ) -> FileOut:
     if purpose != "batch":
         raise APIError(400, f"purpose {purpose!r} is not supported; use 'batch'", code="invalid_purpose",
                        param="purpose")
     data = await read_upload(file, state.settings.batch_file_max_bytes)
-    return await file_store.save(state, owner, file.filename or "input.jsonl", purpose, data)
+    filename = file.filename or "input.jsonl"
+    # The multipart boundary differs on every send: the request is its purpose, name and content.
+    material = json.dumps([purpose, filename, hashlib.sha256(data).hexdigest()]).encode()
+    return await idem.run(material, lambda: file_store.save(state, owner, filename, purpose, data), FileOut)
 
 
 @router.get("", response_model=FileList, summary="List your uploaded files")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Header, Query, Response
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
@@ -47,9 +48,10 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
     if body.webhook:
         await check_webhook_url(state, owner, body.webhook)
     job_input = JobInput(prompt=body.prompt, messages=body.messages, raw=raw)
-    state.prompts.check(model, body.mode, job_input, body.max_tokens, "prompt" if body.prompt else "messages")
-    await state.limits.check_tokens(owner, body.max_tokens)
     history = await state.store.history(owner, body.conversation_id) if body.conversation_id else None
+    state.prompts.check(model, body.mode, job_input, body.max_tokens, "prompt" if body.prompt else "messages",
+                        history)
+    await state.limits.check_tokens(owner, body.max_tokens)
     job = body.to_record(owner=owner, model=model, history=history or [])
     job.lane = lane
     job.input.raw = raw
@@ -135,17 +137,35 @@ async def cancel_job(job_id: str, owner: OwnerDep, state: StateDep) -> JobOut:
     "/{job_id}/stream",
     summary="Stream the job's text as Server-Sent Events",
     description="Events: `delta` ({\"text\"}) for each piece of output from the start, then `done` with "
-                "the final job record. A subscriber that arrives late still gets every delta.",
+                "the final job record. A subscriber that arrives late still gets every delta. Every event "
+                "has an `id`; a client that reconnects with `Last-Event-ID` (or `?last_event_id=`) gets "
+                "only the events after it.",
     response_class=EventSourceResponse,
 )
-async def stream_job(job_id: str, owner: OwnerDep, state: StateDep) -> EventSourceResponse:
+async def stream_job(
+    job_id: str,
+    owner: OwnerDep,
+    state: StateDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64,
+                                                description="Resume after this event id.")] = None,
+    after: Annotated[str | None, Query(alias="last_event_id", max_length=64,
+                                       description="As the Last-Event-ID header, for clients that "
+                                                   "cannot set headers.")] = None,
+) -> EventSourceResponse:
     await _owned(state, job_id, owner)
-    return EventSourceResponse(_events(state, job_id, owner), ping=15)
+    resume = last_event_id or after
+    if resume is not None and not _EVENT_ID.fullmatch(resume):
+        raise APIError(400, "Last-Event-ID must be an event id this stream sent (like '1717171717171-0')",
+                       code="invalid_value", param="Last-Event-ID" if last_event_id else "last_event_id")
+    return EventSourceResponse(_events(state, job_id, owner, resume or "0-0"), ping=15)
 
 
-async def _events(state: AppState, job_id: str, owner: str) -> AsyncIterator[ServerSentEvent]:
+# Event ids are the token stream's entry ids, so a resumed read starts right after the last one seen.
+_EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+
+
+async def _events(state: AppState, job_id: str, owner: str, last: str) -> AsyncIterator[ServerSentEvent]:
     key = state.keys.tokens(job_id)
-    last = "0-0"
     while True:
         try:
             batches = await state.redis.xread({key: last}, count=256, block=BLOCK_MS)
@@ -166,6 +186,6 @@ async def _events(state: AppState, job_id: str, owner: str) -> AsyncIterator[Ser
             if job is not None and not job.status.terminal:
                 continue
         job = await state.store.get(job_id, owner)
-        if job is not None:
-            yield ServerSentEvent(event="done", data=JobOut.of(job).model_dump_json())
+        if job is not None:  # its id is the end entry's: a client resuming after it gets only ``done`` again
+            yield ServerSentEvent(event="done", data=JobOut.of(job).model_dump_json(), id=last)
         return

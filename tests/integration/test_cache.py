@@ -231,3 +231,21 @@ def test_workers_of_another_dtype_never_serve_each_others_entries(api: httpx.Cli
             assert job["output"] == made_by[job["worker"]]
     finally:
         stack.stop("bf16")
+
+
+def test_identical_batch_items_wait_for_one_generation_and_never_crash(api: httpx.Client, stack: Stack) -> None:
+    """Regression: a handed-back duplicate item raised (an unregistered script), sat out its lease and
+    was reaped with a second attempt."""
+    prompt = fresh("Describe a lighthouse at night.")
+    items = [{"custom_id": f"dup-{i}", "prompt": prompt} for i in range(12)]
+    resp = api.post("/v1/batches", json={"items": items, "temperature": 0, "max_tokens": 48})
+    assert resp.status_code == 202, resp.text
+    batch = wait_batch(api, resp.json()["id"])
+    assert batch["status"] == "completed" and batch["request_counts"]["completed"] == 12, batch
+    rows = results(api, batch["id"])
+    assert len({r["output"] for r in rows}) == 1 and sum(not r["cached"] for r in rows) == 1, rows
+    item_ids = stack.redis().lrange(stack.keys.batch_jobs(batch["id"]), 0, -1)
+    attempts = {api.get(f"/v1/jobs/{job_id}").json()["attempts"] for job_id in item_ids}
+    assert attempts == {1}, attempts
+    worker_log = (stack.logs / "worker.log").read_text(errors="replace")
+    assert "AttributeError" not in worker_log

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -85,3 +86,52 @@ def test_malformed_keys_are_422(client: httpx.Client, bad: str) -> None:
     resp = client.post("/v1/jobs", json=BODY, headers={"Idempotency-Key": bad})
     assert resp.status_code == 422
     assert resp.json()["error"]["param"] == "Idempotency-Key"
+
+
+def _replayed(first: httpx.Response, again: httpx.Response) -> None:
+    assert first.status_code == again.status_code and first.status_code in (200, 202), first.text
+    assert "Idempotent-Replayed" not in first.headers
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == first.json()["id"]
+
+
+def test_batches_json_honour_the_key(client: httpx.Client) -> None:
+    """Regression: two POSTs with one key made two batches."""
+    key = str(uuid.uuid4())
+    body = {"model": IDLE_MODEL, "max_tokens": 2, "items": [{"custom_id": "a", "prompt": "waits"}]}
+    first = client.post("/v1/batches", json=body, headers={"Idempotency-Key": key})
+    again = client.post("/v1/batches", json=body, headers={"Idempotency-Key": key})
+    _replayed(first, again)
+    assert again.headers["Location"] == first.headers["Location"]
+    other = client.post("/v1/batches", json={**body, "max_tokens": 3}, headers={"Idempotency-Key": key})
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_reused"
+    assert len([b for b in client.get("/v1/batches", params={"limit": 100}).json()["data"]
+                if b["id"] == first.json()["id"]]) == 1
+    client.post(f"/v1/batches/{first.json()['id']}/cancel")
+
+
+def test_batch_uploads_and_files_honour_the_key(client: httpx.Client) -> None:
+    """A multipart body differs on every send (its boundary): the upload's fields and file decide."""
+    key = str(uuid.uuid4())
+    csv = "custom_id,prompt\nr1,waits\n"
+
+    def upload(text: str) -> httpx.Response:
+        return client.post("/v1/batches", files={"file": ("in.csv", text, "text/csv")},
+                           data={"model": IDLE_MODEL, "max_tokens": "2"}, headers={"Idempotency-Key": key})
+
+    first, again = upload(csv), upload(csv)
+    _replayed(first, again)
+    assert upload(csv + "r2,waits too\n").status_code == 409
+    client.post(f"/v1/batches/{first.json()['id']}/cancel")
+
+    line = {"custom_id": "q1", "method": "POST", "url": "/v1/chat/completions",
+            "body": {"model": IDLE_MODEL, "max_tokens": 2, "messages": [{"role": "user", "content": "waits"}]}}
+    file_key = str(uuid.uuid4())
+    files = [client.post("/v1/files", files={"file": ("req.jsonl", json.dumps(line))}, data={"purpose": "batch"},
+                         headers={"Idempotency-Key": file_key}) for _ in range(2)]
+    _replayed(*files)
+    batch_key = str(uuid.uuid4())
+    body = {"input_file_id": files[0].json()["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"}
+    batches = [client.post("/v1/batches", json=body, headers={"Idempotency-Key": batch_key}) for _ in range(2)]
+    _replayed(*batches)
+    client.post(f"/v1/batches/{batches[0].json()['id']}/cancel")

@@ -205,3 +205,64 @@ def test_cancel_mid_batch_leaves_the_other_rows_intact(stack: Stack, client: htt
     assert canceled["status"] == "canceled" and canceled["usage"]["completion_tokens"] < 1000
     assert finished["status"] == "succeeded" and finished["batch_size"] >= 2
     assert finished["output"] == alone["output"]
+
+
+def sse_events(body: str) -> list[tuple[str, str | None, dict]]:
+    """(event, id, data) of every event in an SSE body."""
+    out = []
+    for block in body.replace("\r\n", "\n").split("\n\n"):
+        fields: dict[str, str] = {}
+        for line in block.splitlines():
+            name, _, value = line.partition(":")
+            fields[name] = value.strip()
+        if "event" in fields:
+            out.append((fields["event"], fields.get("id"), json.loads(fields["data"])))
+    return out
+
+
+def test_a_reconnecting_stream_resumes_after_last_event_id(client: httpx.Client) -> None:
+    job = wait_job(client, submit(client, prompt="Count from one to ten in words.", **GREEDY)["id"])
+    events = sse_events(client.get(f"/v1/jobs/{job['id']}/stream").text)
+    deltas = [(event_id, data["text"]) for kind, event_id, data in events if kind == "delta"]
+    assert len(deltas) >= 3 and all(event_id for event_id, _ in deltas)
+    assert events[-1][0] == "done" and events[-1][1]  # the final event has an id too
+    # As an EventSource reconnects: the header names the last event it saw; only the rest comes.
+    seen = 2
+    resumed = sse_events(client.get(f"/v1/jobs/{job['id']}/stream",
+                                    headers={"Last-Event-ID": deltas[seen - 1][0]}).text)
+    rest = [data["text"] for kind, _, data in resumed if kind == "delta"]
+    assert rest == [text for _, text in deltas[seen:]]
+    assert "".join(text for _, text in deltas[:seen]) + "".join(rest) == job["output"]
+    assert resumed[-1][0] == "done" and resumed[-1][2]["status"] == "succeeded"
+    # The query parameter does the same; after the last event only `done` comes again.
+    by_query = sse_events(client.get(f"/v1/jobs/{job['id']}/stream",
+                                     params={"last_event_id": deltas[-1][0]}).text)
+    assert [kind for kind, _, _ in by_query] == ["done"]
+    after_done = sse_events(client.get(f"/v1/jobs/{job['id']}/stream",
+                                       headers={"Last-Event-ID": events[-1][1]}).text)
+    assert [kind for kind, _, _ in after_done] == ["done"]
+
+
+def test_a_malformed_last_event_id_is_a_400(client: httpx.Client) -> None:
+    job = submit(client, prompt="hi", model=IDLE_MODEL, max_tokens=1)
+    resp = client.get(f"/v1/jobs/{job['id']}/stream", headers={"Last-Event-ID": "not-an-id"})
+    assert resp.status_code == 400
+    assert resp.json()["error"]["param"] == "Last-Event-ID"
+    client.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def test_the_prompt_check_at_submit_counts_the_conversation_history(client: httpx.Client) -> None:
+    """Regression: with a conversation_id, a prompt that fits alone but not with the history the
+    worker keeps was accepted and failed later with prompt_too_long."""
+    conv = f"conv-long-{time.monotonic_ns()}"
+    first = wait_job(client, submit(client, prompt="cat " * 900, conversation_id=conv, temperature=0,
+                                    max_tokens=2)["id"])
+    assert first["status"] == "succeeded", first
+    # About 6,900 tokens + max_tokens 1,024 fits the 8,192-token context alone; the ~900 tokens of
+    # history the worker keeps (TEXTGEN_HISTORY_MAX_TOKENS 1,024) take it over.
+    resp = client.post("/v1/jobs", json={"prompt": "cat " * 6900, "conversation_id": conv, "max_tokens": 1024})
+    assert resp.status_code == 422, resp.text
+    error = resp.json()["error"]
+    assert error["code"] == "context_length_exceeded" and error["param"] == "prompt"
+    assert "history" in error["message"]
+    client.delete(f"/v1/conversations/{conv}")

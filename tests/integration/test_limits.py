@@ -15,6 +15,7 @@ pytestmark = pytest.mark.integration
 
 # One key per test, so the tests do not spend each other's budgets.
 KEY_RPM, KEY_TPM, KEY_CAP, KEY_FINISH = "key-rpm", "key-tpm", "key-cap", "key-finish"
+KEY_BATCH_TPM, KEY_BATCH_CAP = "key-batch-tpm", "key-batch-cap"
 RPM, TPM, CAP = 20, 100, 2
 
 
@@ -22,7 +23,7 @@ RPM, TPM, CAP = 20, 100, 2
 def limited(stack: Stack, start_api: Callable[..., str]) -> str:
     return start_api(
         "api-limited", loglevel="debug",
-        TEXTGEN_API_KEYS=",".join([KEY_A, KEY_RPM, KEY_TPM, KEY_CAP, KEY_FINISH]),
+        TEXTGEN_API_KEYS=",".join([KEY_A, KEY_RPM, KEY_TPM, KEY_CAP, KEY_FINISH, KEY_BATCH_TPM, KEY_BATCH_CAP]),
         TEXTGEN_RATE_LIMIT_REQUESTS_PER_MINUTE=str(RPM),
         TEXTGEN_RATE_LIMIT_TOKENS_PER_MINUTE=str(TPM),
         TEXTGEN_MAX_QUEUED_JOBS_PER_KEY=str(CAP),
@@ -116,6 +117,54 @@ def test_jobs_finishing_on_the_worker_free_their_slots(limited: str, stack: Stac
             assert stack.redis().get(stack.keys.pending(owner_of(KEY_FINISH))) is None
 
 
+def idle_batch(client: httpx.Client, items: int, max_tokens: int) -> httpx.Response:
+    return client.post("/v1/batches", json={"model": IDLE_MODEL, "max_tokens": max_tokens,
+                                            "items": [{"custom_id": f"i{i}", "prompt": "waits"} for i in range(items)]})
+
+
+def test_batches_count_their_items_max_tokens_against_the_token_budget(limited: str) -> None:
+    """Regression: a batch's tokens were never counted, whatever its size."""
+    with client_for(limited, KEY_BATCH_TPM) as c:
+        never = idle_batch(c, 2, 60)  # 120 tokens: more than the whole budget of 100
+        assert never.status_code == 413, never.text
+        error = never.json()["error"]
+        assert error["code"] == "batch_over_token_budget" and f"{TPM:,} tokens per minute" in error["message"]
+        batch = idle_batch(c, 2, 30)  # 60 tokens fit
+        assert batch.status_code == 202, batch.text
+        job = c.post("/v1/jobs", json={"prompt": "hi", "model": IDLE_MODEL, "max_tokens": 60})
+        assert job.status_code == 429 and job.json()["error"]["code"] == "rate_limit_exceeded", job.text
+        assert "tokens per minute" in job.json()["error"]["message"]
+        assert c.post(f"/v1/batches/{batch.json()['id']}/cancel").status_code == 200
+        again = idle_batch(c, 1, 60)  # canceling gives no tokens back: the budget is per minute
+        assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limit_exceeded", again.text
+
+
+def test_batch_items_count_against_the_queued_jobs_cap(limited: str, stack: Stack) -> None:
+    """Regression: jobs were accepted with any number of batch items unfinished."""
+    owner = owner_of(KEY_BATCH_CAP)
+    with client_for(limited, KEY_BATCH_CAP) as c:
+        never = idle_batch(c, CAP + 1, 1)
+        assert never.status_code == 413, never.text
+        assert never.json()["error"]["code"] == "batch_over_queued_jobs_cap"
+        assert f"cap of {CAP:,}" in never.json()["error"]["message"]
+        batch = idle_batch(c, CAP, 1)
+        assert batch.status_code == 202, batch.text
+        assert stack.redis().get(stack.keys.pending(owner)) == str(CAP)
+        job = c.post("/v1/jobs", json={"prompt": "hi", "model": IDLE_MODEL, "max_tokens": 1})
+        assert job.status_code == 429 and job.json()["error"]["code"] == "too_many_queued_jobs", job.text
+        more = idle_batch(c, 1, 1)
+        assert more.status_code == 429, more.text
+        assert more.json()["error"]["code"] == "too_many_queued_jobs" and more.headers["Retry-After"]
+        assert more.headers["x-ratelimit-limit-jobs"] == str(CAP)
+        # Its items end (canceled here): their places come back.
+        assert c.post(f"/v1/batches/{batch.json()['id']}/cancel").status_code == 200
+        assert stack.redis().get(stack.keys.pending(owner)) is None
+        job = c.post("/v1/jobs", json={"prompt": "hi", "model": IDLE_MODEL, "max_tokens": 1})
+        assert job.status_code == 202, job.text
+        c.post(f"/v1/jobs/{job.json()['id']}/cancel")
+    assert stack.redis().get(stack.keys.pending(owner)) is None
+
+
 def test_cors_only_for_configured_origins(limited: str, stack: Stack) -> None:
     preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
     ok = httpx.options(f"{limited}/v1/jobs", headers={"Origin": "https://app.example", **preflight})
@@ -136,5 +185,5 @@ def test_api_keys_never_reach_the_logs(limited: str, stack: Stack) -> None:
     time.sleep(0.5)
     logs = "".join(p.read_text(errors="replace") for p in stack.logs.glob("*.log"))
     assert "api-limited" in "".join(p.name for p in stack.logs.glob("*.log"))
-    for secret in (KEY_A, KEY_RPM, KEY_TPM, KEY_CAP, KEY_FINISH, "not-a-real-key-123"):
+    for secret in (KEY_A, KEY_RPM, KEY_TPM, KEY_CAP, KEY_FINISH, KEY_BATCH_TPM, KEY_BATCH_CAP, "not-a-real-key-123"):
         assert secret not in logs

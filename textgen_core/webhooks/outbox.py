@@ -23,6 +23,7 @@ from textgen_core.batch_store import AsyncBatchStore, BatchLedger
 from textgen_core.batches import BatchRecord
 from textgen_core.jobs import JobRecord
 from textgen_core.keys import Keys
+from textgen_core.scripts import Scripts, define
 from textgen_core.store import AsyncJobStore, JobStore
 from textgen_core.webhooks.events import AsyncWebhookEmitter, WebhookEmitter, batch_payload, job_payload
 
@@ -34,19 +35,19 @@ log = logging.getLogger(__name__)
 
 # KEYS: outbox. ARGV: entry, now, lease end. Takes a fresh entry (not leased): the process that
 # ended the object, or one of the concurrent items of a batch, takes it once.
-_TAKE = """
+TAKE = define("outbox.take", """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
 redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
 return 1
-"""
+""")
 
 # KEYS: outbox. ARGV: due before, limit, lease end. Takes the entries left behind (the sweeper).
-_LEASE = """
+LEASE = define("outbox.lease", """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
 for _, m in ipairs(due) do redis.call('ZADD', KEYS[1], 'XX', ARGV[3], m) end
 return due
-"""
+""")
 
 
 class Subject(NamedTuple):
@@ -90,8 +91,7 @@ class Outbox:
         self.jobs = jobs
         self.batches = batches
         self.lease_seconds = lease_seconds
-        self._take = client.register_script(_TAKE)
-        self._lease = client.register_script(_LEASE)
+        self._scripts = Scripts(client, TAKE, LEASE)
 
     def _subject(self, event: str, object_id: str) -> Subject | None:
         if event == "job.completed":
@@ -103,7 +103,7 @@ class Outbox:
 
         An error while queueing leaves the entry for the sweeper."""
         now = time.time()
-        if not self._take(keys=[self.keys.webhook_outbox],
+        if not self._scripts[TAKE](keys=[self.keys.webhook_outbox],
                           args=[member(event, object_id), now, now + self.lease_seconds]):
             return None
         return self._queue(event, object_id)
@@ -122,7 +122,7 @@ class Outbox:
     def sweep(self, grace_seconds: float, limit: int = 100) -> int:
         """Queue entries older than ``grace_seconds`` (their process died or failed); returns how many."""
         now = time.time()
-        due: list[str] = self._lease(keys=[self.keys.webhook_outbox],
+        due: list[str] = self._scripts[LEASE](keys=[self.keys.webhook_outbox],
                                      args=[now - grace_seconds, limit, now + self.lease_seconds])
         sent = 0
         for entry in due:
@@ -145,7 +145,7 @@ class AsyncOutbox:
         self.jobs = jobs
         self.batches = batches
         self.lease_seconds = lease_seconds
-        self._take = client.register_script(_TAKE)
+        self._scripts = Scripts(client, TAKE)
 
     async def _subject(self, event: str, object_id: str) -> Subject | None:
         is_job = event == "job.completed"
@@ -160,7 +160,7 @@ class AsyncOutbox:
         """Same contract as :meth:`Outbox.flush`."""
         now = time.time()
         entry = member(event, object_id)
-        if not await self._take(keys=[self.keys.webhook_outbox], args=[entry, now, now + self.lease_seconds]):
+        if not await self._scripts[TAKE](keys=[self.keys.webhook_outbox], args=[entry, now, now + self.lease_seconds]):
             return None
         subject = await self._subject(event, object_id)
         sent = None

@@ -1,0 +1,199 @@
+"""The Lua script registry on a real (bundled) redis-server: every defined script compiles, and a
+store call runs each one at least once and does what its store promises."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import pkgutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+import api
+import textgen_core
+from textgen_cli.redis_server import start_redis
+from textgen_core import scripts
+from textgen_core.batch_store import AsyncBatchStore
+from textgen_core.batches import BatchRecord
+from textgen_core.cache import ResultCache
+from textgen_core.jobs import JobInput, JobRecord, JobStatus, SamplingParams
+from textgen_core.keys import Keys
+from textgen_core.leases import JobLeases
+from textgen_core.store import AsyncJobStore, JobStore, encode_job
+from textgen_core.webhooks.outbox import Outbox, member
+
+OWNER = "owner-1"
+
+
+def _import_all() -> None:
+    """Import every module that could define a script (the engine needs torch and defines none)."""
+    for package in (textgen_core, api):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            if not info.name.startswith("textgen_core.engine"):
+                importlib.import_module(info.name)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    url, proc = start_redis(Path(tmp_path_factory.mktemp("redis")), appendonly=False)
+    try:
+        client = redis.Redis.from_url(url)
+        for _ in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def ran(monkeypatch: pytest.MonkeyPatch) -> set[str]:
+    """The names of the scripts that stores looked up to run during the test."""
+    seen: set[str] = set()
+    original = scripts.Scripts.__getitem__
+
+    def spy(self: scripts.Scripts, name: str) -> object:
+        seen.add(name)
+        return original(self, name)
+
+    monkeypatch.setattr(scripts.Scripts, "__getitem__", spy)
+    return seen
+
+
+def job(**fields: object) -> JobRecord:
+    return JobRecord.new(owner=OWNER, model="m", input=JobInput(prompt="hi"), params=SamplingParams(), **fields)
+
+
+def test_a_store_binding_an_undefined_script_fails_when_it_is_built(redis_url: str) -> None:
+    with pytest.raises(scripts.MissingScript, match="no-such-script"):
+        scripts.Scripts(redis.Redis.from_url(redis_url), "no-such-script")
+    bound = scripts.Scripts(redis.Redis.from_url(redis_url), next(iter(scripts.defined())))
+    with pytest.raises(scripts.MissingScript, match="not bound"):
+        bound["job.requeue"]
+
+
+def test_every_defined_script_compiles(redis_url: str) -> None:
+    _import_all()
+    client = redis.Redis.from_url(redis_url)
+    assert {"job.claim", "job.requeue", "slots.acquire"} <= set(scripts.defined())
+    for name, source in scripts.defined().items():
+        sha = client.script_load(source)
+        assert client.script_exists(sha) == [True], name
+
+
+def test_every_defined_script_runs_through_its_store(redis_url: str, ran: set[str]) -> None:
+    _import_all()
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    sync = redis.Redis.from_url(redis_url, decode_responses=True)
+    _run_worker_side(sync, keys)
+    asyncio.run(_run_api_side(redis_url, keys))
+    assert ran == set(scripts.defined()), f"never run: {sorted(set(scripts.defined()) - ran)}"
+
+
+def _run_worker_side(r: redis.Redis, keys: Keys) -> None:
+    store = JobStore(r, keys, job_ttl=60, stream_ttl=60, stream_maxlen=100, lease_seconds=30)
+    leases = JobLeases(r, keys, lease_seconds=30, ttl=60)
+    record = job()
+    r.hset(keys.job(record.id), mapping=encode_job(record))
+
+    # Held by a task, claimed, handed back (the duplicate-item path), claimed again, finished.
+    with leases.holding(record.id) as token:
+        assert leases.renew() == 1
+        assert store.claim(record.id, worker="w", attempt_token=token, max_attempts=3).owned
+        assert store.requeue(record.id, token, refund_attempt=True)
+        assert store.get(record.id).status is JobStatus.queued  # type: ignore[union-attr]
+        assert store.get(record.id).attempts == 0  # type: ignore[union-attr]
+    assert store.claim(record.id, worker="w", attempt_token="t2", max_attempts=3).owned
+    assert store.finish(record, attempt_token="t2", status=JobStatus.succeeded, fields={"output": "ok"})
+    assert store.get(record.id).output == "ok"  # type: ignore[union-attr]
+
+    # A lease that lapsed: the reaper puts the running job back to queued.
+    lapsed = job()
+    r.hset(keys.job(lapsed.id), mapping=encode_job(lapsed))
+    short = JobLeases(r, keys, lease_seconds=0.01, ttl=60)
+    hasty = JobStore(r, keys, job_ttl=60, stream_ttl=60, stream_maxlen=100, lease_seconds=0.01)
+    with short.holding(lapsed.id) as token:
+        assert hasty.claim(lapsed.id, worker="w", attempt_token=token, max_attempts=3).owned
+        short._held.clear()  # its holder is gone: nothing renews it
+        time.sleep(0.05)
+        reaped = leases.reap()
+    assert [x.job_id for x in reaped] == [lapsed.id]
+    assert store.get(lapsed.id).status is JobStatus.queued  # type: ignore[union-attr]
+
+    # The result cache's lead is released only by its holder.
+    cache = ResultCache(r, keys, profiles={}, wait_seconds=0.1, lead_ttl=10)
+    r.set(keys.cache_lead("d"), "job_a")
+    cache.release_lead("d", "job_b")
+    assert r.get(keys.cache_lead("d")) == "job_a"
+    cache.release_lead("d", "job_a")
+    assert r.get(keys.cache_lead("d")) is None
+
+    # The outbox: flush takes a fresh entry once; the sweeper leases what stayed behind.
+    class Emitter:
+        def emit(self, **kwargs: object) -> str:
+            return "sent"
+
+    outbox = Outbox(r, keys, Emitter(), store, None, lease_seconds=30)  # type: ignore[arg-type]
+    r.zadd(keys.webhook_outbox, {member("job.completed", record.id): time.time() - 10})
+    assert outbox.flush("job.completed", record.id) == "sent"
+    assert outbox.flush("job.completed", record.id) is None  # taken and queued once
+    assert r.zcard(keys.webhook_outbox) == 0
+    r.zadd(keys.webhook_outbox, {member("job.completed", record.id): time.time() - 10})
+    assert outbox.sweep(grace_seconds=1) == 1 and r.zcard(keys.webhook_outbox) == 0
+
+
+async def _run_api_side(url: str, keys: Keys) -> None:
+    from api.slots import RequestSlots
+
+    r = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        store = AsyncJobStore(r, keys, job_ttl=60, stream_ttl=60)
+        queued = job()
+        assert await store.create(queued, max_pending=1) == (True, 1)
+        assert await store.create(job(), max_pending=1) == (False, 1)  # the cap
+        assert await store.cancel(queued.id, OWNER) == "canceled"
+        assert await r.get(keys.pending(OWNER)) is None  # its place is back
+        withdrawn = job()
+        await store.create(withdrawn)
+        await store.delete(withdrawn.id)
+        assert not await r.exists(keys.job(withdrawn.id)) and await r.get(keys.pending(OWNER)) is None
+        hit = job()
+        assert await store.create_finished(hit, fields={"output": "cached"}, history_append=[],
+                                           history_max_turns=5, history_ttl=60)
+        assert (await store.get(hit.id, OWNER)).status is JobStatus.succeeded  # type: ignore[union-attr]
+
+        batches = AsyncBatchStore(r, keys, ttl=60, stream_ttl=60)
+        assert await batches.reserve(OWNER, 3, cap=4) == (True, 3)
+        assert await batches.reserve(OWNER, 2, cap=4) == (False, 3)
+        batch = BatchRecord(id="batch_t", owner=OWNER, model="m", total=3)
+        await batches.create(batch)
+        items = [job(batch_id=batch.id, custom_id=str(i), lane="bulk") for i in range(2)]
+        await batches.add_items(batch.id, items)
+        await batches.start(batch.id)
+        assert (await batches.get(batch.id, OWNER)).status.value == "in_progress"  # type: ignore[union-attr]
+        await batches.request_cancel(batch.id, OWNER, chunk=10)
+        assert (await batches.get(batch.id, OWNER)).status.value in ("cancelling", "canceled")  # type: ignore[union-attr]
+        assert await r.get(keys.pending(OWNER)) == "1"  # the place reserved for the item never written
+        other = BatchRecord(id="batch_u", owner=OWNER, model="m", total=2)
+        assert (await batches.reserve(OWNER, 2, cap=0))[0]
+        await batches.create(other)
+        await batches.add_items(other.id, [job(batch_id=other.id, custom_id="a", lane="bulk")])
+        await batches.delete(other.id, OWNER, unwritten=1)
+        await batches.delete(batch.id, OWNER, unwritten=1)
+        assert await r.get(keys.pending(OWNER)) is None
+
+        slots = RequestSlots(r, keys, limit=1, lease_seconds=30)
+        assert await slots.acquire(OWNER) is not None
+        assert await slots.acquire(OWNER) is None
+    finally:
+        await r.aclose()
