@@ -71,35 +71,20 @@ class RequestGuard:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         path = scope["path"].rstrip("/")
+        rule = self.rules.get(path, self.default)
         try:
             if path.startswith("/v1/"):
                 owner_of(self.settings, key_of(headers.get("authorization"), headers.get("x-api-key")))
-            await self._guarded(scope, receive, send, headers, self.rules.get(path, self.default))
+            admitted = await self._admit(scope, receive, headers, rule)
         except APIError as exc:
             await error_response(exc.status, exc.body, exc.headers)(scope, receive, send)
-
-    async def _guarded(self, scope: Scope, receive: Receive, send: Send, headers: dict[str, str],
-                       rule: BodyRule) -> None:
-        content_type = headers.get("content-type", "")
-        upload = rule.upload_bytes > 0 and content_type.lower().startswith("multipart/form-data")
-        limit = rule.upload_bytes if upload else rule.json_bytes
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise _too_large(limit)
-        if upload:
-            await self._stream(scope, receive, send, limit)
             return
-        body = await _read(receive, limit)
-        if body is None:
+        if admitted is None:
             return  # the client went away
-        if body:
-            if not is_json(content_type):
-                or_upload = " (or upload a file as multipart/form-data)" if rule.upload_bytes else ""
-                raise APIError(400, f"{NOT_JSON}{or_upload}; this body is {content_type.split(';')[0]!r}",
-                               code="unsupported_content_type")
-            parsed = await _parse(body, self.settings.max_json_depth)
-            scope.setdefault("state", {})[PARSED_BODY] = parsed
-
+        if isinstance(admitted, int):
+            await self._stream(scope, receive, send, admitted)
+            return
+        body = admitted
         replayed = False
 
         async def replay() -> Message:
@@ -110,6 +95,27 @@ class RequestGuard:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    async def _admit(self, scope: Scope, receive: Receive, headers: dict[str, str],
+                     rule: BodyRule) -> bytes | int | None:
+        """The checked body; or, for an upload, the limit to stream it under; None if the client left.
+        Raises APIError for a refusal."""
+        content_type = headers.get("content-type", "")
+        upload = rule.upload_bytes > 0 and content_type.lower().startswith("multipart/form-data")
+        limit = rule.upload_bytes if upload else rule.json_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise _too_large(limit)
+        if upload:
+            return limit
+        body = await _read(receive, limit)
+        if body:
+            if not is_json(content_type):
+                or_upload = " (or upload a file as multipart/form-data)" if rule.upload_bytes else ""
+                raise APIError(400, f"{NOT_JSON}{or_upload}; this body is {content_type.split(';')[0]!r}",
+                               code="unsupported_content_type")
+            scope.setdefault("state", {})[PARSED_BODY] = await _parse(body, self.settings.max_json_depth)
+        return body
 
     async def _stream(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         """Pass an upload through as it arrives, counting: past ``limit`` the client gets 413 and
