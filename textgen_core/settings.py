@@ -184,6 +184,12 @@ class Settings(BaseSettings):
             raise ValueError("the development API key must not be used in production: set TEXTGEN_API_KEYS")
         return self
 
+    @property
+    def webhook_allow_loopback(self) -> bool:
+        """Receivers on this machine (``localhost``) are allowed in development, where ``make up`` runs
+        and the README's receiver listens on loopback; other private addresses still need the setting."""
+        return self.webhook_allow_private or self.env == "development"
+
     def model(self, model_id: str) -> ModelSpec | None:
         return next((m for m in self.models if m.id == model_id), None)
 
