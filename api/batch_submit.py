@@ -16,6 +16,7 @@ from anyio import to_thread
 from api.batch_input import BatchInputError
 from api.deps import AppState
 from api.errors import APIError
+from api.metrics import JOBS_SUBMITTED
 from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.batches import BatchRecord, ItemSpec, new_batch_id
 from textgen_core.jobs import JobRecord
@@ -99,6 +100,7 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
         await store.delete(batch.id, owner)
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
+    JOBS_SUBMITTED.labels(model_id, state.keys.queue(model_id, "bulk"), "bulk").inc(written)
     return await store.get(batch.id, owner) or batch
 
 

@@ -92,7 +92,7 @@ def up(
         if redis_proc:
             sup.adopt("redis", redis_proc)
             err.print(f"[dim]no Redis at {settings.redis_url}: started the bundled one at {redis_url}[/]")
-        env = child_env(TEXTGEN_REDIS_URL=redis_url)
+        env = child_env(TEXTGEN_REDIS_URL=redis_url, TEXTGEN_WORKER_METRICS_HOST=host)  # metrics bind as the API does
         sup.start("worker", worker_command(settings, worker_name(None)), env)
         sup.start("webhook-worker", webhook_worker_command(settings, webhook_worker_name()), env)
         sup.start("api", api_command(host, port, settings.log_level), env)

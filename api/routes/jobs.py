@@ -76,7 +76,7 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
     queue = state.keys.queue(model, lane)
-    JOBS_SUBMITTED.labels(model, queue).inc()
+    JOBS_SUBMITTED.labels(model, queue, lane).inc()
     log.info("job accepted", extra={"job_id": job.id, "model": model, "queue": queue, "owner": owner})
     try:  # the job is accepted now: a failed count must not turn into an error for it
         await state.limits.charge_tokens(owner, body.max_tokens, response)
