@@ -23,6 +23,7 @@ from api.routes import (
     batches,
     cache,
     conversations,
+    docs,
     files,
     health,
     jobs,
@@ -92,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Asynchronous text generation: submit jobs, poll or stream results.",
         lifespan=lifespan,
+        docs_url=None,  # api.routes.docs serves both from the package, not a CDN
+        redoc_url=None,
     )
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes,
                        max_json_depth=settings.max_json_depth, upload_paths=("/v1/batches", "/v1/files"),
@@ -102,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     metrics.instrument(app)
     for module in (health, jobs, cache, conversations, batches, files, webhooks, metrics_route, openai_models,
-                   openai_completions, playground):
+                   openai_completions, playground, docs):
         app.include_router(module.router)
     return app
 

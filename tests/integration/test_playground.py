@@ -83,3 +83,42 @@ def test_prompt_streams_into_the_page(stack: Stack, browser: Any) -> None:
     page.screenshot(path=str(ARTIFACTS / "playground-phone.png"), full_page=True)
     assert not errors, errors
     context.close()
+
+
+@pytest.mark.parametrize(("path", "rendered"), [("/docs", ".opblock"), ("/redoc", "[data-section-id]")])
+def test_the_api_docs_render_with_no_network(stack: Stack, browser: Any, path: str, rendered: str) -> None:
+    """Every request the page makes outside the stack is refused, as on an air-gapped machine;
+    the docs must still list the operations, and must not even have tried to reach elsewhere."""
+    context = browser.new_context()
+    page = context.new_page()
+    local, external = [], []
+
+    def only_the_stack(route: Any) -> None:
+        url = route.request.url
+        if url.startswith(stack.url):
+            local.append(url)
+            route.continue_()
+        else:
+            external.append(url)
+            route.abort("internetdisconnected")
+
+    page.route("**/*", only_the_stack)
+    page.goto(stack.url + path)
+    page.wait_for_selector(rendered, timeout=60_000)
+    if path == "/docs":
+        operations = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent)")
+        assert any("/v1/jobs" in op for op in operations), operations
+    else:
+        assert "Submit a generation job" in (page.text_content("body") or "")
+    assert not external, external
+    assert any("/openapi.json" in url for url in local)
+    context.close()
+
+
+def test_the_favicon_and_doc_assets_are_served(stack: Stack) -> None:
+    icon = httpx.get(f"{stack.url}/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/x-icon"
+    assert icon.content.startswith(b"\x00\x00\x01\x00")  # an ICO header
+    css = httpx.get(f"{stack.url}/docs/assets/swagger-ui.css")
+    assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
+    assert httpx.get(f"{stack.url}/docs/assets/other.js").json()["error"]["code"] == "file_not_found"
