@@ -16,6 +16,7 @@ from api.errors import CREATE_RESPONSES, ERROR_RESPONSES, APIError, not_found
 from api.idempotency import IdempotencyDep
 from api.job_follow import BLOCK_MS
 from api.metrics import JOBS_SUBMITTED
+from api.model_check import model_not_found
 from api.refused_jobs import withdraw_later
 from api.schemas import JobCreate, JobOut
 from api.webhooks import check_webhook_url
@@ -43,7 +44,7 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
     """
     model = body.model or state.settings.default_model
     if state.settings.model(model) is None:
-        raise APIError(404, f"model '{model}' not found", code="model_not_found", param="model")
+        raise model_not_found(state.settings, model)
     if body.webhook:
         await check_webhook_url(state, owner, body.webhook)
     job_input = JobInput(prompt=body.prompt, messages=body.messages, raw=raw)
