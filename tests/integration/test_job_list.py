@@ -14,7 +14,7 @@ from tests.conftest import IDLE_MODEL, Stack, wait_job
 from textgen_cli.redis_server import start_redis
 from textgen_core import job_index
 from textgen_core.job_index import AsyncJobIndex, index_jobs
-from textgen_core.jobs import JobRecord
+from textgen_core.jobs import JobInput, JobRecord, SamplingParams
 from textgen_core.keys import Keys
 from textgen_core.store import encode_job
 
@@ -101,7 +101,8 @@ def test_a_page_reads_a_bounded_number_of_jobs_and_says_where_to_go_on(tmp_path:
 
     async def scenario() -> list[tuple[list[str], bool, str | None]]:
         client = aioredis.Redis.from_url(url, decode_responses=True)
-        jobs = [JobRecord.new(owner="o", model="m", lane="bulk" if i % 5 else "interactive") for i in range(11)]
+        jobs = [JobRecord.new(owner="o", model="m", lane="bulk" if i % 5 else "interactive",
+                              input=JobInput(prompt=str(i)), params=SamplingParams()) for i in range(11)]
         for i, job in enumerate(jobs):
             job.timings.created_at = 1_000_000_000 + i  # oldest first
         async with client.pipeline(transaction=False) as pipe:
