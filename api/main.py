@@ -93,8 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Asynchronous text generation: submit jobs, poll or stream results.",
         lifespan=lifespan,
-        docs_url=None,  # api.routes.docs serves both from the package, not a CDN
-        redoc_url=None,
+        docs_url=None,  # api.routes.docs serves Swagger UI from the package, not a CDN
+        redoc_url=None,  # ReDoc's page loads its logo from a CDN
     )
     app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes,
                        max_json_depth=settings.max_json_depth, upload_paths=("/v1/batches", "/v1/files"),

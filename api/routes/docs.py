@@ -1,6 +1,6 @@
-"""Interactive API docs at ``/docs`` (Swagger UI) and ``/redoc``, with their scripts and styles
-served from the ``fastapi-offline`` package instead of a CDN, so they render on a machine
-without internet, as the playground does."""
+"""Interactive API docs at ``/docs`` (Swagger UI), with its script and styles served from the
+``fastapi-offline`` package instead of a CDN, so they render on a machine without internet, as
+the playground does. ReDoc is not served: its page fetches its logo from its own CDN."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from pathlib import Path
 
 import fastapi_offline
 from fastapi import APIRouter, Request
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
 
 from api.errors import not_found
 
 ASSETS_DIR = Path(fastapi_offline.__file__).resolve().parent / "static"
-ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css",
-          "redoc.standalone.js": "text/javascript"}
+ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
 ASSETS_URL = "/docs/assets"
 OAUTH2_REDIRECT_URL = "/docs/oauth2-redirect"
 # The assets change only with the package version; a day is long enough to spare reloads.
@@ -42,14 +41,6 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 @router.get(OAUTH2_REDIRECT_URL)
 async def swagger_ui_redirect() -> HTMLResponse:
     return get_swagger_ui_oauth2_redirect_html()
-
-
-@router.get("/redoc")
-async def redoc(request: Request) -> HTMLResponse:
-    root = _root(request)
-    return get_redoc_html(openapi_url=f"{root}{request.app.openapi_url}", title=f"{request.app.title} - ReDoc",
-                          redoc_js_url=f"{root}{ASSETS_URL}/redoc.standalone.js",
-                          redoc_favicon_url=f"{root}/favicon.ico", with_google_fonts=False)
 
 
 @router.get(f"{ASSETS_URL}/{{name}}")

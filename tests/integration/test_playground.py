@@ -85,8 +85,7 @@ def test_prompt_streams_into_the_page(stack: Stack, browser: Any) -> None:
     context.close()
 
 
-@pytest.mark.parametrize(("path", "rendered"), [("/docs", ".opblock"), ("/redoc", "[data-section-id]")])
-def test_the_api_docs_render_with_no_network(stack: Stack, browser: Any, path: str, rendered: str) -> None:
+def test_the_api_docs_render_with_no_network(stack: Stack, browser: Any) -> None:
     """Every request the page makes outside the stack is refused, as on an air-gapped machine;
     the docs must still list the operations, and must not even have tried to reach elsewhere."""
     context = browser.new_context()
@@ -103,13 +102,11 @@ def test_the_api_docs_render_with_no_network(stack: Stack, browser: Any, path: s
             route.abort("internetdisconnected")
 
     page.route("**/*", only_the_stack)
-    page.goto(stack.url + path)
-    page.wait_for_selector(rendered, timeout=60_000)
-    if path == "/docs":
-        operations = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent)")
-        assert any("/v1/jobs" in op for op in operations), operations
-    else:
-        assert "Submit a generation job" in (page.text_content("body") or "")
+    page.goto(stack.url + "/docs")
+    page.wait_for_selector(".opblock", timeout=60_000)
+    operations = page.eval_on_selector_all(
+        ".opblock-summary-path", "els => els.map(e => e.textContent.replace(/\\u200b/g, ''))")
+    assert "/v1/jobs" in operations and "/v1/chat/completions" in operations, operations
     assert not external, external
     assert any("/openapi.json" in url for url in local)
     context.close()
@@ -122,3 +119,4 @@ def test_the_favicon_and_doc_assets_are_served(stack: Stack) -> None:
     css = httpx.get(f"{stack.url}/docs/assets/swagger-ui.css")
     assert css.status_code == 200 and css.headers["content-type"].startswith("text/css")
     assert httpx.get(f"{stack.url}/docs/assets/other.js").json()["error"]["code"] == "file_not_found"
+    assert httpx.get(f"{stack.url}/redoc").status_code == 404  # not served: its page needs a CDN
