@@ -74,7 +74,7 @@ def test_unknown_model_is_404(client: httpx.Client) -> None:
     assert error["code"] == "model_not_found"
     # The error names the models that are served, so the caller can correct the name at once.
     assert error["message"] == f"model 'llama3' not found; models served: {DEFAULT_MODEL_ID}, {IDLE_MODEL}"
-    batch = client.post("/v1/batches", json={"model": "llama3", "items": [{"prompt": "hi"}]})
+    batch = client.post("/v1/batches", json={"model": "llama3", "items": [{"custom_id": "a", "prompt": "hi"}]})
     assert assert_envelope(batch, 404, "model")["message"] == error["message"]
 
 
