@@ -86,9 +86,14 @@ def readme_webhook_commands() -> list[str]:
 def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """A stack with ``make up``'s defaults: development, the dev key, no TEXTGEN_WEBHOOK_ALLOW_PRIVATE."""
     root = tmp_path_factory.mktemp("devstack")
-    with launch_stack(root, [{"id": DEFAULT_MODEL_ID, "max_batch": 4}], DEFAULT_MODEL_ID, TEXTGEN_ENV="development",
-                      TEXTGEN_API_KEYS=DEV_KEY, TEXTGEN_WEBHOOK_ALLOW_PRIVATE="false",
-                      TEXTGEN_WEBHOOK_SECRETS="{}") as st:
+    with launch_stack(root, [{"id": DEFAULT_MODEL_ID, "max_batch": 4}], DEFAULT_MODEL_ID) as st:
+        # The API and the webhook worker are the processes that check receivers: restart both as make up runs them.
+        st.stop("webhooks")
+        st.stop("api")
+        st.env = {**st.env, "TEXTGEN_ENV": "development", "TEXTGEN_API_KEYS": DEV_KEY,
+                  "TEXTGEN_WEBHOOK_ALLOW_PRIVATE": "false", "TEXTGEN_WEBHOOK_SECRETS": "{}"}
+        st.start_webhook_worker("webhooks-dev")
+        st.url = st.start_api("api-dev")
         yield st
 
 
@@ -136,5 +141,5 @@ def test_the_readme_webhook_example_runs_as_printed_under_make_up_defaults(dev_s
         refused = client.post("/v1/jobs", json={"prompt": "hi", "webhook": "http://10.1.2.3/"})
     assert refused.status_code == 422
     assert "TEXTGEN_WEBHOOK_ALLOW_PRIVATE=true" in refused.json()["error"]["message"]
-    api_log = (dev_stack.logs / "api.log").read_text()
+    api_log = (dev_stack.logs / "api-dev.log").read_text()
     assert api_log.count("webhooks to loopback receivers (localhost) are allowed") == 1
