@@ -67,7 +67,11 @@ def jobs(
     if as_json:
         print(json.dumps(page, indent=2))
         return
-    table = Table("id", "status", "lane", "created", "prompt", box=None)
+    table = Table(box=None)
+    table.add_column("id", no_wrap=True, min_width=28)  # whole, to paste into other commands
+    for name, width in (("status", 9), ("lane", 11), ("created", 7)):
+        table.add_column(name, no_wrap=True, min_width=width)
+    table.add_column("prompt", no_wrap=True, overflow="ellipsis")
     for job in page["data"]:
         table.add_row(job["id"], job["status"], job["lane"], _age(job["timings"]["created_at"]), _preview(job))
     out.print(table if page["data"] else "no jobs")
