@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,19 +60,32 @@ def test_prompt_streams_into_the_page(stack: Stack, browser: Any) -> None:
     # Record every length the reply passes through, to see it grow while streaming.
     page.evaluate("""() => {
         window.lengths = [];
+        window.badges = [];
         new MutationObserver(() => {
             const el = document.querySelector('.msg.assistant');
             if (el) window.lengths.push(el.textContent.length);
+            const badge = document.querySelector('#jobs li');
+            if (el && el.textContent.length && el.dataset.done !== 'true' && badge) {
+                window.badges.push(badge.dataset.status);
+            }
         }).observe(document.querySelector('#transcript'), {subtree: true, childList: true, characterData: true});
     }""")
+    # Hold the page's job polls until the reply is done: the badge must follow the stream itself.
+    held: list[Any] = []
+    job_poll = re.compile(r".*/v1/jobs/job_[0-9a-f]+$")
+    page.route(job_poll, lambda route: held.append(route))
     page.fill("#prompt", "Name three colours of the rainbow.")
     page.press("#prompt", "Control+Enter")
     page.wait_for_selector(".msg.assistant[data-done=true]", timeout=240_000)
+    assert held, "the page polled its job while the reply streamed"
+    page.unroute(job_poll)  # lets the held polls through
     reply = page.text_content(".msg.assistant") or ""
     lengths = [n for n in page.evaluate("window.lengths") if n > 0]
     print(f"reply ({len(set(lengths))} visible updates): {reply!r}")
     assert reply.strip()
     assert len(set(lengths)) >= 2, "the reply appeared piece by piece"
+    badges = set(page.evaluate("window.badges"))
+    assert badges and "queued" not in badges, f"the job's badge while its text streamed: {badges}"
     assert page.text_content("#notice", timeout=5_000).startswith("Done")  # type: ignore[union-attr]
     # The job shows up in the recent-jobs panel and reaches succeeded.
     page.wait_for_selector("#jobs li[data-status=succeeded]", timeout=30_000)
