@@ -4,6 +4,7 @@ and write the results; ``--id`` re-attaches to a batch that is already running."
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
@@ -42,7 +43,8 @@ def _follow(client: httpx.Client, batch: dict, poll: float) -> dict:
     task = progress.add_task("batch", total=batch["request_counts"]["total"], completed=done_count(batch),
                              **fields(batch))
     try:
-        with progress:
+        # Off a terminal (a log, a pipe) nothing redraws: only the last line is written, below.
+        with progress if err.is_terminal else nullcontext():
             while True:
                 progress.update(task, completed=done_count(batch), **fields(batch))
                 if batch["status"] in TERMINAL:
