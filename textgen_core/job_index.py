@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -61,11 +61,11 @@ class AsyncJobIndex:
             rank = await self.r.zrevrank(key, after)
             if rank is None:
                 raise CursorNotFound(after)
-            start = rank + 1
+            start = int(cast(int, rank)) + 1
         out: list[JobRecord] = []
-        scanned, last_seen = 0, None
+        scanned, last_seen = 0, cast(str | None, None)
         while len(out) <= limit and scanned < SCAN_MAX:
-            ids = await self.r.zrevrange(key, start, start + min(limit + 1, SCAN_MAX - scanned) - 1)
+            ids = cast(list[str], await self.r.zrevrange(key, start, start + min(limit + 1, SCAN_MAX - scanned) - 1))
             if not ids:
                 return out, False, out[-1].id if out else None
             start += len(ids)
