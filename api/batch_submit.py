@@ -22,6 +22,8 @@ from redis.exceptions import RedisError
 from api.batch_input import BatchInputError
 from api.deps import AppState
 from api.errors import APIError
+from api.metrics import JOBS_SUBMITTED
+from api.model_check import model_not_found
 from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.batches import BatchRecord, ItemSpec, new_batch_id
 from textgen_core.jobs import JobRecord
@@ -101,7 +103,7 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
     settings = state.settings
     default_model = model or settings.default_model
     if settings.model(default_model) is None:
-        raise APIError(404, f"model '{default_model}' not found", code="model_not_found", param="model")
+        raise model_not_found(settings, default_model)
     total, model_id, tokens = await to_thread.run_sync(
         lambda: _check(source, settings.batch_max_items, default_model, lambda m: settings.model(m) is not None,
                        what))
@@ -135,6 +137,7 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
         await state.limits.charge_tokens(owner, tokens)
     except RedisError as exc:
         log.warning("token budget of batch %s not counted: %s", batch.id, exc)
+    JOBS_SUBMITTED.labels(model_id, state.keys.queue(model_id, "bulk"), "bulk").inc(written)
     return await store.get(batch.id, owner) or batch
 
 

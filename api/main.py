@@ -23,6 +23,7 @@ from api.routes import (
     batches,
     cache,
     conversations,
+    docs,
     files,
     health,
     jobs,
@@ -92,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Asynchronous text generation: submit jobs, poll or stream results.",
         lifespan=lifespan,
+        docs_url=None,  # api.routes.docs serves Swagger UI from the package, not a CDN
+        redoc_url=None,  # ReDoc's page loads its logo from a CDN
     )
     uploads = BodyRule(json_bytes=settings.batch_json_max_bytes, upload_bytes=settings.batch_file_max_bytes)
     app.add_middleware(RequestGuard, settings=settings, rules={"/v1/batches": uploads, "/v1/files": uploads})
@@ -101,7 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     metrics.instrument(app)
     for module in (health, jobs, cache, conversations, batches, files, webhooks, metrics_route, openai_models,
-                   openai_completions, playground):
+                   openai_completions, playground, docs):
         app.include_router(module.router)
     return app
 

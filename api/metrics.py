@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 disable_created_metrics()  # the *_created series only double what Prometheus stores
 
-JOBS_SUBMITTED = Counter("textgen_jobs_submitted", "Jobs accepted (202) and enqueued.", ("model", "queue"))
+JOBS_SUBMITTED = Counter("textgen_jobs_submitted", "Jobs accepted (202) and enqueued, batch items included.",
+                         ("model", "queue", "lane"))
 AUTH_FAILURES = Counter("textgen_api_auth_failures", "Requests refused for a missing or unknown API key.",
                         ("reason",))
 RATE_LIMITED = Counter("textgen_api_rate_limited", "Requests refused with 429 by the rate limiter.", ("route",))

@@ -99,6 +99,16 @@ class JobOut(Job):
         return cls(**data, links=job_links(job.id))
 
 
+class JobList(BaseModel):
+    """A page of the caller's jobs, newest first; ``has_more``: continue with ``after=last_id``."""
+
+    object: Literal["list"] = "list"
+    data: list[JobOut]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
 class Conversation(BaseModel):
     id: str
     object: Literal["conversation"] = "conversation"

@@ -32,6 +32,10 @@ def install_webhooks(state: AppState) -> None:
             await outbox.flush("batch.completed", batch_id)
 
     state.store.on_terminal = completed
+    settings = state.settings
+    if settings.webhook_allow_loopback and not settings.webhook_allow_private:
+        log.warning("webhooks to loopback receivers (localhost) are allowed because TEXTGEN_ENV=%s; other private "
+                    "addresses need TEXTGEN_WEBHOOK_ALLOW_PRIVATE=true", settings.env)
 
 
 async def flush_batch_completed(state: AppState, batch_id: str) -> None:
@@ -47,7 +51,7 @@ async def flush_batch_completed(state: AppState, batch_id: str) -> None:
 async def check_webhook_url(state: AppState, owner: str, url: str) -> None:
     """422 naming ``webhook`` for a URL that will not be delivered to (DNS resolved off the loop)."""
     try:
-        await resolve_async(url, state.settings.webhook_allow_private)
+        await resolve_async(url, state.settings.webhook_allow_private, state.settings.webhook_allow_loopback)
     except UnsafeWebhookURL as exc:
         raise APIError(422, f"webhook: {exc}", code="webhook_url_refused", param="webhook") from exc
     if await state.redis.exists(state.keys.webhook_disabled(owner, url_digest(url))):

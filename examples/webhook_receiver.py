@@ -1,6 +1,6 @@
 """A minimal textgen webhook receiver: verifies Standard Webhooks signatures, drops duplicates.
 
-    python examples/webhook_receiver.py --port 9000 --secret "$(curl -s localhost:8000/v1/webhooks/secret \\
+    .venv/bin/python examples/webhook_receiver.py --port 9000 --secret "$(curl -s localhost:8000/v1/webhooks/secret \\
         -H 'Authorization: Bearer tg-dev-key' | python3 -c 'import json,sys; print(json.load(sys.stdin)["secret"])')"
 
 Retries of one event carry the same ``webhook-id``, so a receiver that remembers the ids it has

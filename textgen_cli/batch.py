@@ -4,16 +4,17 @@ and write the results; ``--id`` re-attaches to a batch that is already running."
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Annotated
 
 import httpx
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from textgen_cli.batch_progress import TERMINAL, batch_progress, done_count, fields, summary
 
 err = Console(stderr=True)
-TERMINAL = ("completed", "failed", "canceled", "cancelled")
 
 
 def _fail(resp: httpx.Response) -> typer.Exit:
@@ -36,32 +37,25 @@ def _submit(client: httpx.Client, path: Path, fields: dict[str, str]) -> dict:
     return resp.json()
 
 
-def _rate_and_eta(batch: dict) -> str:
-    rate, eta = batch.get("items_per_second"), batch.get("eta_seconds")
-    parts = [f"{rate:.2f} items/s" if rate else "-- items/s"]
-    parts.append(f"ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}" if eta is not None else "ETA --")
-    counts = batch["request_counts"]
-    if counts["failed"]:
-        parts.append(f"[red]{counts['failed']} failed[/]")
-    return "  ".join(parts)
-
-
 def _follow(client: httpx.Client, batch: dict, poll: float) -> dict:
-    counts = batch["request_counts"]
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("{task.fields[info]}"), console=err) as progress:
-        task = progress.add_task(batch["id"], total=counts["total"], info="")
-        while True:
-            counts = batch["request_counts"]
-            done = counts["completed"] + counts["failed"] + counts["canceled"]
-            progress.update(task, completed=done, info=f"{batch['status']}  {_rate_and_eta(batch)}")
-            if batch["status"] in TERMINAL:
-                return batch
-            time.sleep(poll)
-            resp = client.get(f"/v1/batches/{batch['id']}")
-            if resp.status_code != 200:
-                raise _fail(resp)
-            batch = resp.json()
+    """Show progress until the batch ends; on Ctrl-C, print the last line once and re-raise."""
+    progress = batch_progress(err)
+    task = progress.add_task("batch", total=batch["request_counts"]["total"], completed=done_count(batch),
+                             **fields(batch))
+    try:
+        # Off a terminal (a log, a pipe) nothing redraws: only the last line is written, below.
+        with progress if err.is_terminal else nullcontext():
+            while True:
+                progress.update(task, completed=done_count(batch), **fields(batch))
+                if batch["status"] in TERMINAL:
+                    return batch
+                time.sleep(poll)
+                resp = client.get(f"/v1/batches/{batch['id']}")
+                if resp.status_code != 200:
+                    raise _fail(resp)
+                batch = resp.json()
+    finally:
+        err.print(summary(progress, task, batch["status"]), highlight=False)
 
 
 def _download(client: httpx.Client, batch_id: str, output: Path) -> None:
@@ -90,6 +84,7 @@ def run_batch(
             if resp.status_code != 200:
                 raise _fail(resp)
             batch = resp.json()
+            err.print(f"following [bold]{batch['id']}[/] ({batch['request_counts']['total']} items)")
         elif input_file is not None:
             batch = _submit(client, input_file, fields)
             err.print(f"submitted [bold]{batch['id']}[/] ({batch['request_counts']['total']} items)")
@@ -99,7 +94,8 @@ def run_batch(
         try:
             batch = _follow(client, batch, poll)
         except KeyboardInterrupt:
-            err.print(f"\nthe batch keeps running; re-attach with:\n  textgen batch --id {batch['id']} -o {output}")
+            err.print("the batch keeps running; re-attach with:\n"
+                      f"  .venv/bin/textgen batch --id {batch['id']} -o {output}", highlight=False)
             raise typer.Exit(130) from None
         _download(client, batch["id"], output)
     counts = batch["request_counts"]

@@ -17,6 +17,9 @@ import typer
 from rich.console import Console
 
 from textgen_cli import batch as batch_cli
+from textgen_cli import chat as chat_cli
+from textgen_cli import client_commands
+from textgen_cli.client import stream_job
 from textgen_cli.processes import (
     api_command,
     child_env,
@@ -92,7 +95,7 @@ def up(
         if redis_proc:
             sup.adopt("redis", redis_proc)
             err.print(f"[dim]no Redis at {settings.redis_url}: started the bundled one at {redis_url}[/]")
-        env = child_env(TEXTGEN_REDIS_URL=redis_url)
+        env = child_env(TEXTGEN_REDIS_URL=redis_url, TEXTGEN_WORKER_METRICS_HOST=host)  # metrics bind as the API does
         sup.start("worker", worker_command(settings, worker_name(None)), env)
         sup.start("webhook-worker", webhook_worker_command(settings, webhook_worker_name()), env)
         sup.start("api", api_command(host, port, settings.log_level), env)
@@ -235,6 +238,7 @@ def submit(
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
     conversation: Annotated[str | None, typer.Option(help="conversation_id to continue.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole job record.")] = False,
+    stream: Annotated[bool, typer.Option("--stream", help="Print the text as it is generated.")] = False,
 ) -> None:
     """Submit a job, wait for it, and print the generated text."""
     headers = {"Authorization": f"Bearer {_api_key(api_key)}"}
@@ -249,12 +253,16 @@ def submit(
             err.print(f"[red]{resp.status_code}[/] {resp.text}")
             raise typer.Exit(1)
         job = resp.json()
+        if stream:
+            job = stream_job(client, job["id"], lambda text: print(text, end="", flush=True)) or job
+            print(flush=True)
         while job["status"] in ("queued", "running"):
             job = client.get(f"/v1/jobs/{job['id']}", params={"wait": 60}).json()
     if as_json:
         print(json.dumps(job, indent=2))
     elif job["status"] == "succeeded":
-        print(job["output"])
+        if not stream:
+            print(job["output"])
     else:
         err.print(f"[red]job {job['status']}[/]: {job.get('error')}")
         raise typer.Exit(1)
@@ -279,6 +287,10 @@ def batch(
                                                    ("temperature", temperature), ("seed", seed))
               if value is not None}
     batch_cli.run_batch(url, _api_key(api_key), input_file, output, batch_id, fields, poll)
+
+
+client_commands.register(app)
+chat_cli.register(app)
 
 
 def main() -> None:  # pragma: no cover

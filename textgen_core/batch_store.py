@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from textgen_core.batches import BatchRecord, BatchStatus
+from textgen_core.job_index import index_jobs
 from textgen_core.jobs import JobRecord
 from textgen_core.keys import Keys
 from textgen_core.pending import RESERVE, UNRESERVE, WITHDRAW
@@ -83,6 +84,7 @@ class AsyncBatchStore:
                 pipe.expire(self.keys.job(job.id), self.ttl)
             pipe.rpush(ids_key, *[job.id for job in jobs])
             pipe.expire(ids_key, self.ttl)
+            index_jobs(pipe, self.keys, jobs, self.ttl)  # GET /v1/jobs lists batch items too
             await pipe.execute()
 
     async def start(self, batch_id: str) -> None:

@@ -104,6 +104,11 @@ class Keys:
         """Set: ids of batches not yet terminal. Owner: the settle script removes a batch when it ends."""
         return f"{self.prefix}:batches:active"
 
+    def owner_jobs(self, owner: str) -> str:
+        """Sorted set: a caller's job ids by creation time (``GET /v1/jobs``; textgen_core/job_index.py).
+        TTL: settings.job_ttl_seconds, refreshed on every add, which also drops members that old."""
+        return f"{self.prefix}:jobs:owner:{owner}"
+
     def owner_batches(self, owner: str) -> str:
         """Sorted set: a caller's batch ids by creation time. TTL: settings.job_ttl_seconds, refreshed."""
         return f"{self.prefix}:batches:owner:{owner}"

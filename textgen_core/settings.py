@@ -111,6 +111,9 @@ class Settings(BaseSettings):
     # Observability and deployment: metrics, logs, Flower
     # Each worker process serves Prometheus metrics on this port (+1 per extra GPU with --gpus); 0 = off.
     worker_metrics_port: int = Field(default=9101, ge=0, le=65535)
+    # Where they listen: loopback, like the API's default bind (`textgen up --host` passes its own);
+    # a container that Prometheus scrapes from outside sets 0.0.0.0.
+    worker_metrics_host: str = "127.0.0.1"
     log_format: Literal["json", "text"] = "json"  # the level is log_level
     flower_port: int = Field(default=5555, ge=1, le=65535)
     flower_basic_auth: str = Field(default=FLOWER_DEV_AUTH, pattern=r"^[^:]+:.+$")  # user:password
@@ -188,6 +191,12 @@ class Settings(BaseSettings):
         if self.env == "production" and DEV_API_KEY in self.api_keys:
             raise ValueError("the development API key must not be used in production: set TEXTGEN_API_KEYS")
         return self
+
+    @property
+    def webhook_allow_loopback(self) -> bool:
+        """Receivers on this machine (``localhost``) are allowed in development, where ``make up`` runs
+        and the README's receiver listens on loopback; other private addresses still need the setting."""
+        return self.webhook_allow_private or self.env == "development"
 
     def model(self, model_id: str) -> ModelSpec | None:
         return next((m for m in self.models if m.id == model_id), None)

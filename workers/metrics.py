@@ -63,15 +63,15 @@ def _gpu_memory(worker: str) -> Iterable[GaugeMetricFamily]:
     yield total
 
 
-def serve_metrics(runtime: Runtime, port: int) -> int | None:
+def serve_metrics(runtime: Runtime, port: int, host: str = "127.0.0.1") -> int | None:
     """Start the metrics endpoint; a busy port is logged, never fatal (the worker still serves jobs)."""
     REGISTRY.register(RuntimeCollector(runtime))
     if not port:
         return None
     try:
-        start_http_server(port)
+        start_http_server(port, addr=host)
     except OSError as exc:
         log.error("worker metrics port %s unavailable: %s", port, exc, extra={"port": port})
         return None
-    log.info("worker metrics on port %s", port, extra={"port": port})
+    log.info("worker metrics on %s:%s", host, port, extra={"port": port, "host": host})
     return port

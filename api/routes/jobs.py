@@ -6,7 +6,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
 from redis.exceptions import RedisError
@@ -17,15 +17,21 @@ from api.errors import CREATE_RESPONSES, ERROR_RESPONSES, APIError, not_found
 from api.idempotency import IdempotencyDep
 from api.job_follow import BLOCK_MS
 from api.metrics import JOBS_SUBMITTED
+from api.model_check import model_not_found
 from api.refused_jobs import withdraw_later
-from api.schemas import JobCreate, JobOut
+from api.schemas import JobCreate, JobList, JobOut
 from api.webhooks import check_webhook_url
 from textgen_core import metrics
+from textgen_core.job_index import AsyncJobIndex, CursorNotFound
 from textgen_core.jobs import JobInput, JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
+
+
+def job_index(state: AppState) -> AsyncJobIndex:
+    return AsyncJobIndex(state.redis, state.keys, ttl=state.settings.job_ttl_seconds)
 
 
 async def _owned(state: AppState, job_id: str, owner: str) -> JobRecord:
@@ -44,7 +50,7 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
     """
     model = body.model or state.settings.default_model
     if state.settings.model(model) is None:
-        raise APIError(404, f"model '{model}' not found", code="model_not_found", param="model")
+        raise model_not_found(state.settings, model)
     if body.webhook:
         await check_webhook_url(state, owner, body.webhook)
     job_input = JobInput(prompt=body.prompt, messages=body.messages, raw=raw)
@@ -59,6 +65,7 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
         state.cache.mark(state, job, body.cache)
         if await state.cache.answer(state, [job]):  # a cache hit: finished already, nothing to queue
             log.info("job answered from cache", extra={"job_id": job.id, "model": model, "owner": owner})
+            await job_index(state).add([job])
             return await state.store.get(job.id, owner) or job
     cap = state.settings.max_queued_jobs_per_key
     try:
@@ -77,8 +84,12 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
         await state.store.delete(job.id)
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
+    try:  # accepted and queued: a failed index write only leaves it out of GET /v1/jobs
+        await job_index(state).add([job])
+    except RedisError as exc:
+        log.warning("job %s not indexed for listing: %s", job.id, exc)
     queue = state.keys.queue(model, lane)
-    JOBS_SUBMITTED.labels(model, queue).inc()
+    JOBS_SUBMITTED.labels(model, queue, lane).inc()
     log.info("job accepted", extra={"job_id": job.id, "model": model, "queue": queue, "owner": owner})
     try:  # the job is accepted now: a failed count must not turn into an error for it
         await state.limits.charge_tokens(owner, body.max_tokens, response)
@@ -97,6 +108,33 @@ async def create_job(body: JobCreate, owner: OwnerDep, state: StateDep, response
     out = await idem.run(body, create, JobOut)
     response.headers["Location"] = f"/v1/jobs/{out.id}"
     return out
+
+
+@router.get("", response_model=JobList, summary="List your jobs, newest first",
+            description="Cursor paging: pass the page's `last_id` as `after` while `has_more` is true. A page "
+                        "reads at most 1000 jobs, so a filter that matches few may return fewer than `limit` "
+                        "with `has_more` true; `last_id` then names the last job it looked at.")
+async def list_jobs(
+    owner: OwnerDep,
+    state: StateDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
+    after: Annotated[str | None, Query(description="A job id (`last_id` of the previous page): list the jobs "
+                                       "after it.")] = None,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
+    lane: Annotated[Literal["interactive", "bulk"] | None, Query(
+        description="interactive (single jobs) or bulk (batch items).")] = None,
+    batch_id: Annotated[str | None, Query(description="Only the items of this batch.")] = None,
+) -> JobList:
+    def wanted(job: JobRecord) -> bool:
+        return ((status is None or job.status is status) and (lane is None or job.lane == lane)
+                and (batch_id is None or job.batch_id == batch_id))
+
+    try:
+        jobs, more, cursor = await job_index(state).page(owner, limit, after, wanted)
+    except CursorNotFound as exc:
+        raise APIError(400, f"after: no job {after!r} in your list", code="invalid_cursor", param="after") from exc
+    data = [JobOut.of(job) for job in jobs]
+    return JobList(data=data, first_id=data[0].id if data else None, last_id=cursor, has_more=more)
 
 
 @router.get("/{job_id}", response_model=JobOut, summary="Read a job; ?wait=N holds until it ends")

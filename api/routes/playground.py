@@ -25,6 +25,11 @@ async def page() -> FileResponse:
     return FileResponse(STATIC / "index.html", media_type="text/html", headers=NO_CACHE)
 
 
+@router.get("/favicon.ico")
+async def favicon() -> FileResponse:
+    return FileResponse(STATIC / "favicon.ico", media_type="image/x-icon", headers={"Cache-Control": "max-age=86400"})
+
+
 @router.get("/static/{name}")
 async def asset(name: str) -> FileResponse:
     if name not in ASSETS:

@@ -122,12 +122,14 @@ async function send() {
     const resp = await fetch(url, { method: "POST", headers: headers(), body: JSON.stringify(body),
                                     signal: state.controller.signal });
     if (!resp.ok) throw new Error(await errorText(resp));
-    for (const id of (resp.headers.get("X-Job-Ids") || "").split(",").filter(Boolean)) remember(id);
+    const ids = (resp.headers.get("X-Job-Ids") || "").split(",").filter(Boolean);
+    for (const id of ids) remember(id);
     let finish = "";
     for await (const chunk of events(resp)) {
       if (chunk.error) throw new Error(chunk.error.message);
       for (const choice of chunk.choices) {
         const piece = state.kind === "chat" ? (choice.delta.content || "") : choice.text;
+        if (piece && !reply) markRunning(ids);  // text is streaming: a worker has the job
         reply += piece;
         out.textContent = reply;
         if (choice.finish_reason) finish = choice.finish_reason;
@@ -163,6 +165,11 @@ function remember(id) {
   renderJobs();
 }
 
+function markRunning(ids) {
+  store.jobs = store.jobs.map((j) => (ids.includes(j.id) && j.status === "queued" ? { ...j, status: "running" } : j));
+  renderJobs();
+}
+
 function renderJobs() {
   $("jobs").replaceChildren(...store.jobs.map((j) => {
     const li = document.createElement("li");
@@ -183,7 +190,8 @@ async function refreshJobs() {
     if (resp.status === 404) { j.status = "expired"; return; }
     if (!resp.ok) return;
     const job = await resp.json();
-    j.status = job.status;
+    // A poll answered before the worker claimed the job must not undo what the stream showed.
+    if (!(j.status === "running" && job.status === "queued")) j.status = job.status;
     j.usage = job.usage;
   }));
   const fresh = new Map(jobs.map((j) => [j.id, j]));

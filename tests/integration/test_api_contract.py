@@ -8,7 +8,8 @@ import sys
 import httpx
 import pytest
 
-from tests.conftest import KEY_A, KEY_B, Stack, wait_job
+from tests.conftest import IDLE_MODEL, KEY_A, KEY_B, Stack, wait_job
+from textgen_core.settings import DEFAULT_MODEL_ID
 
 pytestmark = pytest.mark.integration
 
@@ -69,8 +70,12 @@ def test_unknown_job_cancel_and_conversation_are_404(client: httpx.Client) -> No
 
 
 def test_unknown_model_is_404(client: httpx.Client) -> None:
-    error = assert_envelope(client.post("/v1/jobs", json={"prompt": "hi", "model": "gpt-17"}), 404, "model")
+    error = assert_envelope(client.post("/v1/jobs", json={"prompt": "hi", "model": "llama3"}), 404, "model")
     assert error["code"] == "model_not_found"
+    # The error names the models that are served, so the caller can correct the name at once.
+    assert error["message"] == f"model 'llama3' not found; models served: {DEFAULT_MODEL_ID}, {IDLE_MODEL}"
+    batch = client.post("/v1/batches", json={"model": "llama3", "items": [{"custom_id": "a", "prompt": "hi"}]})
+    assert assert_envelope(batch, 404, "model")["message"] == error["message"]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
@@ -85,8 +86,12 @@ def test_queue_depth_rises_while_no_worker_consumes_then_worker_metrics_count_th
 
     stack.start_worker("worker", TEXTGEN_WORKER_METRICS_PORT=str(observed.worker_port))
     stack.wait_for_worker("worker")
+    # Worker metrics listen where the API does by default: loopback, not every interface.
+    listening = {(c.laddr.ip, c.laddr.port) for c in psutil.Process(stack.procs["worker"].pid).net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN}
+    assert ("127.0.0.1", observed.worker_port) in listening, listening
     with stack.client() as client:
-        done = [wait_job(client, job["id"]) for job in observed.jobs]
+        done = [wait_job(client, job["id"], timeout=600) for job in observed.jobs]  # a loaded CPU is slow
     assert [j["status"] for j in done] == ["succeeded"] * JOBS, done
 
     deadline = time.monotonic() + 30
@@ -118,6 +123,21 @@ def test_queue_depth_rises_while_no_worker_consumes_then_worker_metrics_count_th
         w = scrape(observed.worker_metrics)
     assert value(w, "textgen_worker_jobs_running", model=MODEL) == 0
     assert value(w, "textgen_worker_jobs_waiting", model=MODEL) == 0
+
+
+def test_batch_items_count_as_submitted_jobs_on_the_bulk_lane(observed: Observed) -> None:
+    stack = observed.stack
+    bulk = stack.keys.queue(MODEL, "bulk")
+    before = scrape(f"{stack.url}/metrics")
+    with stack.client() as client:
+        items = [{"custom_id": w, "prompt": f"Say {w}."} for w in ("a", "b", "c")]
+        resp = client.post("/v1/batches", json={"items": items, "max_tokens": 2, "temperature": 0})
+    assert resp.status_code == 202, resp.text
+    after = scrape(f"{stack.url}/metrics")
+    for lane, added in (("bulk", 3), ("interactive", 0)):
+        counted = value(after, "textgen_jobs_submitted_total", lane=lane)
+        assert counted == value(before, "textgen_jobs_submitted_total", lane=lane) + added, lane
+    assert value(after, "textgen_jobs_submitted_total", queue=bulk) >= 3
 
 
 PROMETHEUS_CONFIG = """

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.conftest import Stack
+from tests.conftest import Stack, launch_stack
 from textgen_cli.redis_server import free_port
+from textgen_core.settings import DEFAULT_MODEL_ID
 from textgen_core.webhooks.events import make_delivery
 from textgen_core.webhooks.signing import signed_headers
 
@@ -60,3 +63,83 @@ def test_the_example_receiver_verifies_and_deduplicates(stack: Stack, client: ht
         proc.wait(10)
 
 
+
+
+README = EXAMPLE.parents[1] / "README.md"
+DEV_KEY = "tg-dev-key"
+
+
+def readme_webhook_commands() -> list[str]:
+    """The ``$`` commands of the README's webhook example (continuation lines joined), in order."""
+    section = README.read_text().split("## Webhooks", 1)[1].split("Delivery rules:", 1)[0]
+    commands: list[str] = []
+    for block in section.split("```console")[1:]:
+        for line in block.split("```", 1)[0].splitlines():
+            if line.startswith("$ "):
+                commands.append(line[2:])
+            elif commands and (commands[-1].endswith("\\") or commands[-1].count("'") % 2):
+                commands[-1] += "\n" + line
+    return commands
+
+
+@pytest.fixture(scope="module")
+def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack with ``make up``'s defaults: development, the dev key, no TEXTGEN_WEBHOOK_ALLOW_PRIVATE."""
+    root = tmp_path_factory.mktemp("devstack")
+    with launch_stack(root, [{"id": DEFAULT_MODEL_ID, "max_batch": 4}], DEFAULT_MODEL_ID) as st:
+        # The API and the webhook worker are the processes that check receivers: restart both as make up runs them.
+        st.stop("webhooks")
+        st.stop("api")
+        st.env = {**st.env, "TEXTGEN_ENV": "development", "TEXTGEN_API_KEYS": DEV_KEY,
+                  "TEXTGEN_WEBHOOK_ALLOW_PRIVATE": "false", "TEXTGEN_WEBHOOK_SECRETS": "{}"}
+        st.start_webhook_worker("webhooks-dev")
+        st.url = st.start_api("api-dev")
+        yield st
+
+
+def test_the_readme_webhook_example_runs_as_printed_under_make_up_defaults(dev_stack: Stack, tmp_path: Path) -> None:
+    secret_cmd, receiver_cmd, submit_cmd, read_cmd = readme_webhook_commands()
+    printed_secret = receiver_cmd.split("--secret ", 1)[1].split()[0]
+    port = free_port()
+
+    def as_here(command: str) -> str:  # the README's ports are this stack's; the rest stays as printed
+        return command.replace("localhost:8000", dev_stack.url.removeprefix("http://")).replace(
+            "9000", str(port)).replace(".venv/bin/python", sys.executable)
+
+    def shell(command: str) -> str:
+        done = subprocess.run(["bash", "-c", as_here(command)], capture_output=True, text=True, timeout=60,
+                              cwd=README.parent)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    secret = json.loads(shell(secret_cmd))["secret"]
+    log = tmp_path / "receiver.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(["bash", "-c", "exec " + as_here(receiver_cmd).replace(printed_secret, secret)
+                                 .removesuffix("&").strip()], stdout=out, stderr=subprocess.STDOUT,
+                                cwd=README.parent)
+    try:
+        wait_line(log, "listening on")
+        job = json.loads(shell(submit_cmd))
+        assert job["status"] == "queued", job
+        wait_line(log, f"job.started {job['id']} running")
+        wait_line(log, f"job.completed {job['id']} succeeded")
+        expected = [("job.started", True), ("job.completed", True)]
+        deadline = time.monotonic() + 30
+        while True:  # the attempt is recorded once the receiver's answer is back
+            record = json.loads(shell(read_cmd.replace("job_1b8c2770b2e04d091e469a42", job["id"])))
+            delivered = [(d["event"], d["delivered"]) for d in record["webhook_deliveries"]]
+            if delivered == expected or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert delivered == expected
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    # Loopback is all that development allows: other private addresses are refused, naming the setting.
+    with dev_stack.client(DEV_KEY) as client:
+        refused = client.post("/v1/jobs", json={"prompt": "hi", "webhook": "http://10.1.2.3/"})
+    assert refused.status_code == 422
+    assert "TEXTGEN_WEBHOOK_ALLOW_PRIVATE=true" in refused.json()["error"]["message"]
+    api_log = (dev_stack.logs / "api-dev.log").read_text()
+    assert api_log.count("webhooks to loopback receivers (localhost) are allowed") == 1

@@ -35,6 +35,28 @@ def test_one_private_address_among_public_ones_refuses_the_host() -> None:
         ("10.0.0.1",)
 
 
+def test_every_refusal_names_the_setting_that_lifts_it() -> None:
+    for host, address in (("localhost", "127.0.0.1"), ("metadata.google.internal", "169.254.169.254")):
+        with pytest.raises(UnsafeWebhookURL, match="TEXTGEN_WEBHOOK_ALLOW_PRIVATE=true"):
+            choose(host, 80, f"http://{host}/", [address], allow_private=False)
+
+
+@pytest.mark.parametrize("addresses", [["127.0.0.1"], ["::1", "127.0.0.1"], ["::ffff:127.0.0.1"]])
+def test_loopback_receivers_pass_in_development_other_private_addresses_do_not(addresses: list[str]) -> None:
+    assert choose("localhost", 9000, "http://localhost:9000/", addresses, allow_private=False,
+                  allow_loopback=True).addresses == tuple(addresses)
+    for private in ("10.0.0.1", "169.254.169.254", "192.168.1.2"):
+        with pytest.raises(UnsafeWebhookURL, match="non-public"):
+            choose("lan.example", 80, "http://lan.example/", [*addresses, private], allow_private=False,
+                   allow_loopback=True)
+
+
+def test_development_allows_loopback_receivers_test_and_production_do_not() -> None:
+    assert Settings(_env_file=None, env="development").webhook_allow_loopback
+    assert not Settings(_env_file=None, env="test").webhook_allow_loopback
+    assert Settings(_env_file=None, env="test", webhook_allow_private=True).webhook_allow_loopback
+
+
 @pytest.mark.parametrize("url", ["ftp://example.com/", "file:///etc/passwd", "http://", "http://u:p@example.com/",
                                  "javascript:alert(1)", "http://example.com:99999/"])
 def test_only_plain_http_urls_parse(url: str) -> None:

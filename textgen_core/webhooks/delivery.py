@@ -105,7 +105,7 @@ class WebhookDeliverer:
         if is_disabled(self.client, self.keys, request.owner, request.url):
             return Outcome.refused, None, "the URL answered 410 Gone earlier; deliveries to it are disabled", None
         try:
-            target = resolve(request.url, self.settings.webhook_allow_private)
+            target = resolve(request.url, self.settings.webhook_allow_private, self.settings.webhook_allow_loopback)
         except HostNotFound as exc:
             return Outcome.retry, None, str(exc), None
         except UnsafeWebhookURL as exc:

@@ -57,23 +57,39 @@ def parse(url: str) -> tuple[str, str, int]:
     return parts.scheme, host, port
 
 
+def _unmapped(address: IPAddress) -> IPAddress:
+    """``::ffff:10.0.0.1`` is 10.0.0.1 to the network."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def is_public(address: IPAddress) -> bool:
     """False for private, loopback, link-local, multicast, reserved and metadata addresses."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    address = _unmapped(address)
     return address.is_global and not address.is_multicast and address not in METADATA_ADDRESSES
 
 
-def choose(host: str, port: int, url: str, addresses: list[str], allow_private: bool) -> Target:
-    """The first usable address, or an error naming why none is."""
+# Named in every refusal, so whoever runs a receiver on a private network knows the way out.
+ALLOW_HINT = "set TEXTGEN_WEBHOOK_ALLOW_PRIVATE=true to allow private receivers"
+
+
+def choose(host: str, port: int, url: str, addresses: list[str], allow_private: bool,
+           allow_loopback: bool = False) -> Target:
+    """The first usable address, or an error naming why none is.
+
+    ``allow_loopback``: receivers on this machine only (development), other private addresses still refused."""
     if not addresses:
         raise HostNotFound(f"host {host!r} does not resolve")
     if not allow_private:
         if host in METADATA_HOSTS:
-            raise UnsafeWebhookURL("cloud metadata hosts are not allowed")
+            raise UnsafeWebhookURL(f"cloud metadata hosts are not allowed; {ALLOW_HINT}")
         for raw in addresses:
-            if not is_public(ipaddress.ip_address(raw.split("%", 1)[0])):
-                raise UnsafeWebhookURL(f"host {host!r} resolves to a non-public address ({raw})")
+            address = ipaddress.ip_address(raw.split("%", 1)[0])
+            if allow_loopback and _unmapped(address).is_loopback:
+                continue
+            if not is_public(address):
+                raise UnsafeWebhookURL(f"host {host!r} resolves to a non-public address ({raw}); {ALLOW_HINT}")
     return Target(url=url, host=host, port=port, addresses=tuple(addresses))
 
 
@@ -86,21 +102,21 @@ def _addresses(infos: list[tuple[object, ...]]) -> list[str]:
     return seen
 
 
-def resolve(url: str, allow_private: bool) -> Target:
+def resolve(url: str, allow_private: bool, allow_loopback: bool = False) -> Target:
     """Check ``url`` now (blocking DNS): used by the webhook worker before each attempt."""
     _, host, port = parse(url)
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise HostNotFound(f"host {host!r} does not resolve") from exc
-    return choose(host, port, url, _addresses(infos), allow_private)  # type: ignore[arg-type]
+    return choose(host, port, url, _addresses(infos), allow_private, allow_loopback)  # type: ignore[arg-type]
 
 
-async def resolve_async(url: str, allow_private: bool) -> Target:
+async def resolve_async(url: str, allow_private: bool, allow_loopback: bool = False) -> Target:
     """Check ``url`` without blocking the event loop: used by the API at submit."""
     _, host, port = parse(url)
     try:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
         raise HostNotFound(f"host {host!r} does not resolve") from exc
-    return choose(host, port, url, _addresses(infos), allow_private)  # type: ignore[arg-type]
+    return choose(host, port, url, _addresses(infos), allow_private, allow_loopback)  # type: ignore[arg-type]
