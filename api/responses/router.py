@@ -10,12 +10,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
+from starlette.background import BackgroundTask
 
 from api.deps import AppState, OwnerDep, StateDep
 from api.errors import ErrorResponse
 from api.responses import service
 from api.responses.protocol import ResponseCreate
-from api.responses.stream import error_event, response_events, sse
+from api.responses.stream import END_EVENTS, error_event, response_events, sse
 from api.routes.openai_completions import OpenAIRoute
 from textgen_core.jobs import JobRecord
 from textgen_core.responses import ResponseMeta, response_object
@@ -34,13 +35,12 @@ async def create_response(body: ResponseCreate, owner: OwnerDep, state: StateDep
                           response: Response) -> Any:
     job, meta, held = await service.create(state, body, owner, response)
     headers = {"X-Job-Ids": job.id}
+    if body.stream:  # held or not, the same events; a held response is cancelled if the client leaves
+        return EventSourceResponse(_events(state, job, meta, owner, held=held), sep="\n", ping=15,
+                                   headers=headers, background=BackgroundTask(held.close) if held else None)
     if held is None:  # background: the job runs whether or not anyone listens
-        if body.stream:
-            return EventSourceResponse(_events(state, job, meta, owner), sep="\n", ping=15, headers=headers)
         response.headers.update(headers)
         return response_object(job, meta)
-    if body.stream:
-        return EventSourceResponse(held.events(), sep="\n", ping=15, headers=headers)
     try:
         final = await held.wait(request)
     finally:
@@ -65,7 +65,7 @@ async def retrieve_response(
     job, meta = await service.read(state, response_id, owner)
     if stream:
         after = -1 if starting_after is None else starting_after
-        return EventSourceResponse(_events(state, job, meta, owner, after), sep="\n", ping=15)
+        return EventSourceResponse(_events(state, job, meta, owner, starting_after=after), sep="\n", ping=15)
     return response_object(job, meta)
 
 
@@ -80,11 +80,17 @@ async def delete_response(response_id: str, owner: OwnerDep, state: StateDep) ->
     return await service.delete_owned(state, response_id, owner)
 
 
-async def _events(state: AppState, job: JobRecord, meta: ResponseMeta, owner: str,
-                  starting_after: int = -1) -> AsyncIterator[dict[str, str]]:
-    """A stream that leaves the response running when the client goes (background, or a replay)."""
+async def _events(state: AppState, job: JobRecord, meta: ResponseMeta, owner: str, starting_after: int = -1,
+                  held: service.Held | None = None) -> AsyncIterator[dict[str, str]]:
+    """The response's events as SSE. Without ``held`` (background, or a replay) the response runs
+    on when the client goes; with it, the request's close cancels what has not ended."""
     try:
         async for event in response_events(state, job, meta, owner, starting_after=starting_after):
+            if held is not None and event["type"] in END_EVENTS.values():
+                held.ended = True
             yield sse(event)
     except RedisError as exc:
         yield error_event(exc)
+    finally:
+        if held is not None:
+            await held.close()

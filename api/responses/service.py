@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,17 +18,23 @@ from api.errors import APIError
 from api.fleet import wait_for_worker
 from api.job_follow import Ended, follow
 from api.responses.protocol import ResponseCreate, input_messages
-from api.responses.stream import error_event, response_events, sse
 from api.routes.jobs import submit
 from api.slots import RequestSlots
 from textgen_core import metrics
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
-from textgen_core.responses import META_FIELD, ResponseMeta, history_after, is_response, new_response_id
+from textgen_core.responses import (
+    META_FIELD,
+    ResponseMeta,
+    history_after,
+    is_response,
+    new_response_id,
+    response_status,
+)
 
 log = logging.getLogger(__name__)
 
 DISCONNECT_CHECK_SECONDS = 0.5
-CANCEL_WAIT_SECONDS = 10.0  # how long cancel and delete wait for a running response to stop
+CANCEL_WAIT_SECONDS = 10.0  # how long a cancel waits for a running response to stop
 
 
 def not_found() -> APIError:
@@ -74,9 +79,14 @@ class Held:
     slots: RequestSlots
     slot: str
     ended: bool = False
+    closed: bool = False
 
     async def close(self) -> None:
-        """Cancel the response if it has not ended, give the slot back, delete it if not stored."""
+        """Cancel the response if it has not ended, give the slot back, delete it if not stored.
+        Safe to call twice (a stream's end and the response's background task both call it)."""
+        if self.closed:
+            return
+        self.closed = True
         with anyio.CancelScope(shield=True):
             try:
                 if not self.ended:
@@ -100,16 +110,6 @@ class Held:
                     return None
         return None
 
-    async def events(self) -> AsyncIterator[dict[str, str]]:
-        try:
-            async for event in response_events(self.state, self.job, self.meta, self.owner):
-                if event["type"] in ("response.completed", "response.incomplete", "response.failed"):
-                    self.ended = True
-                yield sse(event)
-        except RedisError as exc:
-            yield error_event(exc)
-        finally:
-            await self.close()
 
 
 async def create(state: AppState, body: ResponseCreate, owner: str, response: Response) -> tuple[
@@ -160,8 +160,6 @@ async def cancel(state: AppState, response_id: str, owner: str) -> tuple[JobReco
     returned as it is; one that ended otherwise is a 409."""
     before, meta = await read(state, response_id, owner)
     outcome = await state.store.cancel(response_id, owner)
-    if outcome == "missing":
-        raise not_found()
     if outcome in ("succeeded", "failed", "expired"):
         raise APIError(409, f"the response already ended ({outcome}); nothing to cancel",
                        code="response_not_cancelable", param="response_id")
@@ -181,13 +179,11 @@ async def delete(state: AppState, response_id: str) -> None:
 
 
 async def delete_owned(state: AppState, response_id: str, owner: str) -> dict[str, Any]:
-    """Delete a response; one still queued or running is cancelled first (409 if it will not stop)."""
+    """Delete an ended response. One still queued or running is a 409: deleting it would leave its
+    job's worker and the key's unfinished-jobs count without a record, so it is cancelled first."""
     job, _ = await read(state, response_id, owner)
     if not job.status.terminal:
-        await state.store.cancel(response_id, owner)
-        ended = await state.hub.wait(response_id, CANCEL_WAIT_SECONDS, lambda: state.store.get(response_id, owner))
-        if ended is not None and not ended.status.terminal:
-            raise APIError(409, "the response is still stopping; retry the delete in a moment",
-                           code="response_in_progress", param="response_id")
+        raise APIError(409, f"the response is {response_status(job)}; cancel it (or wait for it to end) first",
+                       code="response_in_progress", param="response_id")
     await delete(state, response_id)
     return {"id": response_id, "object": "response", "deleted": True}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -117,6 +118,51 @@ def test_a_streamed_response_sends_the_event_sequence(sdk: openai.OpenAI) -> Non
     assert sdk.responses.retrieve(final.id).output_text == text
 
 
+def test_a_background_stream_opens_queued_and_runs_on_without_its_client(sdk: openai.OpenAI, stack: Stack) -> None:
+    with sdk.responses.create(input="Name three fruits.", stream=True, background=True, **SHORT) as stream:
+        first = next(iter(stream))
+    assert first.type == "response.created" and first.response.background is True
+    assert first.response.status in ("queued", "in_progress")
+    assert wait_done(sdk, first.response.id).status in ("completed", "incomplete")  # the client left; it ran on
+
+
+def test_a_held_response_is_cancelled_when_its_client_leaves(sdk: openai.OpenAI, stack: Stack) -> None:
+    essay = {"input": "Write a long essay about the history of bread.", "model": MODEL, "max_output_tokens": 1024}
+    with sdk.responses.create(stream=True, **essay) as stream:
+        events = iter(stream)
+        opening = next(events)
+        assert opening.type == "response.created"
+        response_id = opening.response.id
+        while next(events).type != "response.output_text.delta":
+            pass  # leave mid-generation
+    assert wait_done(sdk, response_id).status == "cancelled"
+    marker = uuid.uuid4().hex
+    with stack.client() as client, pytest.raises(httpx.ReadTimeout):  # a plain create, given up on
+        client.post("/v1/responses", json={**essay, "metadata": {"marker": marker}},
+                    timeout=httpx.Timeout(120, read=3))
+    r = stack.redis()
+    [waited] = [key.rsplit(":", 1)[1] for key in r.scan_iter(match=stack.keys.job("resp_*"), count=1000)
+                if not key.endswith(":tokens") and marker in (r.hget(key, "metadata") or "")]
+    assert wait_done(sdk, waited).status == "cancelled"
+
+
+def test_a_replay_after_the_token_stream_expired_comes_from_the_record(sdk: openai.OpenAI, stack: Stack) -> None:
+    done = sdk.responses.create(input="Say hi.", **SHORT)
+    stack.redis().delete(stack.keys.tokens(done.id))  # as its TTL (stream_ttl_seconds) would
+    events = list(sdk.responses.retrieve(done.id, stream=True))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    assert deltas == [done.output_text] and events[-1].response.output_text == done.output_text
+
+
+def test_a_stream_of_a_response_that_vanished_ends(sdk: openai.OpenAI, stack: Stack) -> None:
+    waiting = sdk.responses.create(input="Say hi.", background=True, model=IDLE_MODEL)  # no worker serves it
+    with sdk.responses.retrieve(waiting.id, stream=True) as stream:
+        events = iter(stream)
+        assert next(events).type == "response.created"
+        stack.redis().delete(stack.keys.job(waiting.id))  # as its TTL would
+        assert list(events) == []
+
+
 def test_a_stream_resumes_after_event_n(sdk: openai.OpenAI, stack: Stack) -> None:
     created = sdk.responses.create(input="Tell a short story about a lighthouse keeper.", background=True,
                                    model=MODEL, max_output_tokens=48, temperature=0)
@@ -162,6 +208,11 @@ def test_previous_response_id_carries_the_turns(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         sdk.responses.create(input="Hi", previous_response_id="resp_000000000000000000000000", **SHORT)
     assert err.value.param == "previous_response_id"
+    waiting = sdk.responses.create(input="Say hi.", background=True, model=IDLE_MODEL)
+    with pytest.raises(openai.ConflictError) as conflict:
+        sdk.responses.create(input="Hi", previous_response_id=waiting.id, **SHORT)
+    assert conflict.value.param == "previous_response_id"
+    sdk.responses.cancel(waiting.id)
 
 
 def test_another_key_sees_no_response(sdk: openai.OpenAI, stack: Stack) -> None:
@@ -197,10 +248,35 @@ def test_unsupported_fields_are_a_400_naming_the_field(sdk: openai.OpenAI, field
         assert param.split("[")[0] in err.value.message
 
 
-def test_an_unknown_field_is_a_400_too(sdk: openai.OpenAI) -> None:
+def test_an_unknown_field_an_unknown_model_or_too_much_metadata_is_refused(sdk: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:
         sdk.responses.create(input="Hi", model=MODEL, extra_body={"temperture": 0})
     assert err.value.param == "temperture"
+    with pytest.raises(openai.NotFoundError) as missing:
+        sdk.responses.create(input="Hi", model="gpt-17")
+    assert missing.value.code == "model_not_found" and missing.value.param == "model"
+    with pytest.raises(openai.BadRequestError) as big:  # each value fits; all of them pass the job's 4 KB
+        sdk.responses.create(input="Hi", model=MODEL, metadata={f"k{i}": "v" * 500 for i in range(16)})
+    assert big.value.param == "metadata"
+
+
+def test_held_requests_are_capped_per_key_and_need_a_worker(stack: Stack) -> None:
+    url = stack.start_api("api-responses-limited", TEXTGEN_OPENAI_MAX_CONCURRENT_PER_KEY="1",
+                          TEXTGEN_OPENAI_WORKER_WAIT_SECONDS="0.5")
+    try:
+        with sdk_for(url) as sdk:
+            with pytest.raises(openai.InternalServerError) as err:  # a 503: nobody serves it
+                sdk.responses.create(input="Hi", model=IDLE_MODEL)
+            assert err.value.status_code == 503 and err.value.code == "model_unavailable"
+            with sdk.responses.create(input="Write a long essay about bread.", model=MODEL, max_output_tokens=256,
+                                      stream=True) as held:
+                assert next(iter(held)).type == "response.created"
+                with pytest.raises(openai.RateLimitError):
+                    sdk.responses.create(input="Hi", **SHORT)
+                queued = sdk.responses.create(input="Hi", background=True, **SHORT)  # background: no slot
+            assert wait_done(sdk, queued.id).status in ("completed", "incomplete")
+    finally:
+        stack.stop("api-responses-limited")
 
 
 def test_delete_and_store_false(sdk: openai.OpenAI, stack: Stack) -> None:
@@ -209,6 +285,12 @@ def test_delete_and_store_false(sdk: openai.OpenAI, stack: Stack) -> None:
     with pytest.raises(openai.NotFoundError):
         sdk.responses.retrieve(kept.id)
     assert not stack.redis().exists(stack.keys.job(kept.id), stack.keys.tokens(kept.id))
+    waiting = sdk.responses.create(input="Say hi.", background=True, model=IDLE_MODEL)
+    with pytest.raises(openai.ConflictError) as err:
+        sdk.responses.delete(waiting.id)
+    assert err.value.code == "response_in_progress"
+    assert sdk.responses.cancel(waiting.id).status == "cancelled"
+    sdk.responses.delete(waiting.id)
     unstored = sdk.responses.create(input="Say hi.", store=False, **SHORT)
     assert unstored.output_text.strip()
     with pytest.raises(openai.NotFoundError):
@@ -265,3 +347,13 @@ def test_a_background_response_survives_a_worker_sigkill_and_an_api_restart(bare
     assert job["attempts"] == 2 and job["worker"] != running["worker"]
     ends = [f["end"] for _, f in bare.redis().xrange(bare.keys.tokens(created.id)) if "end" in f]
     assert ends == ["succeeded"]  # one result
+
+
+def test_a_stream_ends_with_an_error_when_redis_goes_away(bare: Stack) -> None:
+    with sdk_for(bare.url) as sdk, sdk.responses.create(input="Say hi.", background=True, model=MODEL,
+                                                       stream=True) as stream:
+        events = iter(stream)
+        assert next(events).type == "response.created"
+        bare.kill("redis")
+        with pytest.raises(openai.APIError, match="stream interrupted"):
+            list(events)
