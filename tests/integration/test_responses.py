@@ -350,7 +350,8 @@ def test_a_background_response_survives_a_worker_sigkill_and_an_api_restart(bare
 
 
 def test_a_stream_ends_with_an_error_when_redis_goes_away(bare: Stack) -> None:
-    with sdk_for(bare.url) as sdk, sdk.responses.create(input="Say hi.", background=True, model=MODEL,
+    url = bare.start_api("api-outage")  # (the module's first API may have been stopped above)
+    with sdk_for(url) as sdk, sdk.responses.create(input="Say hi.", background=True, model=MODEL,
                                                        stream=True) as stream:
         events = iter(stream)
         assert next(events).type == "response.created"
