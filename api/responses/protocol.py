@@ -180,7 +180,7 @@ def input_messages(value: str | list[dict[str, Any]]) -> list[ChatMessage]:
         if kind != "message":
             raise _refuse(f"input items of type '{kind}' are not supported (only messages)", f"{where}.type")
         role = item.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:
             raise _refuse("role must be one of user, assistant, system, developer", f"{where}.role")
         messages.append(ChatMessage(role=ROLES[role], content=_content_text(item.get("content"), role, where)))
     if not any(m.role == "user" for m in messages):

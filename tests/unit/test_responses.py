@@ -52,6 +52,8 @@ def test_input_that_is_not_text_is_refused_where_it_is() -> None:
     assert refused([{"role": "assistant", "content": [{"type": "input_text", "text": "x"}]},
                     {"role": "user", "content": "q"}]) == "input[0].content[0]"
     assert refused([{"role": "tool", "content": "x"}]) == "input[0].role"
+    assert refused([{"role": ["user"], "content": "x"}]) == "input[0].role"
+    assert refused([{"role": "user", "content": ["x"]}]) == "input[0].content[0]"
     assert refused([{"type": "reasoning", "summary": []}]) == "input[0].type"
     assert refused([{"role": "user", "content": 7}]) == "input[0].content"
     assert refused([{"role": "user", "content": "x" * 32_001}]) == "input[0].content"
