@@ -337,10 +337,13 @@ def test_a_background_response_survives_a_worker_sigkill_and_an_api_restart(bare
                                        model=MODEL, max_output_tokens=64, temperature=0)
     running = wait_streaming(bare, created.id, deltas=3)
     bare.kill(running["worker"].removesuffix("@test"))
+    killed = time.monotonic()
     bare.stop("api")  # and the API that accepted it goes away too
     other = bare.start_api("api2")
     with sdk_for(other) as sdk:
         done = wait_done(sdk, created.id, timeout=300)
+        print(f"\nSIGKILLed the worker running {created.id} and restarted the API; the response was "
+              f"{done.status} {time.monotonic() - killed:.1f} s later (lease 10 s, reaper every 1 s here)")
         assert done.status in ("completed", "incomplete") and done.output_text.strip()
         with httpx.Client(base_url=other, headers={"Authorization": f"Bearer {KEY_A}"}) as client:
             job = client.get(f"/v1/jobs/{created.id}").json()
