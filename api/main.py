@@ -19,6 +19,7 @@ from api.prompt_budget import PromptBudget
 from api.queueing import JobQueue
 from api.ratelimit import RateLimits
 from api.request_guard import BodyRule, RequestGuard
+from api.responses import router as responses
 from api.routes import (
     batches,
     cache,
@@ -106,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (health, jobs, cache, conversations, batches, files, webhooks, metrics_route, openai_models,
                    openai_completions, playground, docs):
         app.include_router(module.router)
+    app.include_router(responses.router)
     return app
 
 

@@ -23,7 +23,7 @@ from api.schemas import JobCreate, JobList, JobOut
 from api.webhooks import check_webhook_url
 from textgen_core import metrics
 from textgen_core.job_index import AsyncJobIndex, CursorNotFound
-from textgen_core.jobs import JobInput, JobRecord, JobStatus
+from textgen_core.jobs import ChatMessage, JobInput, JobRecord, JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,13 @@ async def _owned(state: AppState, job_id: str, owner: str) -> JobRecord:
 
 
 async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "interactive",
-                 raw: bool = False, response: Response | None = None) -> JobRecord:
+                 raw: bool = False, response: Response | None = None, *, job_id: str | None = None,
+                 history: list[ChatMessage] | None = None) -> JobRecord:
     """Validate the model and the prompt's length, check the key's token budget, attach
     conversation history, store the job under the key's queued-jobs cap, then enqueue it.
 
     ``raw``: continue the prompt as plain text, without mode or chat template (OpenAI completions).
+    ``job_id`` and ``history``: the id and history of a job that is a response (``api/responses``).
     """
     model = body.model or state.settings.default_model
     if state.settings.model(model) is None:
@@ -54,11 +56,14 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
     if body.webhook:
         await check_webhook_url(state, owner, body.webhook)
     job_input = JobInput(prompt=body.prompt, messages=body.messages, raw=raw)
-    history = await state.store.history(owner, body.conversation_id) if body.conversation_id else None
+    if history is None and body.conversation_id:
+        history = await state.store.history(owner, body.conversation_id)
     state.prompts.check(model, body.mode, job_input, body.max_tokens, "prompt" if body.prompt else "messages",
                         history)
     await state.limits.check_tokens(owner, body.max_tokens)
     job = body.to_record(owner=owner, model=model, history=history or [])
+    if job_id is not None:
+        job.id = job_id
     job.lane = lane
     job.input.raw = raw
     if state.cache is not None:

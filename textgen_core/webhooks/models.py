@@ -8,7 +8,8 @@ from pydantic import BaseModel, Field
 
 JobWebhookEvent = Literal["start", "output", "completed"]
 BatchWebhookEvent = Literal["progress", "completed"]
-EventType = Literal["job.started", "job.output", "job.completed", "batch.progress", "batch.completed"]
+EventType = Literal["job.started", "job.output", "job.completed", "batch.progress", "batch.completed",
+                    "response.completed", "response.incomplete", "response.failed", "response.cancelled"]
 
 def default_job_events() -> list[JobWebhookEvent]:
     return ["completed"]
@@ -25,6 +26,11 @@ FILTER_WORD: dict[str, str] = {
     "job.completed": "completed",
     "batch.progress": "progress",
     "batch.completed": "completed",
+    # A response's end (textgen_core.responses) is its job's completion.
+    "response.completed": "completed",
+    "response.incomplete": "completed",
+    "response.failed": "completed",
+    "response.cancelled": "completed",
 }
 
 

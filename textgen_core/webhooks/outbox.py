@@ -23,6 +23,7 @@ from textgen_core.batch_store import AsyncBatchStore, BatchLedger
 from textgen_core.batches import BatchRecord
 from textgen_core.jobs import JobRecord
 from textgen_core.keys import Keys
+from textgen_core.responses import is_response, webhook_event, webhook_payload
 from textgen_core.scripts import Scripts, define
 from textgen_core.store import AsyncJobStore, JobStore
 from textgen_core.webhooks.events import AsyncWebhookEmitter, WebhookEmitter, batch_payload, job_payload
@@ -57,6 +58,7 @@ class Subject(NamedTuple):
     url: str | None
     events_filter: list[str]
     payload: dict[str, Any]
+    event: str | None = None  # the event sent in place of the recorded one (a response's end)
 
 
 def webhook_id_for(event: str, object_id: str) -> str:
@@ -71,6 +73,9 @@ def member(event: str, object_id: str) -> str:
 def job_subject(job: JobRecord | None) -> Subject | None:
     if job is None:
         return None
+    if is_response(job.id):  # a response is a job, but its end speaks the Responses API's events
+        event = webhook_event(job)
+        return Subject(job.owner, job.webhook, list(job.webhook_events_filter), webhook_payload(job, event), event)
     return Subject(job.owner, job.webhook, list(job.webhook_events_filter), job_payload(job))
 
 
@@ -113,9 +118,10 @@ class Outbox:
         subject = self._subject(event, object_id)
         sent = None
         if subject is not None:  # else the object expired: nothing left to tell
-            sent = self.emitter.emit(owner=subject.owner, url=subject.url, event=event, object_id=object_id,
+            name = subject.event or event
+            sent = self.emitter.emit(owner=subject.owner, url=subject.url, event=name, object_id=object_id,
                                      payload=subject.payload, events_filter=subject.events_filter,
-                                     webhook_id=webhook_id_for(event, object_id))
+                                     webhook_id=webhook_id_for(name, object_id))
         self.r.zrem(self.keys.webhook_outbox, member(event, object_id))
         return sent
 
@@ -165,8 +171,9 @@ class AsyncOutbox:
         subject = await self._subject(event, object_id)
         sent = None
         if subject is not None:
-            sent = await self.emitter.emit(owner=subject.owner, url=subject.url, event=event, object_id=object_id,
+            name = subject.event or event
+            sent = await self.emitter.emit(owner=subject.owner, url=subject.url, event=name, object_id=object_id,
                                            payload=subject.payload, events_filter=subject.events_filter,
-                                           webhook_id=webhook_id_for(event, object_id))
+                                           webhook_id=webhook_id_for(name, object_id))
         await self.r.zrem(self.keys.webhook_outbox, entry)
         return sent
