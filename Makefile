@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
+# `make up PORT=8010` runs a stack whose API listens on another port.
+PORT ?= 8000
 
 .PHONY: install up test test-unit lint bench bench-load clean
 
@@ -18,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 up: install
-	$(VENV)/bin/textgen up
+	$(VENV)/bin/textgen up --port $(PORT)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
