@@ -98,9 +98,9 @@ class Up:
                 raise AssertionError(f"no {text!r} after {timeout} s:\n{self.text()}")
             time.sleep(0.2)
 
-    def stop(self) -> None:
+    def stop(self, sig: signal.Signals = signal.SIGINT) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(90)
             except subprocess.TimeoutExpired:
@@ -173,7 +173,11 @@ def terminal_up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
 def wait_job(client: httpx.Client, job_id: str, timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while True:
-        job = client.get(f"/v1/jobs/{job_id}", params={"wait": 20}).json()
+        resp = client.get(f"/v1/jobs/{job_id}", params={"wait": 20})
+        if resp.status_code == 503 and time.monotonic() < deadline:  # Redis coming back
+            time.sleep(0.5)
+            continue
+        job = resp.json()
         if job["status"] not in ("queued", "running") or time.monotonic() > deadline:
             return dict(job)
         time.sleep(0.1)
@@ -351,15 +355,52 @@ def test_two_stacks_on_different_ports_keep_their_own_data(terminal_up: Up) -> N
             assert wait_job(api, other)["status"] == "succeeded"
         with terminal_up.client() as api:
             assert api.get(f"/v1/jobs/{other}").status_code == 404
-        text = second.text()
+        children = second.children()
     finally:
-        second.stop()
+        second.stop(signal.SIGTERM)  # as a service manager stops it
+    assert second.proc.returncode == 0
+    assert not any(Path(f"/proc/{pid}").exists() for pid in children.values())
+    second.reader.join(5)  # type: ignore[union-attr]
+    text = second.text()
     assert f"{terminal_up.data_root}/redis-{urlport(second.redis_url)}/" in text
     assert f"redis-{urlport(terminal_up.redis_url)}" not in text
     # Not a terminal: the children's JSON lines on stderr, still no Celery banner.
     lines = [line for line in text.splitlines() if line.startswith("{")]
     assert {json.loads(line).get("service") for line in lines} >= {"api", "worker"}
     assert "-------------- " not in text and "[config]" not in text
+
+
+def test_a_killed_bundled_redis_is_restarted_with_its_data(terminal_up: Up) -> None:
+    with terminal_up.client() as api:
+        before = api.post("/v1/jobs", json={"prompt": "Say hi.", "max_tokens": 4, "temperature": 0}).json()["id"]
+        assert wait_job(api, before)["status"] == "succeeded"
+        time.sleep(1.5)  # on disk: the AOF is written every second
+        old_pid = terminal_up.children()["redis"]
+        killed_at = time.monotonic()
+        os.kill(old_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while terminal_up.children().get("redis", old_pid) == old_pid:
+            assert time.monotonic() < deadline, terminal_up.text()
+            time.sleep(0.1)
+        while True:
+            try:
+                if terminal_up.redis().ping():
+                    break
+            except redis.RedisError:
+                assert time.monotonic() < deadline, terminal_up.text()
+                time.sleep(0.1)
+        back_s = time.monotonic() - killed_at
+        assert wait_job(api, before)["status"] == "succeeded"  # from the append-only file
+        deadline = time.monotonic() + 120
+        while (resp := api.post("/v1/jobs", json={"prompt": "Say bye.", "max_tokens": 4})).status_code == 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        assert resp.status_code == 202, resp.text
+        assert wait_job(api, resp.json()["id"])["status"] == "succeeded"  # the worker reconnected
+        done_s = time.monotonic() - killed_at
+    assert "redis exited (killed by SIGKILL); restarting it in" in terminal_up.text()
+    print(f"\nbundled Redis SIGKILLed: back on its port after {back_s:.1f} s, a new job done {done_s:.1f} s "
+          "after the kill")
 
 
 def test_sigint_stops_every_child(terminal_up: Up) -> None:
