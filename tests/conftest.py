@@ -72,7 +72,7 @@ class Stack:
         self.procs[name] = subprocess.Popen(api_command("127.0.0.1", port), env={**self.env, **env}, stdout=log,
                                             stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
-        wait_for_api(url, self.logs / f"{name}.log")
+        wait_for_api(url, self.logs / f"{name}.log", timeout=240)
         return url
 
     def kill(self, name: str) -> None:

@@ -36,7 +36,7 @@ def test_two_workers_and_two_apis_share_the_work_and_a_kill_loses_nothing(tmp_pa
         for name in ("alpha", "bravo"):
             st.start_worker(name)
         for name in ("alpha", "bravo"):
-            st.wait_for_worker(name)
+            st.wait_for_worker(name, timeout=900)  # two model loads at once on a shared CPU
         second_api = st.start_api("api2")
         with st.client() as first:
             items = [{"custom_id": f"item-{i}", "prompt": f"Name a colour, number {i}."} for i in range(ITEMS)]

@@ -33,7 +33,7 @@ from textgen_cli.up import StartFailed, check_own_api
 from textgen_core.keys import Keys
 from textgen_core.settings import DEFAULT_MODEL_ID
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
 KEY = "test-key-up"
 LONG = {"prompt": "Write a very long and detailed essay about the history of lighthouses, with many sections.",
@@ -86,7 +86,7 @@ class Up:
                     break
         return found
 
-    def wait_for(self, text: str, timeout: float = 420) -> None:
+    def wait_for(self, text: str, timeout: float = 1200) -> None:
         deadline = time.monotonic() + timeout
         while text not in self.text():
             if self.proc.poll() is not None:
