@@ -7,6 +7,8 @@ PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # `torch==2.13.0+cpu`. An extra index, so a local mirror configured for pip still comes first.
 # CUDA on a GPU box: make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# `make up PORT=8010` runs a stack whose API listens on another port.
+PORT ?= 8000
 
 .PHONY: install up test test-unit lint bench bench-load clean
 
@@ -22,7 +24,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 up: install
-	$(VENV)/bin/textgen up
+	$(VENV)/bin/textgen up --port $(PORT)
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -72,7 +72,7 @@ class Stack:
         self.procs[name] = subprocess.Popen(api_command("127.0.0.1", port), env={**self.env, **env}, stdout=log,
                                             stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
-        wait_for_api(url, self.logs / f"{name}.log")
+        wait_for_api(url, self.logs / f"{name}.log", timeout=240)
         return url
 
     def kill(self, name: str) -> None:
@@ -153,8 +153,9 @@ def launch_stack(root: Path, models: list[dict[str, object]], worker_models: str
         if worker:
             st.start_worker("worker")
             st.wait_for_worker("worker")
-        wait_http(st.webhook_metrics_url, root / "webhooks.log")
-        wait_for_api(st.url, root / "api.log")
+        # Generous: on a shared, loaded CPU a Celery process can take minutes to start.
+        wait_http(st.webhook_metrics_url, root / "webhooks.log", timeout=240)
+        wait_for_api(st.url, root / "api.log", timeout=240)
         yield st
     finally:
         for proc in reversed(list(st.procs.values())):

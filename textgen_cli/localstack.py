@@ -118,6 +118,14 @@ class LocalStack:
         headers = {"Authorization": f"Bearer {key or self.api_keys[0]}"}
         return httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
+    def restart_redis(self, down_seconds: float = 0.0) -> None:
+        """Stop Redis (SIGTERM: it flushes its append-only file) and start it again on the same port
+        and data folder, after ``down_seconds`` without it."""
+        self.stop_process("redis")
+        time.sleep(down_seconds)
+        port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        self.redis_url, self.procs["redis"] = start_redis(self.root / "redis", port)
+
     def stop_process(self, name: str, timeout: float = 30) -> None:
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
@@ -129,8 +137,14 @@ class LocalStack:
             proc.kill()
             proc.wait()
 
+    def kill(self, name: str) -> None:
+        """SIGKILL a process, as the OOM killer would."""
+        proc = self.procs.pop(name)
+        proc.kill()
+        proc.wait(30)
+
     def stop(self) -> None:
-        for name in reversed(list(self.procs)):
+        for name in [n for n in reversed(list(self.procs)) if n != "redis"] + ["redis"]:
             self.stop_process(name)
 
     def __enter__(self) -> LocalStack:

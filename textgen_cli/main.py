@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,7 @@ from textgen_cli.processes import (
     worker_metrics_env,
     worker_name,
 )
-from textgen_cli.redis_server import ensure_redis
+from textgen_cli.supervisor import Supervisor
 from textgen_core.settings import FLOWER_DEV_AUTH, get_settings
 
 app = typer.Typer(help="textgen: asynchronous text generation on Redis, Celery and transformers.",
@@ -47,34 +46,6 @@ def _api_key(given: str | None) -> str:
     return given or get_settings().api_keys[0]
 
 
-class Supervisor:
-    """Child processes started together and stopped together (Ctrl-C / SIGTERM)."""
-
-    def __init__(self) -> None:
-        self.children: list[tuple[str, subprocess.Popen[bytes]]] = []
-
-    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(cmd, env=env)
-        self.children.append((name, proc))
-        return proc
-
-    def adopt(self, name: str, proc: subprocess.Popen[bytes]) -> None:
-        self.children.append((name, proc))
-
-    def dead(self) -> str | None:
-        return next((name for name, p in self.children if p.poll() is not None), None)
-
-    def stop(self, timeout: float = 30.0) -> None:
-        for _, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
 def _stop_on_signals() -> None:
     def raise_interrupt(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
@@ -85,53 +56,20 @@ def _stop_on_signals() -> None:
 def up(
     port: Annotated[int, typer.Option(help="API port.")] = 8000,
     host: Annotated[str, typer.Option(help="API bind address.")] = "127.0.0.1",
+    data_dir: Annotated[Path, typer.Option(help="Where the bundled Redis keeps its data and children their logs.")]
+    = DATA_DIR,
+    log_files: Annotated[bool | None, typer.Option(
+        "--log-files/--no-log-files", help="Children log to files under the data dir (default: on a terminal).")]
+    = None,
+    max_restarts: Annotated[int, typer.Option(help="Give up when one process died this often in the window.")] = 5,
+    restart_window: Annotated[float, typer.Option(help="The crash-loop window, seconds.")] = 120.0,
 ) -> None:
-    """Run the whole platform locally: Redis (found or bundled), one worker, the webhook worker and the API."""
-    settings = get_settings()
-    _stop_on_signals()
-    sup = Supervisor()
-    try:
-        redis_url, redis_proc = ensure_redis(settings.redis_url, DATA_DIR / "redis")
-        if redis_proc:
-            sup.adopt("redis", redis_proc)
-            err.print(f"[dim]no Redis at {settings.redis_url}: started the bundled one at {redis_url}[/]")
-        env = child_env(TEXTGEN_REDIS_URL=redis_url, TEXTGEN_WORKER_METRICS_HOST=host)  # metrics bind as the API does
-        sup.start("worker", worker_command(settings, worker_name(None)), env)
-        sup.start("webhook-worker", webhook_worker_command(settings, webhook_worker_name()), env)
-        sup.start("api", api_command(host, port, settings.log_level), env)
-        base = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-        _wait_ready(base, sup)
-        key = settings.api_keys[0]
-        err.print(f"\n[bold green]textgen is up[/] at {base}  (API docs: {base}/docs)\n")
-        print("Try it:\n")
-        print(f"  curl -s {base}/v1/jobs -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\")
-        print("    -d '{\"prompt\": \"Write a haiku about the sea.\", \"max_tokens\": 48}'\n")
-        print(f"  curl -s '{base}/v1/jobs/<id>?wait=30' -H 'Authorization: Bearer {key}'\n", flush=True)
-        while (name := sup.dead()) is None:
-            time.sleep(0.5)
-        err.print(f"[red]{name} exited; stopping[/]")
-        raise typer.Exit(1)
-    except KeyboardInterrupt:
-        err.print("\nstopping...")
-    finally:
-        sup.stop()
+    """Run the whole platform locally: Redis (found or bundled), one worker, the webhook worker and the API,
+    restarting any process that dies until Ctrl-C."""
+    from textgen_cli.up import UpOptions, run_up
 
-
-def _wait_ready(base: str, sup: Supervisor, timeout: float = 600.0) -> None:
-    deadline = time.monotonic() + timeout
-    with err.status("starting (the first start converts the model once)..."):
-        while time.monotonic() < deadline:
-            if (name := sup.dead()) is not None:
-                err.print(f"[red]{name} exited during start-up[/]")
-                raise typer.Exit(1)
-            try:
-                if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-    err.print("[red]not ready in time[/]")
-    raise typer.Exit(1)
+    raise typer.Exit(run_up(UpOptions(host=host, port=port, data_root=data_dir, log_files=log_files,
+                                      max_restarts=max_restarts, restart_window=restart_window)))
 
 
 @app.command()

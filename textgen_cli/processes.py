@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import socket
 import sys
+from typing import Any
 
 from textgen_core.settings import Settings
 
@@ -30,10 +33,15 @@ def worker_command(settings: Settings, name: str, concurrency: int | None = None
     # interactive jobs however deep the bulk backlog (see workers/lanes.py).
     slots = concurrency or sum(m.max_batch + settings.interactive_headroom for m in served)
     return [
-        sys.executable, "-m", "celery", "-A", "workers.app", "worker",
+        # --quiet: no banner (the settings are in the ready message and the heartbeat).
+        sys.executable, "-m", "celery", "--quiet", "-A", "workers.app", "worker",
         "--pool", "threads", "--concurrency", str(slots), "--hostname", name,
         "--loglevel", (loglevel or settings.log_level).upper(), "--without-gossip", "--without-mingle",
     ]
+
+
+def webhook_worker_name() -> str:
+    return f"textgen-webhooks@{socket.gethostname()}"
 
 
 def webhook_worker_command(settings: Settings, name: str, loglevel: str | None = None) -> list[str]:
@@ -41,7 +49,7 @@ def webhook_worker_command(settings: Settings, name: str, loglevel: str | None =
     from textgen_core.keys import Keys
 
     return [
-        sys.executable, "-m", "celery", "-A", "workers.webhook_app", "worker",
+        sys.executable, "-m", "celery", "--quiet", "-A", "workers.webhook_app", "worker",
         "--pool", "threads", "--concurrency", str(settings.webhook_worker_concurrency), "--hostname", name,
         "--queues", Keys(settings.key_prefix).webhook_queue,
         "--loglevel", (loglevel or settings.log_level).upper(), "--without-gossip", "--without-mingle",
@@ -65,10 +73,32 @@ def flower_command(settings: Settings, host: str = "0.0.0.0", port: int | None =
     ]
 
 
-def api_command(host: str, port: int, loglevel: str = "info") -> list[str]:
+INSTANCE_HEADER = "X-Textgen-Instance"
+
+
+def api_command(host: str, port: int, loglevel: str = "info", instance: str | None = None) -> list[str]:
+    """uvicorn serving the API; ``instance`` goes out as a header on every response, so whoever
+    started it can tell its own API from another server answering on the same port."""
+    extra = ["--header", f"{INSTANCE_HEADER}:{instance}"] if instance else []
     return [sys.executable, "-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port),
-            "--log-level", loglevel.lower(), "--no-access-log"]
+            "--log-level", loglevel.lower(), "--no-access-log", *extra]
 
 
 def child_env(**overrides: str) -> dict[str, str]:
     return {**os.environ, **overrides}
+
+
+_PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def _end_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if _libc is not None:
+        _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def supervised_popen_kwargs() -> dict[str, Any]:
+    """Popen arguments for a supervised child: its own process group, so a terminal's Ctrl-C
+    reaches the supervisor alone (which stops the children in order), and on Linux a SIGTERM
+    when the supervisor dies, however it dies (no orphans holding ports)."""
+    return {"process_group": 0, "preexec_fn": _end_with_parent}

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import redis
@@ -39,7 +40,7 @@ def free_port() -> int:
 
 
 def start_redis(
-    data_dir: Path, port: int | None = None, *, appendonly: bool = True
+    data_dir: Path, port: int | None = None, *, appendonly: bool = True, popen_kwargs: dict[str, Any] | None = None
 ) -> tuple[str, subprocess.Popen[bytes]]:
     """Start a private redis-server on loopback; returns its URL and process."""
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -52,6 +53,7 @@ def start_redis(
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        **(popen_kwargs or {}),
     )
     url = f"redis://127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
@@ -63,14 +65,29 @@ def start_redis(
     return url, proc
 
 
-def ensure_redis(url: str, data_dir: Path) -> tuple[str, subprocess.Popen[bytes] | None]:
-    """The Redis at ``url`` if it answers, else a bundled one (on url's port when that is free)."""
+def port_free(host: str, port: int) -> bool:
+    """Whether a server could listen on ``host:port`` now (SO_REUSEADDR, as uvicorn and Redis bind)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def ensure_redis(
+    url: str, data_root: Path, popen_kwargs: dict[str, Any] | None = None
+) -> tuple[str, subprocess.Popen[bytes] | None, Path | None]:
+    """The Redis at ``url`` if it answers, else a bundled one (on url's port when that is free).
+
+    A bundled Redis keeps its data in ``data_root/redis-<port of url>``: one folder per configured
+    port, so two stacks on different ports never load each other's append-only file.
+    Returns the URL, the process (None when found) and the data folder (None when found)."""
     if reachable(url):
-        return url, None
+        return url, None, None
     port = urlparse(url).port or 6379
-    try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", port))
-    except OSError:
-        port = free_port()
-    return start_redis(data_dir, port)
+    data_dir = data_root / f"redis-{port}"
+    url, proc = start_redis(data_dir, port if port_free("127.0.0.1", port) else free_port(),
+                            popen_kwargs=popen_kwargs)
+    return url, proc, data_dir

@@ -115,7 +115,10 @@ class JobLeases:
         self.keys = keys
         self.lease_seconds = lease_seconds
         self.ttl = ttl
-        self._held: dict[str, str] = {}  # job id -> token of this process's task
+        # token of one of this process's tasks -> its job id. Keyed by token, not job: a duplicate
+        # message of a job (a re-send, a redelivery) run by this process must not replace, nor drop on
+        # its way out, the entry of the task that holds the job, or that lease stops being renewed.
+        self._held: dict[str, str] = {}
         self._lock = threading.Lock()
         self._scripts = Scripts(client, HOLD, RENEW, RELEASE, REAP)
 
@@ -128,7 +131,7 @@ class JobLeases:
         """
         token = uuid.uuid4().hex
         with self._lock:
-            self._held[job_id] = token
+            self._held[token] = job_id
         try:
             self._scripts[HOLD](keys=[self.keys.job(job_id)],
                        args=[self.keys.prefix, token, time.time(), self.lease_seconds, self.ttl])
@@ -141,18 +144,18 @@ class JobLeases:
 
     def _forget(self, job_id: str, token: str) -> None:
         with self._lock:
-            if self._held.get(job_id) == token:
-                del self._held[job_id]
+            if self._held.get(token) == job_id:
+                del self._held[token]
 
     @property
     def held(self) -> int:
         with self._lock:
-            return len(self._held)
+            return len(set(self._held.values()))
 
     def renew(self) -> int:
         """Extend every lease this process still holds (called by the heartbeat)."""
         with self._lock:
-            pairs = [item for pair in self._held.items() for item in pair]
+            pairs = [item for token, job_id in self._held.items() for item in (job_id, token)]
         if not pairs:
             return 0
         expiry = time.time() + self.lease_seconds
