@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from textgen_core.engine.device import resolve_dtype
 from textgen_core.settings import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -116,12 +117,6 @@ class LoadedModel:
         """Name of the forward's KV-cache argument: transformers renamed ``past_key_values`` to
         ``cache`` within 5.x and warns on the old name; the engine passes whichever this one takes."""
         return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
-
-
-def resolve_dtype(requested: str, device: str) -> str:
-    if requested == "auto":
-        return "float16" if device.startswith("cuda") else "float32"
-    return requested
 
 
 def load(spec: ModelSpec, cache_dir: Path, device: str | None = None) -> LoadedModel:
