@@ -30,7 +30,7 @@ from transformers import DynamicCache
 
 from textgen_core import metrics
 from textgen_core.engine.loader import LoadedModel
-from textgen_core.engine.sampling import apply_penalties, choose, new_generator
+from textgen_core.engine.sampling import choose_tokens, new_generator
 from textgen_core.engine.text import TextState
 from textgen_core.jobs import SamplingParams
 
@@ -330,16 +330,14 @@ class Engine:
         with self._lock:
             canceled = self._cancel & {r.job_id for r in self._rows}
             self._cancel -= canceled
-        tokens: list[int] = []
         deltas: dict[str, str] = {}
-        done: list[tuple[_Row, str]] = []
-        for i, row in enumerate(self._rows):
-            if row.job_id in canceled:
-                done.append((row, "canceled"))
-                tokens.append(0)
-                continue
-            token = self._choose(row, self._logits[i])
-            tokens.append(token)
+        done: list[tuple[_Row, str]] = [(r, "canceled") for r in self._rows if r.job_id in canceled]
+        live = [i for i, r in enumerate(self._rows) if r.job_id not in canceled]
+        logits = self._logits if len(live) == len(self._rows) else self._logits[torch.tensor(live, device=self.device)]
+        chosen = choose_tokens(logits, [self._rows[i] for i in live]) if live else []
+        tokens = dict(zip(live, chosen, strict=True))
+        for i, token in tokens.items():
+            row = self._rows[i]
             row.generated.append(token)
             row.first_token_at = row.first_token_at or time.time()
             reason = None
@@ -374,16 +372,6 @@ class Engine:
             self._select(keep)
         next_ids = torch.tensor([[tokens[i]] for i in keep], device=self.device)
         self._forward(next_ids)
-
-    def _choose(self, row: _Row, logits: torch.Tensor) -> int:
-        p = row.params
-        if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-            context = torch.tensor(row.context_ids(), device=logits.device)
-            generated = torch.tensor(row.generated, dtype=torch.long, device=logits.device)
-            logits = apply_penalties(logits, p, context, generated)
-        if not p.greedy:
-            logits = logits.cpu()
-        return choose(logits, p, row.generator)
 
     def _select(self, keep: list[int]) -> None:
         assert self._cache is not None and self._mask is not None and self._logits is not None
