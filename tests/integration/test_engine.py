@@ -4,17 +4,20 @@ its batchmates, and cancel / limits act on one row only."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import Stack, launch_stack
 from textgen_core.engine.batching import Engine, PromptTooLong
 from textgen_core.engine.loader import LoadedModel, load
 from textgen_core.jobs import SamplingParams
 from textgen_core.modes import Mode, build_messages
-from textgen_core.settings import Settings
+from textgen_core.settings import DEFAULT_MODEL_ID, Settings
 
 pytestmark = pytest.mark.integration
 
@@ -53,6 +56,24 @@ def test_greedy_text_is_the_same_alone_and_in_a_batch(model: LoadedModel, engine
     for f in mixed:
         f.result(120)
     assert result.batch_size >= 2
+    assert result.text == alone.text
+    assert result.completion_tokens == alone.completion_tokens
+
+
+def test_rows_joining_and_leaving_do_not_change_a_greedy_row(model: LoadedModel, engine: Engine) -> None:
+    long = SamplingParams(temperature=0, max_tokens=48)
+    alone = engine.submit("long-alone", ids(model, "Write a story about a fox."), long).result(120)
+    running = engine.submit("long", ids(model, "Write a story about a fox."), long)
+    visitors = []
+    for i, prompt in enumerate(OTHERS * 2):  # rows of several lengths join at different steps, then leave
+        start = engine.steps
+        while engine.steps < start + 2 and not running.done():
+            time.sleep(0.005)
+        params = SamplingParams(temperature=0.7 if i % 2 else 0, max_tokens=3 + i, seed=i)
+        visitors.append(engine.submit(f"v{i}", ids(model, prompt), params))
+    result = running.result(120)
+    sizes = [f.result(120).batch_size for f in visitors]
+    assert max(sizes) >= 2, "the visitors shared steps with the long row"
     assert result.text == alone.text
     assert result.completion_tokens == alone.completion_tokens
 
@@ -190,3 +211,41 @@ def test_a_parked_bulk_row_can_be_canceled_while_interactive_rows_run(model: Loa
         assert bulk[1].result(120).finish_reason in ("stop", "length")
     finally:
         eng.stop()
+
+
+def engine_waiting(stack: Stack) -> int:
+    """Rows waiting in the engine's intake, as the worker's heartbeat last reported them."""
+    r = stack.redis()
+    beats = [json.loads(v) for k in r.scan_iter(stack.keys.workers_pattern()) if (v := r.get(k))]
+    return sum(m["waiting"] for beat in beats for m in beat["models"])
+
+
+def test_a_canceled_batch_settles_without_other_traffic(tmp_path: Path) -> None:
+    """Canceled bulk rows still waiting in the engine's intake end by themselves, not when an
+    unrelated job happens to wake the engine (they used to wait there, the batch `cancelling`)."""
+    # The default max batch lets all 40 items into the engine, which prefills a few per step.
+    with launch_stack(tmp_path, [{"id": DEFAULT_MODEL_ID}], DEFAULT_MODEL_ID) as stack, stack.client() as client:
+        items = [{"custom_id": f"k-{i}", "prompt": f"Count to {i}."} for i in range(40)]
+        resp = client.post("/v1/batches", json={"items": items, "temperature": 0, "max_tokens": 4})
+        assert resp.status_code == 202, resp.text
+        batch_id = resp.json()["id"]
+        time.sleep(0.3)
+        deadline = time.monotonic() + 120  # on a loaded machine, until the backlog reaches the engine
+        while engine_waiting(stack) < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.post(f"/v1/batches/{batch_id}/cancel").status_code == 200
+        deadline = time.monotonic() + 60  # a step or two suffice; generous for a loaded CPU
+        while (batch := client.get(f"/v1/batches/{batch_id}").json())["status"] == "cancelling":
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        counts = batch["request_counts"]
+        assert batch["status"] == "canceled", counts
+        assert counts["canceled"] > 0
+        assert counts["completed"] + counts["failed"] + counts["canceled"] == 40
+        rows = [json.loads(line) for line in client.get(f"/v1/batches/{batch_id}/results").text.splitlines()]
+        assert len(rows) == 40 and {r["status"] for r in rows} <= {"succeeded", "failed", "canceled"}
+        deadline = time.monotonic() + 10  # the next heartbeats show an empty intake
+        while engine_waiting(stack) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert engine_waiting(stack) == 0
