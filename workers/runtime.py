@@ -150,7 +150,7 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
         assert spec is not None
         if settings.worker_dtype:
             spec = spec.model_copy(update={"dtype": settings.worker_dtype})
-        loaded = load(spec, settings.cache_dir)
+        loaded = load(spec, settings.cache_dir, cpu_bf16=settings.cpu_auto_bf16)
         log.info("loaded %s on %s (%s) in %.1fs", model_id, loaded.device, loaded.dtype, loaded.load_seconds,
                  extra={"model": model_id, "device": loaded.device, "load_seconds": round(loaded.load_seconds, 3)})
         metrics.MODEL_LOAD_SECONDS.labels(model_id, loaded.device, loaded.dtype).set(loaded.load_seconds)

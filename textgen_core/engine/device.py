@@ -3,7 +3,10 @@
 Pure functions over what the machine reports (``/proc/cpuinfo`` flags, the CPUs this process
 may use), so each choice is unit-tested without the hardware. bf16 halves the bytes every decode
 step reads, but only pays on CPUs that compute it natively (AMX or AVX512-BF16); elsewhere it is
-emulated and slower than fp32.
+emulated and slower than fp32. It is opt-in (``cpu_auto_bf16``): in bf16 a greedy row's text
+depends slightly on its batchmates (kernels round differently per batch shape, and near-ties
+flip after a few dozen tokens), which breaks the promise that a job writes the same text alone
+and in a batch; fp32 keeps it.
 """
 
 from __future__ import annotations
@@ -35,19 +38,22 @@ def read_cpu_flags(path: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
         return frozenset()
 
 
-def auto_dtype(device: str, flags: frozenset[str]) -> str:
-    """float16 on CUDA, bfloat16 on a CPU with native bf16, float32 elsewhere."""
+def auto_dtype(device: str, flags: frozenset[str], cpu_bf16: bool = True) -> str:
+    """float16 on CUDA; on a CPU, bfloat16 where it is native and allowed (``cpu_bf16``), else float32."""
     if device.startswith("cuda"):
         return "float16"
-    if device == "cpu" and flags & BF16_CPU_FLAGS:
+    if device == "cpu" and cpu_bf16 and flags & BF16_CPU_FLAGS:
         return "bfloat16"
     return "float32"
 
 
-def resolve_dtype(requested: str, device: str, flags: frozenset[str] | None = None) -> str:
+def resolve_dtype(requested: str, device: str, flags: frozenset[str] | None = None, *,
+                  cpu_bf16: bool = False) -> str:
     if requested != "auto":
         return requested
-    return auto_dtype(device, read_cpu_flags() if flags is None and device == "cpu" else flags or frozenset())
+    if flags is None:
+        flags = read_cpu_flags() if device == "cpu" and cpu_bf16 else frozenset()
+    return auto_dtype(device, flags, cpu_bf16)
 
 
 def default_max_batch(device: str) -> int:
