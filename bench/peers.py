@@ -81,16 +81,31 @@ async def _complete(client: httpx.AsyncClient, server: Server, prompt: str, max_
     resp = await client.post("/v1/chat/completions", json={
         "model": server.model, "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens, "temperature": 0})
-    resp.raise_for_status()
+    if resp.status_code != 200:
+        raise httpx.HTTPStatusError(f"{resp.status_code}: {resp.text[:300]}", request=resp.request, response=resp)
     return int(resp.json()["usage"]["completion_tokens"])
+
+
+async def _warm_up(client: httpx.AsyncClient, server: Server, texts: list[str]) -> None:
+    """Two short requests (first calls allocate and pick kernels); a server still coming up may
+    answer 503 for a while, as a client retrying after Retry-After would see."""
+    deadline = time.monotonic() + 180
+    for text in texts[:2]:
+        while True:
+            try:
+                await _complete(client, server, text, 4)
+                break
+            except httpx.HTTPStatusError as exc:
+                if exc.response.status_code != 503 or time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(2)
 
 
 async def _measure(server: Server, texts: list[str], single: int, max_tokens: int) -> Figures:
     limits = httpx.Limits(max_connections=len(texts) + 8)
     headers = {"Authorization": f"Bearer {server.key}"}
     async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=900, limits=limits) as client:
-        for text in texts[:2]:  # warm-up: first calls allocate and pick kernels
-            await _complete(client, server, text, 4)
+        await _warm_up(client, server, texts)
         started = time.perf_counter()
         counts = await asyncio.gather(*(_complete(client, server, t, max_tokens) for t in texts))
         concurrent = sum(counts) / (time.perf_counter() - started)
