@@ -318,7 +318,7 @@ class ModelCard(BaseModel):
     workers: list[str] = Field(description="Live workers that have the model loaded.")
     device: str | None
     dtype: str | None
-    max_batch: int
+    max_batch: int | None = Field(description="Rows per decoding step (null: the device's default, no worker up).")
     context_length: int | None
 
 

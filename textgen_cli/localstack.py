@@ -69,8 +69,7 @@ class LocalStack:
             TEXTGEN_API_KEYS=",".join(self.api_keys),
             TEXTGEN_MODELS=json.dumps(self.models),
             TEXTGEN_WORKER_MODELS=",".join(self.worker_models),
-            TEXTGEN_HEARTBEAT_SECONDS="1",
-            **self.extra_env,
+            **{"TEXTGEN_HEARTBEAT_SECONDS": "1", **self.extra_env},  # extra_env may override
         )
         if api:
             port = free_port()

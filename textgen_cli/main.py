@@ -111,13 +111,14 @@ def worker(
     extra = {"TEXTGEN_WORKER_DTYPE": dtype} if dtype else {}
     if len(devices) == 1:
         env = child_env(**gpu_environment(devices[0]), **worker_metrics_env(settings, 0), **extra)
-        cmd = worker_command(settings, worker_name(devices[0]), concurrency)
+        cmd = worker_command(settings, worker_name(devices[0]), concurrency,
+                             device="cpu" if devices[0] is None else "cuda")
         os.execvpe(cmd[0], cmd, env)
     _stop_on_signals()
     sup = Supervisor()
     try:
         for index, device in enumerate(devices):
-            sup.start(f"gpu{device}", worker_command(settings, worker_name(device), concurrency),
+            sup.start(f"gpu{device}", worker_command(settings, worker_name(device), concurrency, device="cuda"),
                       child_env(**gpu_environment(device), **worker_metrics_env(settings, index), **extra))
         while (name := sup.dead()) is None:
             time.sleep(0.5)

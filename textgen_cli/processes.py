@@ -9,6 +9,7 @@ import socket
 import sys
 from typing import Any
 
+from textgen_core.engine.device import default_max_batch
 from textgen_core.settings import Settings
 
 
@@ -25,13 +26,14 @@ def worker_name(gpu: int | None, index: int = 0) -> str:
 
 
 def worker_command(settings: Settings, name: str, concurrency: int | None = None,
-                   loglevel: str | None = None) -> list[str]:
+                   loglevel: str | None = None, device: str = "cpu") -> list[str]:
     """A Celery worker on the threads pool: concurrent tasks share one process, one model copy
     and one batching engine; the pool never forks, so CUDA stays safe."""
     served = [m for m in settings.models if not settings.worker_models or m.id in settings.worker_models]
     # Bulk items hold at most max_batch slots per model; the headroom keeps slots free for
     # interactive jobs however deep the bulk backlog (see workers/lanes.py).
-    slots = concurrency or sum(m.max_batch + settings.interactive_headroom for m in served)
+    slots = concurrency or sum((m.max_batch or default_max_batch(device)) + settings.interactive_headroom
+                               for m in served)
     return [
         # --quiet: no banner (the settings are in the ready message and the heartbeat).
         sys.executable, "-m", "celery", "--quiet", "-A", "workers.app", "worker",

@@ -21,6 +21,7 @@ from textgen_core import metrics
 from textgen_core.batch_store import BatchLedger
 from textgen_core.cache import ResultCache, model_profile
 from textgen_core.engine.batching import Engine
+from textgen_core.engine.device import default_max_batch, worker_threads
 from textgen_core.engine.loader import LoadedModel, load
 from textgen_core.executor import JobExecutor
 from textgen_core.keys import DELIVER_WEBHOOK_TASK, Keys
@@ -127,10 +128,9 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
     if _runtime is not None:
         return _runtime
     settings = get_settings()
-    if settings.torch_threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(settings.torch_threads)
+    torch.set_num_threads(worker_threads(settings.torch_threads))
     # A few quick retries ride out a Redis restart (stale connections, a second or two down); the
     # scripts are safe to run again (a lost claim or reap is left to lapse and reaped, see leases.py).
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30,
@@ -150,14 +150,14 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
         assert spec is not None
         if settings.worker_dtype:
             spec = spec.model_copy(update={"dtype": settings.worker_dtype})
-        loaded = load(spec, settings.cache_dir)
+        loaded = load(spec, settings.cache_dir, cpu_bf16=settings.cpu_auto_bf16)
         log.info("loaded %s on %s (%s) in %.1fs", model_id, loaded.device, loaded.dtype, loaded.load_seconds,
                  extra={"model": model_id, "device": loaded.device, "load_seconds": round(loaded.load_seconds, 3)})
         metrics.MODEL_LOAD_SECONDS.labels(model_id, loaded.device, loaded.dtype).set(loaded.load_seconds)
         models[model_id] = loaded
         engines[model_id] = Engine(
             loaded,
-            max_batch=spec.max_batch,
+            max_batch=spec.max_batch or default_max_batch(loaded.device),
             batch_wait_s=settings.batch_wait_ms / 1000,
             time_limit_s=settings.generation_time_limit_seconds,
             on_step=store.append_deltas,

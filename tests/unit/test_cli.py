@@ -26,4 +26,6 @@ def test_worker_is_named_after_its_gpu_and_uses_a_non_forking_pool() -> None:
     cmd = worker_command(Settings(_env_file=None), "w@h")
     assert cmd[cmd.index("--pool") + 1] == "threads"
     # The default model's max batch plus the slots kept for interactive jobs.
-    assert cmd[cmd.index("--concurrency") + 1] == "20"
+    assert cmd[cmd.index("--concurrency") + 1] == "68"  # 64 rows on a CPU by default, plus 4
+    gpu = worker_command(Settings(_env_file=None), "w@h", device="cuda")
+    assert gpu[gpu.index("--concurrency") + 1] == "132"  # a CUDA engine's 128 rows, plus 4

@@ -18,10 +18,10 @@ recomputing anything, before any new bulk row is prefilled; and new bulk rows ar
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -30,7 +30,7 @@ from transformers import DynamicCache
 
 from textgen_core import metrics
 from textgen_core.engine.loader import LoadedModel
-from textgen_core.engine.sampling import apply_penalties, choose, new_generator
+from textgen_core.engine.sampling import choose_tokens, new_generator
 from textgen_core.engine.text import TextState
 from textgen_core.jobs import SamplingParams
 
@@ -84,6 +84,33 @@ class _Parked:
         return _slice_rows(self.rows, self.logits, self.cache, self.mask, index)
 
 
+class _Intake:
+    """Rows waiting for a place in the batch, oldest first. Unlike a queue, canceled rows can be
+    taken out from anywhere, so a cancel never waits for room in the batch."""
+
+    def __init__(self) -> None:
+        self._rows: deque[_Row] = deque()
+        self._lock = threading.Lock()
+
+    def put(self, row: _Row) -> None:
+        with self._lock:
+            self._rows.append(row)
+
+    def take(self, limit: int) -> list[_Row]:
+        with self._lock:
+            return [self._rows.popleft() for _ in range(min(max(limit, 0), len(self._rows)))]
+
+    def take_canceled(self, job_ids: set[str]) -> list[_Row]:
+        with self._lock:
+            out = [r for r in self._rows if r.job_id in job_ids]
+            if out:
+                self._rows = deque(r for r in self._rows if r.job_id not in job_ids)
+            return out
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
 StepSink = Callable[[dict[str, str]], None]
 
 RECOVER_STEPS = 64
@@ -116,8 +143,8 @@ class Engine:
         # New bulk rows prefilled per step (None: as many as fit); an interactive row that arrives
         # during a prefill waits for it, and a prefill of many rows costs many steps.
         self.bulk_prefill_rows = bulk_prefill_rows
-        self._intake: queue.Queue[_Row] = queue.Queue()
-        self._bulk_intake: queue.Queue[_Row] = queue.Queue()
+        self._intake = _Intake()
+        self._bulk_intake = _Intake()
         self._parked: list[_Parked] = []  # bulk rows set aside for interactive rows, oldest first
         self._arrived = threading.Event()
         self._cancel: set[str] = set()
@@ -180,6 +207,7 @@ class Engine:
     def cancel(self, job_id: str) -> None:
         with self._lock:
             self._cancel.add(job_id)
+        self._arrived.set()  # an idle engine wakes to settle a row still waiting in its intake
 
     @property
     def running(self) -> int:
@@ -187,7 +215,7 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return self._intake.qsize() + self._bulk_intake.qsize() + sum(len(p.rows) for p in self._parked)
+        return len(self._intake) + len(self._bulk_intake) + sum(len(p.rows) for p in self._parked)
 
     # -- engine thread ------------------------------------------------------------------
 
@@ -204,15 +232,17 @@ class Engine:
 
     def _take_new(self) -> list[_Row]:
         """Rows to prefill now; parked bulk rows are merged back here, as room allows."""
-        if not self._rows and not self._parked:  # idle: block for the first arrival, then wait briefly
+        idle = not self._rows and not self._parked
+        if idle and not len(self._intake) and not len(self._bulk_intake):
+            # Nothing anywhere: block for the first arrival (or a cancel), then wait briefly for company.
             if not self._arrived.wait(0.2):
                 return []
             self._arrived.clear()
             if self.batch_wait_s:
                 time.sleep(self.batch_wait_s)
-        if self._parked and self._cancel:
-            self._cancel_parked()
-        new = _drain(self._intake, self._cap + self.interactive_headroom - len(self._rows))
+        if self._cancel:
+            self._cancel_waiting()
+        new = self._intake.take(self._cap + self.interactive_headroom - len(self._rows))
         room = self._cap - len(self._rows) - len(new)
         limit = self.bulk_rows_with_interactive
         if limit is not None and (new or any(r.lane != "bulk" for r in self._rows)):
@@ -224,7 +254,7 @@ class Engine:
         room -= self._unpark(room)  # parked rows first: they cost no prefill
         if self.bulk_prefill_rows is not None:
             room = min(room, self.bulk_prefill_rows)
-        return new + _drain(self._bulk_intake, room)
+        return new + self._bulk_intake.take(room)
 
     def _park_bulk(self, count: int) -> None:
         """Set aside ``count`` bulk rows, those with the fewest tokens first (the rest finish sooner)."""
@@ -241,13 +271,28 @@ class Engine:
             self._rows, self._cache, self._mask, self._logits = [], None, None, None
             self._last_step_at = None
 
-    def _cancel_parked(self) -> None:
-        """A parked row canceled ends now, not when it would have been merged back."""
+    def _cancel_waiting(self) -> None:
+        """A canceled row that waits (in an intake, or parked) ends now, not when it would have
+        been admitted or merged back: a canceled backlog settles with no other traffic."""
         with self._lock:
-            canceled = self._cancel & {r.job_id for group in self._parked for r in group.rows}
-            self._cancel -= canceled
+            wanted = set(self._cancel)
+        waiting = self._intake.take_canceled(wanted) + self._bulk_intake.take_canceled(wanted)
+        self._settle_canceled(waiting)
+        if self._parked:
+            self._cancel_parked(wanted)
+
+    def _settle_canceled(self, rows: Iterable[_Row]) -> None:
+        for row in rows:
+            with self._lock:
+                self._cancel.discard(row.job_id)
+            self._resolve(row, "canceled")
+
+    def _cancel_parked(self, wanted: set[str]) -> None:
+        canceled = wanted & {r.job_id for group in self._parked for r in group.rows}
         if not canceled:
             return
+        with self._lock:
+            self._cancel -= canceled
         groups = []
         for group in self._parked:
             keep = [i for i, r in enumerate(group.rows) if r.job_id not in canceled]
@@ -330,16 +375,14 @@ class Engine:
         with self._lock:
             canceled = self._cancel & {r.job_id for r in self._rows}
             self._cancel -= canceled
-        tokens: list[int] = []
         deltas: dict[str, str] = {}
-        done: list[tuple[_Row, str]] = []
-        for i, row in enumerate(self._rows):
-            if row.job_id in canceled:
-                done.append((row, "canceled"))
-                tokens.append(0)
-                continue
-            token = self._choose(row, self._logits[i])
-            tokens.append(token)
+        done: list[tuple[_Row, str]] = [(r, "canceled") for r in self._rows if r.job_id in canceled]
+        live = [i for i, r in enumerate(self._rows) if r.job_id not in canceled]
+        logits = self._logits if len(live) == len(self._rows) else self._logits[torch.tensor(live, device=self.device)]
+        chosen = choose_tokens(logits, [self._rows[i] for i in live]) if live else []
+        tokens = dict(zip(live, chosen, strict=True))
+        for i, token in tokens.items():
+            row = self._rows[i]
             row.generated.append(token)
             row.first_token_at = row.first_token_at or time.time()
             reason = None
@@ -374,16 +417,6 @@ class Engine:
             self._select(keep)
         next_ids = torch.tensor([[tokens[i]] for i in keep], device=self.device)
         self._forward(next_ids)
-
-    def _choose(self, row: _Row, logits: torch.Tensor) -> int:
-        p = row.params
-        if p.repetition_penalty != 1.0 or p.presence_penalty or p.frequency_penalty:
-            context = torch.tensor(row.context_ids(), device=logits.device)
-            generated = torch.tensor(row.generated, dtype=torch.long, device=logits.device)
-            logits = apply_penalties(logits, p, context, generated)
-        if not p.greedy:
-            logits = logits.cpu()
-        return choose(logits, p, row.generator)
 
     def _select(self, keep: list[int]) -> None:
         assert self._cache is not None and self._mask is not None and self._logits is not None
@@ -467,16 +500,6 @@ class Engine:
 def _empty_device_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _drain(intake: queue.Queue[_Row], limit: int) -> list[_Row]:
-    rows: list[_Row] = []
-    try:
-        while len(rows) < limit:
-            rows.append(intake.get_nowait())
-    except queue.Empty:
-        pass
-    return rows
 
 
 def _slice_rows(rows: list[_Row], logits: torch.Tensor, cache: DynamicCache, mask: torch.Tensor,

@@ -19,6 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from textgen_core.engine.device import resolve_dtype
 from textgen_core.settings import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -118,20 +119,14 @@ class LoadedModel:
         return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
 
-def resolve_dtype(requested: str, device: str) -> str:
-    if requested == "auto":
-        return "float16" if device.startswith("cuda") else "float32"
-    return requested
-
-
-def load(spec: ModelSpec, cache_dir: Path, device: str | None = None) -> LoadedModel:
+def load(spec: ModelSpec, cache_dir: Path, device: str | None = None, *, cpu_bf16: bool = False) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.monotonic()
     source = prepare(spec, cache_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = resolve_dtype(spec.dtype, device)
+    dtype = resolve_dtype(spec.dtype, device, cpu_bf16=cpu_bf16)
     kwargs: dict[str, Any] = {"revision": spec.revision} if spec.revision else {}
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **kwargs)

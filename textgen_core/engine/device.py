@@ -1,0 +1,70 @@
+"""Device-aware defaults: the dtype, batch size and thread count a worker runs with unless told.
+
+Pure functions over what the machine reports (``/proc/cpuinfo`` flags, the CPUs this process
+may use), so each choice is unit-tested without the hardware. bf16 halves the bytes every decode
+step reads, but only pays on CPUs that compute it natively (AMX or AVX512-BF16); elsewhere it is
+emulated and slower than fp32. It is opt-in (``cpu_auto_bf16``): in bf16 a greedy row's text
+depends slightly on its batchmates (kernels round differently per batch shape, and near-ties
+flip after a few dozen tokens), which breaks the promise that a job writes the same text alone
+and in a batch; fp32 keeps it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# CPU flags (as /proc/cpuinfo names them) that give native bf16 matrix arithmetic.
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+
+# Rows per decoding step when a model's max_batch is not set. On a CPU a step's cost grows with
+# the rows, so 64 is where throughput stops rising for a small model; a GPU keeps gaining longer.
+DEFAULT_MAX_BATCH = {"cpu": 64, "cuda": 128}
+
+
+def cpu_flags(cpuinfo: str) -> frozenset[str]:
+    """The feature flags of the first CPU listed in ``/proc/cpuinfo`` text."""
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def read_cpu_flags(path: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    try:
+        return cpu_flags(path.read_text())
+    except OSError:  # not Linux: no flags known, so no bf16 by default
+        return frozenset()
+
+
+def auto_dtype(device: str, flags: frozenset[str], cpu_bf16: bool = True) -> str:
+    """float16 on CUDA; on a CPU, bfloat16 where it is native and allowed (``cpu_bf16``), else float32."""
+    if device.startswith("cuda"):
+        return "float16"
+    if device == "cpu" and cpu_bf16 and flags & BF16_CPU_FLAGS:
+        return "bfloat16"
+    return "float32"
+
+
+def resolve_dtype(requested: str, device: str, flags: frozenset[str] | None = None, *,
+                  cpu_bf16: bool = False) -> str:
+    if requested != "auto":
+        return requested
+    if flags is None:
+        flags = read_cpu_flags() if device == "cpu" and cpu_bf16 else frozenset()
+    return auto_dtype(device, flags, cpu_bf16)
+
+
+def default_max_batch(device: str) -> int:
+    return DEFAULT_MAX_BATCH["cuda" if device.startswith("cuda") else "cpu"]
+
+
+def worker_threads(requested: int | None, available: int | None = None) -> int:
+    """Torch threads: as asked, else one per CPU this process may run on (its affinity or cgroup
+    share, not the host's count, which oversubscribes a container and slows every step)."""
+    if requested:
+        return requested
+    if available is None:
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, available)
