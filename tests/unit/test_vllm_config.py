@@ -1,0 +1,64 @@
+"""Choosing the vLLM backend is configuration: the model entry, the worker's Python, GPU groups."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from textgen_cli import processes
+from textgen_cli.processes import VllmEnvironmentMissing, tensor_parallel_groups, worker_command
+from textgen_core.settings import Settings
+
+
+def settings(**entry: object) -> Settings:
+    return Settings(_env_file=None, models=[{"id": "m", **entry}], default_model="m")
+
+
+def test_a_model_runs_on_transformers_unless_it_asks_for_vllm() -> None:
+    plain = settings().models[0]
+    assert plain.engine == "transformers"
+    spec = settings(engine="vllm", vllm={"tensor_parallel_size": 2, "max_num_seqs": 64}).models[0]
+    assert spec.engine == "vllm" and spec.vllm.tensor_parallel_size == 2 and spec.vllm.max_num_seqs == 64
+    assert spec.vllm.enable_prefix_caching is True
+
+
+@pytest.mark.parametrize("entry", [{"engine": "tensorrt"}, {"engine": "vllm", "vllm": {"tensor_parallel_size": 0}},
+                                   {"engine": "vllm", "vllm": {"gpu_memory_utilization": 1.5}}])
+def test_bad_engine_settings_are_refused(entry: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        settings(**entry)
+
+
+def test_a_transformers_worker_runs_on_this_python() -> None:
+    assert worker_command(settings(), "w@h")[0] == sys.executable
+
+
+def test_a_vllm_worker_without_its_environment_says_how_to_make_it(monkeypatch: pytest.MonkeyPatch,
+                                                                   tmp_path: Path) -> None:
+    monkeypatch.setattr(processes, "VLLM_VENV", tmp_path / ".venv-vllm")
+    monkeypatch.setattr(processes.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(VllmEnvironmentMissing, match="make install-vllm"):
+        worker_command(settings(engine="vllm"), "w@h")
+
+
+def test_a_vllm_worker_runs_on_the_vllm_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    python = tmp_path / ".venv-vllm" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.touch()
+    monkeypatch.setattr(processes, "VLLM_VENV", tmp_path / ".venv-vllm")
+    monkeypatch.setattr(processes.importlib.util, "find_spec", lambda name: None)
+    assert worker_command(settings(engine="vllm"), "w@h")[0] == str(python)
+    assert worker_command(Settings(_env_file=None, models=[{"id": "m", "engine": "vllm"}], default_model="m",
+                                   vllm_python="/opt/vllm/bin/python"), "w@h")[0] == "/opt/vllm/bin/python"
+
+
+def test_tensor_parallel_groups_split_the_gpus() -> None:
+    assert tensor_parallel_groups([0, 1], 2) == [[0, 1]]
+    assert tensor_parallel_groups([0, 1, 2, 3], 2) == [[0, 1], [2, 3]]
+    with pytest.raises(ValueError, match="multiple of 2"):
+        tensor_parallel_groups([0, 1, 2], 2)
+    with pytest.raises(ValueError):
+        tensor_parallel_groups([None], 2)
