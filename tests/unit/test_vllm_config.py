@@ -62,3 +62,21 @@ def test_tensor_parallel_groups_split_the_gpus() -> None:
         tensor_parallel_groups([0, 1, 2], 2)
     with pytest.raises(ValueError):
         tensor_parallel_groups([None], 2)
+
+
+def test_worker_tensor_parallel_starts_one_process_per_gpu_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from textgen_cli import main
+
+    started: list[tuple[str, dict[str, str]]] = []
+    monkeypatch.setattr(main.Supervisor, "start", lambda self, name, cmd, env: started.append((name, env)))
+    monkeypatch.setattr(main.Supervisor, "dead", lambda self: "gpu0-1")  # end the supervision loop at once
+    monkeypatch.setattr(main, "_stop_on_signals", lambda: None)
+    result = CliRunner().invoke(main.app, ["worker", "--gpus", "0,1,2,3", "--tensor-parallel", "2"])
+    assert result.exit_code == 1  # "a worker exited", as the stubbed supervisor reports
+    assert [name for name, _ in started] == ["gpu0-1", "gpu2-3"]
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in started] == ["0,1", "2,3"]
+    assert all(env["TEXTGEN_WORKER_TENSOR_PARALLEL"] == "2" for _, env in started)
+    bad = CliRunner().invoke(main.app, ["worker", "--gpus", "0,1,2", "--tensor-parallel", "2"])
+    assert bad.exit_code == 2 and "multiple of 2" in bad.output

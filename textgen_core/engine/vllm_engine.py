@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -108,6 +110,7 @@ class VllmEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._engine: Any = None
         self._threads: list[threading.Thread] = []
+        self._watchdog: EngineWatchdog | None = None
 
     # -- public, any thread -------------------------------------------------------------
 
@@ -123,6 +126,7 @@ class VllmEngine:
         sink_thread.start()
         started.result(timeout)
         self.load_seconds = time.monotonic() - began
+        self._watchdog = EngineWatchdog.guard(engine_processes())
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -137,6 +141,8 @@ class VllmEngine:
                 log.exception("vLLM engine shutdown failed")
         for thread in self._threads:
             thread.join(timeout)
+        if self._watchdog is not None:
+            self._watchdog.release()
 
     def submit(self, job_id: str, prompt_ids: list[int], params: SamplingParams,
                lane: str = "interactive") -> Future[Result]:
@@ -297,6 +303,64 @@ class VllmEngine:
                     request.future.set_exception(outcome)
                 else:
                     request.future.set_result(outcome)
+
+
+# Waits for EOF on stdin, whose only writer is the worker: EOF without a word first means the worker
+# died without stopping its engine, so its vLLM processes are killed.
+_WATCHDOG = """
+import os, signal, sys
+said = sys.stdin.buffer.read()
+if not said:
+    for pid in map(int, sys.argv[1:]):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+"""
+
+
+@dataclass
+class EngineWatchdog:
+    """vLLM's engine core (and the model workers under it) outlive a SIGKILLed worker: nothing tells
+    them their parent died, and each holds the model and its KV cache. A small process that reads a
+    pipe from the worker kills them when the pipe closes without a clean ``release``."""
+
+    proc: subprocess.Popen[bytes]
+
+    @classmethod
+    def guard(cls, pids: list[int]) -> EngineWatchdog | None:
+        if not pids:
+            return None
+        proc = subprocess.Popen([sys.executable, "-c", _WATCHDOG, *map(str, pids)], stdin=subprocess.PIPE,
+                                start_new_session=True)
+        return cls(proc)
+
+    def release(self) -> None:
+        """The engine stopped cleanly: the watchdog leaves without killing anything."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(b"stopped")
+            self.proc.stdin.close()
+            self.proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+
+
+def engine_processes() -> list[int]:
+    """The processes vLLM started from this one (its engine core) and theirs (its model workers)."""
+    import multiprocessing
+
+    found: list[int] = []
+    todo = [p.pid for p in multiprocessing.active_children() if p.pid is not None]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                todo.extend(int(c) for c in task.read_text().split())
+            except OSError:
+                continue
+    return found
 
 
 def sampling_params(params: SamplingParams) -> Any:
