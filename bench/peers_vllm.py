@@ -3,7 +3,7 @@
     python bench/peers_vllm.py [--concurrency 64] [--rounds 2] [--max-tokens 64] [--single 8]
     python bench/peers_vllm.py --device cuda      # on a GPU: fp16, `vllm` from PyPI in .venv-vllm
 
-Both sides run the same engine (the Python of ``.venv-vllm``, from ``make install-vllm``) on the
+Both sides run the same engine (``.venv-vllm``, from ``make install-vllm``; ``vllm serve`` for vLLM) on the
 packaged model's safetensors folder, with the same dtype, batch size, context and KV cache. The
 work: ``concurrency`` clients each sending ``rounds`` greedy ``/v1/chat/completions`` requests
 (``max_tokens`` each, distinct prompts so nothing is cached), then ``single`` requests one at a time.
@@ -50,13 +50,6 @@ def vllm_python() -> str:
     if not python.exists():
         raise SystemExit(f"{python} is missing: run `make install-vllm` first")
     return str(python)
-
-
-def engine_env(device: str, kvcache_gib: float) -> dict[str, str]:
-    env = {"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}
-    if device == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = f"{kvcache_gib:g}"
-    return env
 
 
 async def _chat(client: httpx.AsyncClient, i: int, max_tokens: int) -> tuple[int, float]:
@@ -134,14 +127,16 @@ def run_vllm_server(root: Path, *, device: str = "cpu", concurrency: int = 64, r
     """vLLM's own OpenAI server with the same engine arguments, driven by the same client."""
     folder = prepare(ModelSpec(id=DEFAULT_MODEL_ID), Path.home() / ".cache" / "textgen")
     port = free_port()
-    cmd = [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
+    cmd = [str(Path(vllm_python()).with_name("vllm")), "serve", str(folder),
            "--served-model-name", DEFAULT_MODEL_ID, "--host", "127.0.0.1", "--port", str(port),
            "--dtype", model_entry(device, concurrency, kvcache_gib)["dtype"], "--max-model-len", "2048",
            "--max-num-seqs", str(concurrency + 4), "--api-key", API_KEY, "--seed", "0", "--disable-log-stats",
            "--scheduling-policy", "priority", "--enable-prefix-caching"]
+    if device == "cpu":
+        cmd += ["--kv-cache-memory-bytes", str(int(kvcache_gib * (1 << 30)))]
     log = root / "vllm-server.log"
     with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, env={**os.environ, **engine_env(device, kvcache_gib)}, stdout=out,
+        proc = subprocess.Popen(cmd, env={**os.environ, "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}, stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", log, timeout=900)

