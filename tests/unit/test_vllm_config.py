@@ -80,3 +80,21 @@ def test_worker_tensor_parallel_starts_one_process_per_gpu_group(monkeypatch: py
     assert all(env["TEXTGEN_WORKER_TENSOR_PARALLEL"] == "2" for _, env in started)
     bad = CliRunner().invoke(main.app, ["worker", "--gpus", "0,1,2", "--tensor-parallel", "2"])
     assert bad.exit_code == 2 and "multiple of 2" in bad.output
+
+
+def test_textgen_up_without_the_vllm_environment_exits_with_the_fix(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from textgen_cli import main
+
+    monkeypatch.setattr(processes, "VLLM_VENV", tmp_path / ".venv-vllm")
+    monkeypatch.setattr(processes.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("TEXTGEN_MODELS", '[{"id": "smollm2-135m-instruct", "engine": "vllm"}]')
+    main.get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(main.app, ["up"])
+    finally:
+        main.get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert "make install-vllm" in " ".join(result.output.split())
