@@ -22,7 +22,8 @@ from tests.conftest import Stack, launch_stack, wait_job
 from textgen_cli.processes import VllmEnvironmentMissing, worker_python
 from textgen_core.settings import DEFAULT_MODEL_ID, Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+# Generous: each worker start spawns and profiles vLLM on what may be a busy 2-core machine.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 # Eager: torch.compile would add minutes to each worker's start here; the job contract is the same.
 MODELS = [{"id": DEFAULT_MODEL_ID, "engine": "vllm", "max_batch": 8,
@@ -48,7 +49,7 @@ def vllm_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("vllm")
     with launch_stack(root, MODELS, DEFAULT_MODEL_ID, worker=False) as st:
         st.start_worker("vllm1")
-        st.wait_for_worker("vllm1", timeout=600)  # a cold start profiles the model on a busy CPU
+        st.wait_for_worker("vllm1", timeout=1200)  # a cold start profiles the model on a busy CPU
         yield st
 
 
@@ -196,7 +197,7 @@ def test_cancel_mid_generation_aborts_within_a_step_and_keeps_the_text(vllm_stac
 def test_a_sigkilled_workers_job_is_finished_by_another_and_vllm_goes_with_it(vllm_stack: Stack,
                                                                              api: httpx.Client) -> None:
     vllm_stack.start_worker("vllm2")
-    vllm_stack.wait_for_worker("vllm2", timeout=600)
+    vllm_stack.wait_for_worker("vllm2", timeout=1200)
     job_id = submit(api, **LONG, conversation_id="vllm-lighthouse")["id"]
     r = vllm_stack.redis()
     deadline = time.monotonic() + 180
@@ -221,7 +222,7 @@ def test_the_generation_time_limit_ends_a_long_job_with_its_text(vllm_stack: Sta
     for name in [n for n in ("vllm1", "vllm2") if n in vllm_stack.procs]:
         vllm_stack.stop(name)
     vllm_stack.start_worker("vllm3", TEXTGEN_GENERATION_TIME_LIMIT_SECONDS="3")
-    vllm_stack.wait_for_worker("vllm3", timeout=600)
+    vllm_stack.wait_for_worker("vllm3", timeout=1200)
     job = run(api, **{**LONG, "max_tokens": 1000})
     assert job["status"] == "succeeded" and job["finish_reason"] == "time_limit", job
     assert job["output"] and job["usage"]["completion_tokens"] < 1000

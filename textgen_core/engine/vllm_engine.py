@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -122,11 +123,11 @@ class VllmEngine:
         sink_thread = threading.Thread(target=self._run_sink, name="textgen-vllm-sink", daemon=True)
         self._threads = [loop_thread, sink_thread]
         began = time.monotonic()
+        self._watchdog = EngineWatchdog.guard()  # before vLLM starts its processes, which inherit its token
         loop_thread.start()
         sink_thread.start()
         started.result(timeout)
         self.load_seconds = time.monotonic() - began
-        self._watchdog = EngineWatchdog.guard(engine_processes())
         return self
 
     def stop(self, timeout: float = 30.0) -> None:
@@ -303,15 +304,19 @@ class VllmEngine:
                     request.future.set_result(outcome)
 
 
+OWNER_ENV = "TEXTGEN_VLLM_OWNER"  # inherited by every process vLLM starts from this worker
+
 # Waits for EOF on stdin, whose only writer is the worker: EOF without a word first means the worker
-# died without stopping its engine, so its vLLM processes are killed.
+# died without stopping its engine, so every process that carries its owner token is killed.
 _WATCHDOG = """
 import os, signal, sys
-said = sys.stdin.buffer.read()
-if not said:
-    for pid in map(int, sys.argv[1:]):
+marker = (sys.argv[1] + "=" + sys.argv[2]).encode()
+if not sys.stdin.buffer.read():
+    for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            os.kill(pid, signal.SIGKILL)
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if marker in f.read().split(b"\\0"):
+                    os.kill(int(pid), signal.SIGKILL)
         except OSError:
             pass
 """
@@ -319,18 +324,20 @@ if not said:
 
 @dataclass
 class EngineWatchdog:
-    """vLLM's engine core (and the model workers under it) outlive a SIGKILLed worker: nothing tells
-    them their parent died, and each holds the model and its KV cache. A small process that reads a
-    pipe from the worker kills them when the pipe closes without a clean ``release``."""
+    """vLLM's engine core (and the model workers under it) outlive a SIGKILLed worker, or one stopped
+    while its engine starts: nothing tells them their parent died, and each holds the model and its KV
+    cache. A small process reading a pipe from the worker kills them when the pipe closes without a
+    clean ``release``; it finds them by a token in their environment, set before vLLM starts them."""
 
     proc: subprocess.Popen[bytes]
 
     @classmethod
-    def guard(cls, pids: list[int]) -> EngineWatchdog | None:
-        if not pids:
-            return None
-        proc = subprocess.Popen([sys.executable, "-c", _WATCHDOG, *map(str, pids)], stdin=subprocess.PIPE,
-                                start_new_session=True)
+    def guard(cls) -> EngineWatchdog:
+        token = uuid.uuid4().hex
+        env = {k: v for k, v in os.environ.items() if k != OWNER_ENV}
+        proc = subprocess.Popen([sys.executable, "-c", _WATCHDOG, OWNER_ENV, token], stdin=subprocess.PIPE,
+                                env=env, start_new_session=True)
+        os.environ[OWNER_ENV] = token
         return cls(proc)
 
     def release(self) -> None:
@@ -342,23 +349,6 @@ class EngineWatchdog:
             self.proc.wait(10)
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
-
-
-def engine_processes() -> list[int]:
-    """The processes vLLM started from this one (its engine core) and theirs (its model workers)."""
-    import multiprocessing
-
-    found: list[int] = []
-    todo = [p.pid for p in multiprocessing.active_children() if p.pid is not None]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        for task in Path(f"/proc/{pid}/task").glob("*/children"):
-            try:
-                todo.extend(int(c) for c in task.read_text().split())
-            except OSError:
-                continue
-    return found
 
 
 def sampling_params(params: SamplingParams) -> Any:
