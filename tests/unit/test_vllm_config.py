@@ -98,3 +98,16 @@ def test_textgen_up_without_the_vllm_environment_exits_with_the_fix(monkeypatch:
         main.get_settings.cache_clear()
     assert result.exit_code == 2
     assert "make install-vllm" in " ".join(result.output.split())
+
+
+def test_the_cache_profile_names_the_engine() -> None:
+    from textgen_core.cache import model_profile
+    from textgen_core.engine.loader import LoadedModel
+
+    spec = settings().models[0].model_copy(update={"source": "hub", "location": "org/model", "revision": "abc"})
+    ours = LoadedModel(spec=spec, model=None, tokenizer=None, device="cpu", dtype="float32", context_length=2048,
+                       eos_token_ids=frozenset({2}), load_seconds=0.0)
+    theirs = LoadedModel(**{**ours.__dict__, "engine": "vllm-0.32.0"})
+    cache_dir = Path("/nonexistent")
+    assert model_profile(ours, cache_dir) == "org/model@abc|cpu|float32|transformers"
+    assert model_profile(theirs, cache_dir) == "org/model@abc|cpu|float32|vllm-0.32.0"
