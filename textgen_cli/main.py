@@ -20,17 +20,20 @@ from textgen_cli import chat as chat_cli
 from textgen_cli import client_commands
 from textgen_cli.client import stream_job
 from textgen_cli.processes import (
+    VllmEnvironmentMissing,
     api_command,
     child_env,
     flower_command,
     gpu_environment,
+    gpu_group_environment,
+    tensor_parallel_groups,
     webhook_worker_command,
     worker_command,
     worker_metrics_env,
     worker_name,
 )
 from textgen_cli.supervisor import Supervisor
-from textgen_core.settings import FLOWER_DEV_AUTH, get_settings
+from textgen_core.settings import FLOWER_DEV_AUTH, Settings, get_settings
 
 app = typer.Typer(help="textgen: asynchronous text generation on Redis, Celery and transformers.",
                   no_args_is_help=True, add_completion=False)
@@ -101,25 +104,43 @@ def worker(
     concurrency: Annotated[int | None, typer.Option(help="Jobs taken at once (default: max batch).")] = None,
     dtype: Annotated[str | None, typer.Option(
         help="float16 | bfloat16 | float32 (default: float16 on CUDA, float32 on CPU).")] = None,
+    tensor_parallel: Annotated[int | None, typer.Option(
+        min=1, help="vLLM models: GPUs per worker process, e.g. --gpus 0,1 --tensor-parallel 2.")] = None,
 ) -> None:
     """Run a Celery worker (one process per GPU) that loads its models once and batches jobs.
 
+    With --tensor-parallel N, each process owns N of the --gpus and vLLM shards a model across them.
     Each process serves Prometheus metrics: with --gpus 0,1 the first on TEXTGEN_WORKER_METRICS_PORT,
     the next on that port + 1, and so on."""
     settings = get_settings()
     devices = parse_gpus(gpu, gpus)
     extra = {"TEXTGEN_WORKER_DTYPE": dtype} if dtype else {}
+    if tensor_parallel and tensor_parallel > 1:
+        try:
+            groups = tensor_parallel_groups(devices, tensor_parallel)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        _run_workers(settings, [(f"gpu{'-'.join(map(str, g))}", gpu_group_environment(g)) for g in groups],
+                     concurrency, {**extra, "TEXTGEN_WORKER_TENSOR_PARALLEL": str(tensor_parallel)})
+        return
     if len(devices) == 1:
         env = child_env(**gpu_environment(devices[0]), **worker_metrics_env(settings, 0), **extra)
-        cmd = worker_command(settings, worker_name(devices[0]), concurrency,
-                             device="cpu" if devices[0] is None else "cuda")
+        cmd = _worker_command(settings, worker_name(devices[0]), concurrency,
+                              device="cpu" if devices[0] is None else "cuda")
         os.execvpe(cmd[0], cmd, env)
+    _run_workers(settings, [(f"gpu{device}", gpu_environment(device)) for device in devices], concurrency, extra)
+
+
+def _run_workers(settings: Settings, groups: list[tuple[str, dict[str, str]]], concurrency: int | None,
+                 extra: dict[str, str]) -> None:
+    """One worker process per (device label, environment), supervised; all stop when one exits."""
     _stop_on_signals()
     sup = Supervisor()
+    host = socket.gethostname()
     try:
-        for index, device in enumerate(devices):
-            sup.start(f"gpu{device}", worker_command(settings, worker_name(device), concurrency, device="cuda"),
-                      child_env(**gpu_environment(device), **worker_metrics_env(settings, index), **extra))
+        for index, (label, device_env) in enumerate(groups):
+            sup.start(label, _worker_command(settings, f"textgen-{label}@{host}", concurrency, device="cuda"),
+                      child_env(**device_env, **worker_metrics_env(settings, index), **extra))
         while (name := sup.dead()) is None:
             time.sleep(0.5)
         err.print(f"[red]worker {name} exited; stopping the others[/]")
@@ -128,6 +149,16 @@ def worker(
         pass
     finally:
         sup.stop()
+
+
+def _worker_command(settings: Settings, name: str, concurrency: int | None = None,
+                    device: str = "cpu") -> list[str]:
+    """``worker_command``, or a clear exit where a vLLM model's environment is missing."""
+    try:
+        return worker_command(settings, name, concurrency, device=device)
+    except VllmEnvironmentMissing as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
 
 
 def webhook_worker_name() -> str:

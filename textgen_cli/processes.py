@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import ctypes
+import importlib.util
 import os
 import signal
 import socket
 import sys
+from pathlib import Path
 from typing import Any
 
 from textgen_core.engine.device import default_max_batch
-from textgen_core.settings import Settings
+from textgen_core.settings import ModelSpec, Settings
 
 
 def gpu_environment(gpu: int | None) -> dict[str, str]:
@@ -20,9 +22,49 @@ def gpu_environment(gpu: int | None) -> dict[str, str]:
     return {"CUDA_VISIBLE_DEVICES": str(gpu), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
 
+def gpu_group_environment(gpus: list[int]) -> dict[str, str]:
+    """Environment that gives one worker several GPUs (vLLM tensor parallelism across them)."""
+    return {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+
+
+def tensor_parallel_groups(devices: list[int | None], tensor_parallel: int) -> list[list[int]]:
+    """``--gpus 0,1,2,3 --tensor-parallel 2`` -> [[0, 1], [2, 3]]: one worker process per group."""
+    gpus = [d for d in devices if d is not None]
+    if not gpus or len(gpus) % tensor_parallel:
+        raise ValueError(f"--tensor-parallel {tensor_parallel} needs --gpus with a multiple of "
+                         f"{tensor_parallel} GPU indexes, e.g. --gpus {','.join(map(str, range(tensor_parallel)))}")
+    return [gpus[i:i + tensor_parallel] for i in range(0, len(gpus), tensor_parallel)]
+
+
 def worker_name(gpu: int | None, index: int = 0) -> str:
     device = f"gpu{gpu}" if gpu is not None else ("cpu" if index == 0 else f"cpu{index}")
     return f"textgen-{device}@{socket.gethostname()}"
+
+
+class VllmEnvironmentMissing(RuntimeError):
+    """A served model runs on vLLM and no Python with vLLM is at hand."""
+
+
+VLLM_VENV = Path(__file__).resolve().parents[1] / ".venv-vllm"
+
+
+def worker_python(settings: Settings, served: list[ModelSpec]) -> str:
+    """The Python a worker runs on: vLLM models need the environment that has vLLM (its pins differ
+    from ours, so it is a second one, ``make install-vllm``); every other worker runs on this one."""
+    vllm_models = [m.id for m in served if m.engine == "vllm"]
+    if not vllm_models:
+        return sys.executable
+    if settings.vllm_python:
+        return settings.vllm_python
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    python = VLLM_VENV / "bin" / "python"
+    if not python.exists():
+        raise VllmEnvironmentMissing(
+            f"model {', '.join(vllm_models)} runs on vLLM, whose worker needs the environment {VLLM_VENV}: "
+            "run `make install-vllm` (or set TEXTGEN_VLLM_PYTHON to a Python that has vLLM and textgen)"
+        )
+    return str(python)
 
 
 def worker_command(settings: Settings, name: str, concurrency: int | None = None,
@@ -36,7 +78,7 @@ def worker_command(settings: Settings, name: str, concurrency: int | None = None
                                for m in served)
     return [
         # --quiet: no banner (the settings are in the ready message and the heartbeat).
-        sys.executable, "-m", "celery", "--quiet", "-A", "workers.app", "worker",
+        worker_python(settings, served), "-m", "celery", "--quiet", "-A", "workers.app", "worker",
         "--pool", "threads", "--concurrency", str(slots), "--hostname", name,
         "--loglevel", (loglevel or settings.log_level).upper(), "--without-gossip", "--without-mingle",
     ]

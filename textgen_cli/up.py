@@ -23,6 +23,7 @@ import httpx
 
 from textgen_cli.processes import (
     INSTANCE_HEADER,
+    VllmEnvironmentMissing,
     api_command,
     child_env,
     supervised_popen_kwargs,
@@ -86,6 +87,11 @@ def run_up(opts: UpOptions) -> int:
     if not port_free(opts.host, opts.port):
         say(busy_port_message(opts.host, opts.port), "31")
         return 1
+    try:  # before anything starts: a vLLM model whose environment is missing stops us here
+        worker_cmd = worker_command(settings, worker_name(None))
+    except VllmEnvironmentMissing as exc:
+        say(str(exc), "31")
+        return 2
     signal.signal(signal.SIGTERM, _interrupt)
     to_files = sys.stderr.isatty() if opts.log_files is None else opts.log_files
     log_dir = opts.data_root / f"logs-{opts.port}" if to_files else None
@@ -101,7 +107,7 @@ def run_up(opts: UpOptions) -> int:
             overrides["TEXTGEN_LOG_FORMAT"] = "text"  # read by people, not by a log shipper
         env = child_env(**overrides)
         commands = {
-            "worker": worker_command(settings, worker_name(None)),
+            "worker": worker_cmd,
             "webhook-worker": webhook_worker_command(settings, webhook_worker_name()),
             "api": api_command(opts.host, opts.port, settings.log_level, instance=token),
         }

@@ -102,18 +102,19 @@ def weights_identity(loaded: LoadedModel, cache_dir: Path) -> str:
         folder = Path(spec.location).expanduser()
         files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir() if p.is_file())
         return f"{spec.id}-{_sha256(files)[:16]}"
-    commit = getattr(loaded.model.config, "_commit_hash", None) or spec.revision or "unpinned"
+    config = getattr(loaded.model, "config", None)  # None where vLLM holds the weights
+    commit = getattr(config, "_commit_hash", None) or spec.revision or "unpinned"
     return f"{spec.location}@{commit}"
 
 
 def model_profile(loaded: LoadedModel, cache_dir: Path) -> str:
-    """Weights, device and dtype of one loaded model: the worker's half of every cache key."""
+    """Weights, device, dtype and engine of one loaded model: the worker's half of every cache key."""
     device = loaded.device
     if device.startswith("cuda"):
         import torch
 
         device = f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
-    return f"{weights_identity(loaded, cache_dir)}|{device}|{loaded.dtype}"
+    return f"{weights_identity(loaded, cache_dir)}|{device}|{loaded.dtype}|{loaded.engine}"
 
 
 @dataclass(frozen=True)

