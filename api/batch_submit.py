@@ -4,10 +4,12 @@ written), then write items and enqueue them chunk by chunk on the bulk lane.
 Items are enqueued as one small ``textgen.batch_dispatch`` message per chunk; a worker turns
 each into the chunk's item messages. The API's work and memory stay flat in the batch size.
 
-A batch counts as its items against the key's limits: each item is one unfinished job under
-the queued-jobs cap and its ``max_tokens`` against the tokens-per-minute budget, all at once
-when the batch is accepted. A batch that does not fit now is a 429; one that could never fit
-(more items than the cap, more tokens than the whole budget) is a 413.
+A batch counts against limits of its own, never its key's interactive ones (a backlog of bulk
+work must not refuse the key's interactive jobs): each item is one unfinished batch item under
+``max_queued_batch_items_per_key`` until it ends, and its ``max_tokens`` counts against
+``batch_tokens_per_day``, all at once when the batch is accepted. A batch that does not fit now
+is a 429; one that could never fit (more items than the cap, more tokens than the whole budget)
+is a 413.
 """
 
 from __future__ import annotations
@@ -77,25 +79,25 @@ def _check(source: ItemSource, limit: int, default_model: str, served: Callable[
 
 async def _count_against_limits(state: AppState, owner: str, store: AsyncBatchStore, items: int, tokens: int,
                                 what: str) -> None:
-    """Refuse a batch that does not fit the key's limits (413 never, 429 not now); else take its
-    items' places under the queued-jobs cap. Its tokens are charged once it is accepted."""
-    cap = state.settings.max_queued_jobs_per_key
+    """Refuse a batch that does not fit the key's batch limits (413 never, 429 not now); else take
+    its items' places under the batch-items cap. Its tokens are charged once it is accepted."""
+    cap = state.settings.max_queued_batch_items_per_key
     if cap and items > cap:
         raise APIError(413, f"a batch of {items:,} items can never fit this API key's cap of {cap:,} unfinished "
-                            "jobs (each item counts as one); split it into smaller batches",
-                       code="batch_over_queued_jobs_cap", param=what)
-    budget = state.limits.tokens
+                            "batch items; split it into smaller batches",
+                       code="batch_over_queued_items_cap", param=what)
+    budget = state.limits.batch_tokens
     if budget is not None and tokens > budget.amount:
         raise APIError(413, f"the batch's items ask for {tokens:,} tokens (the sum of their max_tokens), more than "
-                            f"this API key's budget of {budget.amount:,} tokens per minute; split it into smaller "
-                            "batches or lower max_tokens", code="batch_over_token_budget", param=what)
-    await state.limits.check_tokens(owner, tokens)
+                            f"this API key's budget of {budget.amount:,} batch tokens per day; split it into "
+                            "smaller batches or lower max_tokens", code="batch_over_token_budget", param=what)
+    await state.limits.check_batch_tokens(owner, tokens)
     reserved, pending = await store.reserve(owner, items, cap)
     if not reserved:
-        raise APIError(429, f"this API key has {pending:,} unfinished jobs; {items:,} more items would pass its cap "
-                            f"of {cap:,}; wait for some to finish", code="too_many_queued_jobs",
-                       headers={"Retry-After": "5", "x-ratelimit-limit-jobs": str(cap),
-                                "x-ratelimit-remaining-jobs": str(max(0, cap - pending))})
+        raise APIError(429, f"this API key has {pending:,} unfinished batch items; {items:,} more would pass its "
+                            f"cap of {cap:,}; wait for some to finish", code="too_many_queued_batch_items",
+                       headers={"Retry-After": "5", "x-ratelimit-limit-batch-items": str(cap),
+                                "x-ratelimit-remaining-batch-items": str(max(0, cap - pending))})
 
 
 async def accept(state: AppState, owner: str, source: ItemSource, *, model: str | None, mode: Mode,
@@ -134,7 +136,7 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
     try:  # accepted now: a failed count must not turn into an error for it
-        await state.limits.charge_tokens(owner, tokens)
+        await state.limits.charge_batch_tokens(owner, tokens)
     except RedisError as exc:
         log.warning("token budget of batch %s not counted: %s", batch.id, exc)
     JOBS_SUBMITTED.labels(model_id, state.keys.queue(model_id, "bulk"), "bulk").inc(written)

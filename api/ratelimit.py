@@ -1,4 +1,5 @@
-"""Per-key rate limits on Redis: requests per minute and generated tokens per minute.
+"""Per-key rate limits on Redis: requests per minute, generated tokens per minute, and batch
+tokens per day (batches have a budget of their own, so bulk work never spends interactive work's).
 
 Windows are kept by the ``limits`` library (sliding-window counters, shared by every API
 replica). Tokens are counted on admission as the job's ``max_tokens``, the most it can
@@ -13,7 +14,7 @@ import math
 import time
 
 from fastapi import Response
-from limits import RateLimitItem, RateLimitItemPerMinute
+from limits import RateLimitItem, RateLimitItemPerDay, RateLimitItemPerMinute
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
@@ -30,6 +31,9 @@ class RateLimits:
         rpm, tpm = settings.rate_limit_requests_per_minute, settings.rate_limit_tokens_per_minute
         self.requests: RateLimitItem | None = RateLimitItemPerMinute(rpm) if rpm else None
         self.tokens: RateLimitItem | None = RateLimitItemPerMinute(tpm) if tpm else None
+        # Its own namespace: the library keys a window by the item's amount and period only.
+        batch = settings.batch_tokens_per_day
+        self.batch_tokens: RateLimitItem | None = RateLimitItemPerDay(batch, namespace="BATCH") if batch else None
 
     async def hit_request(self, owner: str) -> dict[str, str]:
         """Count one request against the key; 429 when its per-minute budget is spent.
@@ -50,6 +54,15 @@ class RateLimits:
         if not await self._limiter.test(self.tokens, owner, cost=tokens):
             raise await self._refusal(self.tokens, owner, "tokens")
 
+    async def check_batch_tokens(self, owner: str, tokens: int) -> None:
+        """Refuse now (429) if a batch asking for ``tokens`` would exceed the key's batch tokens per day."""
+        if self.batch_tokens is not None and not await self._limiter.test(self.batch_tokens, owner, cost=tokens):
+            raise await self._refusal(self.batch_tokens, owner, "batch-tokens")
+
+    async def charge_batch_tokens(self, owner: str, tokens: int) -> None:
+        if self.batch_tokens is not None:
+            await self._limiter.hit(self.batch_tokens, owner, cost=tokens)
+
     async def charge_tokens(self, owner: str, tokens: int, response: Response | None = None) -> None:
         """Count ``tokens`` against the key (after :meth:`check_tokens` and admission succeeded)."""
         if self.tokens is not None:
@@ -65,7 +78,8 @@ class RateLimits:
         stats = await self._limiter.get_window_stats(item, owner)
         headers = _window_headers(item, what, stats.remaining, stats.reset_time)
         headers["Retry-After"] = str(math.ceil(_seconds_to_reset(item, stats.reset_time)))
-        return APIError(429, f"rate limit exceeded: {item.amount} {what} per minute for this API key; "
+        per = item.GRANULARITY.name
+        return APIError(429, f"rate limit exceeded: {item.amount} {what.replace('-', ' ')} per {per} for this API key; "
                              f"retry after {headers['Retry-After']} s", code="rate_limit_exceeded",
                         headers=headers)
 

@@ -186,9 +186,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="textgen-bench-") as tmp, LocalStack(
         Path(tmp), models=[{"id": DEFAULT_MODEL_ID, "max_batch": args.max_batch}],
-        # A throughput run, not a test of the per-key limits (a 2,000-item batch passes the default cap).
-        extra_env={"TEXTGEN_LOG_LEVEL": "WARNING", "TEXTGEN_MAX_QUEUED_JOBS_PER_KEY": "0",
-                   "TEXTGEN_RATE_LIMIT_TOKENS_PER_MINUTE": "0"},
+        # A throughput run, not a test of the per-key limits.
+        extra_env={"TEXTGEN_LOG_LEVEL": "WARNING", "TEXTGEN_MAX_QUEUED_BATCH_ITEMS_PER_KEY": "0",
+                   "TEXTGEN_BATCH_TOKENS_PER_DAY": "0"},
     ) as stack:
         stack.start()
         rss = PeakRSS({"api": stack.procs["api"].pid, "worker": stack.procs["worker0"].pid})

@@ -67,9 +67,10 @@ class AsyncBatchStore:
             await pipe.execute()
 
     async def reserve(self, owner: str, places: int, cap: int) -> tuple[bool, int]:
-        """Count ``places`` items among the owner's unfinished jobs unless that would pass ``cap``
-        (0: no cap). Returns whether they were counted and the owner's unfinished jobs."""
-        taken, count = await self._scripts[RESERVE](keys=[self.keys.pending(owner)], args=[cap, places, self.ttl])
+        """Count ``places`` items among the owner's unfinished batch items unless that would pass ``cap``
+        (0: no cap). Returns whether they were counted and the owner's unfinished batch items."""
+        taken, count = await self._scripts[RESERVE](keys=[self.keys.pending_batch_items(owner)],
+                                                    args=[cap, places, self.ttl])
         return bool(taken), int(count)
 
     async def add_items(self, batch_id: str, jobs: list[JobRecord]) -> None:
@@ -79,7 +80,7 @@ class AsyncBatchStore:
         async with self.r.pipeline(transaction=False) as pipe:
             for job in jobs:
                 record = encode_job(job)
-                record["pending_key"] = self.keys.pending(job.owner)
+                record["pending_key"] = self.keys.pending_batch_items(job.owner)
                 pipe.hset(self.keys.job(job.id), mapping=record)  # type: ignore[arg-type]
                 pipe.expire(self.keys.job(job.id), self.ttl)
             pipe.rpush(ids_key, *[job.id for job in jobs])
@@ -101,7 +102,7 @@ class AsyncBatchStore:
                     job_key, tokens_key = self.keys.job(str(job_id)), self.keys.tokens(str(job_id))
                     await self._scripts[WITHDRAW](keys=[job_key, tokens_key], client=pipe)
                 await pipe.execute()
-        await self._scripts[UNRESERVE](keys=[self.keys.pending(owner)], args=[unwritten])
+        await self._scripts[UNRESERVE](keys=[self.keys.pending_batch_items(owner)], args=[unwritten])
         await self.r.delete(self.keys.batch(batch_id))
         await self.r.zrem(self.keys.owner_batches(owner), batch_id)
         await self.r.srem(self.keys.active_batches, batch_id)

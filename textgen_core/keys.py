@@ -137,6 +137,11 @@ class Keys:
         transition, deleted at zero; TTL: job_ttl_seconds, refreshed on every admission."""
         return f"{self.prefix}:pending:{owner}"
 
+    def pending_batch_items(self, owner: str) -> str:
+        """String: count of the owner's batch items not yet finished (the batch-items cap).
+        Owner and TTL: as :meth:`pending`; each item record names this counter in ``pending_key``."""
+        return f"{self.prefix}:pending:{owner}:batch-items"
+
     def idempotency(self, owner: str, key_digest: str) -> str:
         """String: JSON of the first response to an ``Idempotency-Key``.
         TTL: settings.idempotency_ttl_seconds (a few minutes while the first request runs)."""

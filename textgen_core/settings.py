@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     rate_limit_requests_per_minute: int = Field(default=600, ge=0)
     rate_limit_tokens_per_minute: int = Field(default=200_000, ge=0)  # counted as max_tokens on admission
     max_queued_jobs_per_key: int = Field(default=1000, ge=0)  # accepted jobs not yet finished
+    # Batches have limits of their own (as OpenAI's batch queue limits), so a key's bulk work never
+    # takes the places and budget of its interactive jobs: unfinished batch items, and the sum of
+    # the items' max_tokens per day, counted when a batch is accepted.
+    max_queued_batch_items_per_key: int = Field(default=100_000, ge=0)
+    batch_tokens_per_day: int = Field(default=50_000_000, ge=0)
     idempotency_ttl_seconds: int = Field(default=24 * 3600, ge=60)
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_json_depth: int = Field(default=32, ge=4)

@@ -27,6 +27,9 @@ def limited(stack: Stack, start_api: Callable[..., str]) -> str:
         TEXTGEN_RATE_LIMIT_REQUESTS_PER_MINUTE=str(RPM),
         TEXTGEN_RATE_LIMIT_TOKENS_PER_MINUTE=str(TPM),
         TEXTGEN_MAX_QUEUED_JOBS_PER_KEY=str(CAP),
+        # Batches have limits of their own: the same figures, per day and in batch items.
+        TEXTGEN_BATCH_TOKENS_PER_DAY=str(TPM),
+        TEXTGEN_MAX_QUEUED_BATCH_ITEMS_PER_KEY=str(CAP),
         TEXTGEN_CORS_ORIGINS="https://app.example",
     )
 
@@ -122,46 +125,50 @@ def idle_batch(client: httpx.Client, items: int, max_tokens: int) -> httpx.Respo
                                             "items": [{"custom_id": f"i{i}", "prompt": "waits"} for i in range(items)]})
 
 
-def test_batches_count_their_items_max_tokens_against_the_token_budget(limited: str) -> None:
-    """Regression: a batch's tokens were never counted, whatever its size."""
+def test_batches_count_their_items_max_tokens_against_the_batch_token_budget(limited: str) -> None:
+    """Regression: a batch's tokens were never counted, whatever its size. They count against the
+    key's batch budget, never its interactive one."""
     with client_for(limited, KEY_BATCH_TPM) as c:
         never = idle_batch(c, 2, 60)  # 120 tokens: more than the whole budget of 100
         assert never.status_code == 413, never.text
         error = never.json()["error"]
-        assert error["code"] == "batch_over_token_budget" and f"{TPM:,} tokens per minute" in error["message"]
+        assert error["code"] == "batch_over_token_budget" and f"{TPM:,} batch tokens per day" in error["message"]
         batch = idle_batch(c, 2, 30)  # 60 tokens fit
         assert batch.status_code == 202, batch.text
-        job = c.post("/v1/jobs", json={"prompt": "hi", "model": IDLE_MODEL, "max_tokens": 60})
-        assert job.status_code == 429 and job.json()["error"]["code"] == "rate_limit_exceeded", job.text
-        assert "tokens per minute" in job.json()["error"]["message"]
+        more = idle_batch(c, 2, 30)  # 60 more do not
+        assert more.status_code == 429 and more.json()["error"]["code"] == "rate_limit_exceeded", more.text
+        assert "batch tokens per day" in more.json()["error"]["message"] and more.headers["Retry-After"]
         assert c.post(f"/v1/batches/{batch.json()['id']}/cancel").status_code == 200
-        again = idle_batch(c, 1, 60)  # canceling gives no tokens back: the budget is per minute
+        again = idle_batch(c, 1, 60)  # canceling gives no tokens back: the budget is per day
         assert again.status_code == 429 and again.json()["error"]["code"] == "rate_limit_exceeded", again.text
+        job = c.post("/v1/jobs", json={"prompt": "hi", "model": IDLE_MODEL, "max_tokens": 60})
+        assert job.status_code == 202, job.text  # the interactive budget is untouched by batches
+        c.post(f"/v1/jobs/{job.json()['id']}/cancel")
 
 
-def test_batch_items_count_against_the_queued_jobs_cap(limited: str, stack: Stack) -> None:
-    """Regression: jobs were accepted with any number of batch items unfinished."""
+def test_batch_items_count_against_the_batch_items_cap(limited: str, stack: Stack) -> None:
+    """Regression: batches were accepted with any number of items unfinished. Items have a cap of
+    their own, so a bulk backlog never refuses the key's interactive jobs."""
     owner = owner_of(KEY_BATCH_CAP)
     with client_for(limited, KEY_BATCH_CAP) as c:
         never = idle_batch(c, CAP + 1, 1)
         assert never.status_code == 413, never.text
-        assert never.json()["error"]["code"] == "batch_over_queued_jobs_cap"
+        assert never.json()["error"]["code"] == "batch_over_queued_items_cap"
         assert f"cap of {CAP:,}" in never.json()["error"]["message"]
         batch = idle_batch(c, CAP, 1)
         assert batch.status_code == 202, batch.text
-        assert stack.redis().get(stack.keys.pending(owner)) == str(CAP)
-        job = c.post("/v1/jobs", json={"prompt": "hi", "model": IDLE_MODEL, "max_tokens": 1})
-        assert job.status_code == 429 and job.json()["error"]["code"] == "too_many_queued_jobs", job.text
+        assert stack.redis().get(stack.keys.pending_batch_items(owner)) == str(CAP)
         more = idle_batch(c, 1, 1)
         assert more.status_code == 429, more.text
-        assert more.json()["error"]["code"] == "too_many_queued_jobs" and more.headers["Retry-After"]
-        assert more.headers["x-ratelimit-limit-jobs"] == str(CAP)
+        assert more.json()["error"]["code"] == "too_many_queued_batch_items" and more.headers["Retry-After"]
+        assert more.headers["x-ratelimit-limit-batch-items"] == str(CAP)
+        job = c.post("/v1/jobs", json={"prompt": "hi", "model": IDLE_MODEL, "max_tokens": 1})
+        assert job.status_code == 202, job.text  # interactive jobs keep their own places
+        c.post(f"/v1/jobs/{job.json()['id']}/cancel")
         # Its items end (canceled here): their places come back.
         assert c.post(f"/v1/batches/{batch.json()['id']}/cancel").status_code == 200
-        assert stack.redis().get(stack.keys.pending(owner)) is None
-        job = c.post("/v1/jobs", json={"prompt": "hi", "model": IDLE_MODEL, "max_tokens": 1})
-        assert job.status_code == 202, job.text
-        c.post(f"/v1/jobs/{job.json()['id']}/cancel")
+        assert stack.redis().get(stack.keys.pending_batch_items(owner)) is None
+        assert idle_batch(c, CAP, 1).status_code == 202
     assert stack.redis().get(stack.keys.pending(owner)) is None
 
 

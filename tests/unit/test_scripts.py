@@ -183,14 +183,14 @@ async def _run_api_side(url: str, keys: Keys) -> None:
         assert (await batches.get(batch.id, OWNER)).status.value == "in_progress"  # type: ignore[union-attr]
         await batches.request_cancel(batch.id, OWNER, chunk=10)
         assert (await batches.get(batch.id, OWNER)).status.value in ("cancelling", "canceled")  # type: ignore[union-attr]
-        assert await r.get(keys.pending(OWNER)) == "1"  # the place reserved for the item never written
+        assert await r.get(keys.pending_batch_items(OWNER)) == "1"  # the place reserved for the item never written
         other = BatchRecord(id="batch_u", owner=OWNER, model="m", total=2)
         assert (await batches.reserve(OWNER, 2, cap=0))[0]
         await batches.create(other)
         await batches.add_items(other.id, [job(batch_id=other.id, custom_id="a", lane="bulk")])
         await batches.delete(other.id, OWNER, unwritten=1)
         await batches.delete(batch.id, OWNER, unwritten=1)
-        assert await r.get(keys.pending(OWNER)) is None
+        assert await r.get(keys.pending_batch_items(OWNER)) is None
 
         slots = RequestSlots(r, keys, limit=1, lease_seconds=30)
         assert await slots.acquire(OWNER) is not None
