@@ -1,0 +1,41 @@
+"""Regression tests for defects found by attacking the API surface on the real stack.
+
+Each test states what a client should get; it fails while the defect is there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import IDLE_MODEL, Stack
+
+pytestmark = pytest.mark.integration
+
+
+def _assert_error(r: httpx.Response, status: int, param: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "code", "param"}
+    if param is not None:
+        assert error["param"] == param, error
+    return error
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("background", 1),
+    ("store", "yes"),
+    ("stream", "false"),
+    ("parallel_tool_calls", "true"),
+])
+def test_response_flags_must_be_json_booleans(stack: Stack, field: str, value: object) -> None:
+    """/v1/jobs and the completion routes refuse "true" or 1 for a flag; /v1/responses took them
+    (``"store": "no"`` silently deleted the answer, ``"background": 1`` ran it in the background)."""
+    body = {"model": IDLE_MODEL, "input": "x", "max_output_tokens": 1, "background": True, field: value}
+    with stack.client() as c:
+        r = c.post("/v1/responses", json=body)
+        if r.status_code == 200:  # the defect: it was accepted; do not leave it queued
+            c.post(f"/v1/responses/{r.json()['id']}/cancel")
+        _assert_error(r, 400, field)
