@@ -39,3 +39,18 @@ def test_response_flags_must_be_json_booleans(stack: Stack, field: str, value: o
         if r.status_code == 200:  # the defect: it was accepted; do not leave it queued
             c.post(f"/v1/responses/{r.json()['id']}/cancel")
         _assert_error(r, 400, field)
+
+
+@pytest.mark.parametrize("header", ["99999999999999999999-0", "1-99999999999999999999"])
+def test_a_last_event_id_past_the_stream_id_range_is_a_400(stack: Stack, header: str) -> None:
+    """The id pattern takes 20 digits, more than Redis stream ids hold (2**64 - 1): the stream
+    answered 200 with an ``error`` event "stream interrupted" instead of refusing the id."""
+    with stack.client() as c:
+        job = c.post("/v1/jobs", json={"model": IDLE_MODEL, "prompt": "x", "max_tokens": 1}).json()
+        try:
+            r = c.get(f"/v1/jobs/{job['id']}/stream", headers={"Last-Event-ID": header})
+            _assert_error(r, 400, "Last-Event-ID")
+            r = c.get(f"/v1/jobs/{job['id']}/stream", params={"last_event_id": header})
+            _assert_error(r, 400, "last_event_id")
+        finally:
+            c.post(f"/v1/jobs/{job['id']}/cancel")
