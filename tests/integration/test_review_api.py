@@ -5,12 +5,14 @@ Each test states what a client should get; it fails while the defect is there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import IDLE_MODEL, Stack
+from tests.conftest import IDLE_MODEL, KEY_A, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -54,3 +56,29 @@ def test_a_last_event_id_past_the_stream_id_range_is_a_400(stack: Stack, header:
             _assert_error(r, 400, "last_event_id")
         finally:
             c.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+BUDGET = 100
+
+
+def test_concurrent_batches_stay_within_the_token_budget(start_api: Callable[..., str]) -> None:
+    """A batch is checked against the tokens-per-minute budget and charged only once accepted; a
+    charge that no longer fits is dropped by the limiter, so batches sent at once were all
+    accepted: three of 60 tokens under a budget of 100."""
+    url = start_api("api-review-budget", TEXTGEN_RATE_LIMIT_TOKENS_PER_MINUTE=str(BUDGET),
+                    TEXTGEN_RATE_LIMIT_REQUESTS_PER_MINUTE="0")
+    items = [{"custom_id": c, "prompt": c, "max_tokens": 30} for c in ("a", "b")]  # 60 tokens a batch
+
+    def submit(_: int) -> httpx.Response:
+        with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=120) as c:
+            return c.post("/v1/batches", json={"model": IDLE_MODEL, "items": items})
+
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(submit, range(3)))
+    accepted = [r.json()["id"] for r in answers if r.status_code == 202]
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=120) as c:
+        for batch_id in accepted:
+            c.post(f"/v1/batches/{batch_id}/cancel")
+    for r in answers:
+        assert r.status_code in (202, 429), r.text
+    assert len(accepted) * 60 <= BUDGET, f"{len(accepted)} batches of 60 tokens accepted under a budget of {BUDGET}"
