@@ -5,8 +5,12 @@ Each test states what a client should get; it fails while the defect is there.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -82,3 +86,20 @@ def test_concurrent_batches_stay_within_the_token_budget(start_api: Callable[...
     for r in answers:
         assert r.status_code in (202, 429), r.text
     assert len(accepted) * 60 <= BUDGET, f"{len(accepted)} batches of 60 tokens accepted under a budget of {BUDGET}"
+
+
+def test_textgen_jobs_prints_a_response_id_whole_at_80_columns(stack: Stack) -> None:
+    """Responses are listed as jobs, and their ids (``resp_`` + 24 hex digits) are one character
+    longer than a job's: the id column is sized for job ids, so at 80 columns a response id was cut
+    with an ellipsis as soon as the prompt column had text to fill and could not be pasted into other commands."""
+    with stack.client() as c:
+        prompt = "Name three fruits and say why each one is good for you."
+        response = c.post("/v1/responses", json={"model": IDLE_MODEL, "background": True, "input": prompt}).json()
+        try:
+            env = {**os.environ, "TEXTGEN_URL": stack.url, "TEXTGEN_API_KEY": KEY_A, "COLUMNS": "80", "NO_COLOR": "1"}
+            done = subprocess.run([str(Path(sys.executable).with_name("textgen")), "jobs", "--limit", "1"], env=env,
+                                  capture_output=True, text=True, timeout=120)
+            assert done.returncode == 0, done.stderr
+            assert f" {response['id']} " in done.stdout, done.stdout
+        finally:
+            c.post(f"/v1/responses/{response['id']}/cancel")
