@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import IDLE_MODEL, KEY_A, Stack
+from tests.conftest import IDLE_MODEL, KEY_A, Stack, launch_stack
+from textgen_cli.redis_server import start_redis
+from textgen_core.settings import DEFAULT_MODEL_ID
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +106,52 @@ def test_textgen_jobs_prints_a_response_id_whole_at_80_columns(stack: Stack) -> 
             assert f" {response['id']} " in done.stdout, done.stdout
         finally:
             c.post(f"/v1/responses/{response['id']}/cancel")
+
+
+def test_a_batch_refused_when_redis_restarts_mid_submit_leaves_nothing_behind(tmp_path: Path) -> None:
+    """Redis restarting while a batch's items are written: the client is told 503 "retry shortly",
+    yet the batch stayed in Redis as "validating" with the chunks written so far, their dispatch
+    messages stayed queued (that work runs, and runs again when the client retries), and the places
+    reserved for all its items among the key's unfinished jobs were never given back (with the
+    default cap the key is then refused every job). The cleanup ran while Redis was still down."""
+    with launch_stack(tmp_path, [{"id": DEFAULT_MODEL_ID}], DEFAULT_MODEL_ID, worker=False,
+                      TEXTGEN_BATCH_CHUNK_SIZE="50",
+                      TEXTGEN_MAX_QUEUED_JOBS_PER_KEY="100000", TEXTGEN_RATE_LIMIT_TOKENS_PER_MINUTE="0") as st:
+        r = st.redis()
+        port = int(st.redis_url.rsplit(":", 1)[1].split("/")[0])
+        items = [{"custom_id": str(i), "prompt": "p", "max_tokens": 1} for i in range(20_000)]
+        answer: list[httpx.Response] = []
+
+        def submit() -> None:
+            with st.client(timeout=240) as c:
+                answer.append(c.post("/v1/batches", json={"items": items}))
+
+        with ThreadPoolExecutor(1) as pool:
+            sent = pool.submit(submit)
+            deadline = time.monotonic() + 120
+            batch_id = None
+            while batch_id is None and time.monotonic() < deadline:
+                found = [k for k in r.scan_iter(st.keys.batch("batch_*")) if r.type(k) == "hash"]
+                batch_id = found[0].rsplit(":", 1)[1] if found else None
+                time.sleep(0.02)
+            assert batch_id is not None, "the batch was never written"
+            while r.llen(st.keys.batch_jobs(batch_id)) < 500 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            st.kill("redis")
+            time.sleep(2)
+            _, st.procs["redis"] = start_redis(tmp_path / "redis", port)
+            sent.result(240)
+        r = st.redis()
+        status = answer[0].status_code
+        if status == 202:  # it got through after all: then it is whole
+            assert int(r.llen(st.keys.batch_jobs(batch_id))) == len(items)
+            return
+        _assert_error(answer[0], 503)
+        with st.client() as c:
+            deadline = time.monotonic() + 30
+            while (got := c.get(f"/v1/batches/{batch_id}")).status_code == 503 and time.monotonic() < deadline:
+                time.sleep(0.5)  # the API's pooled connections to the old Redis fail once each
+            _assert_error(got, 404)
+            assert c.get("/v1/jobs", params={"batch_id": batch_id, "limit": 1}).json()["data"] == []
+        pending = {k: int(v) for k in r.scan_iter(st.keys.pending("*")) if (v := r.get(k)) is not None}
+        assert all(v == 0 for v in pending.values()), f"unfinished-jobs counts left reserved: {pending}"
