@@ -26,6 +26,7 @@ from api.deps import AppState
 from api.errors import APIError
 from api.metrics import JOBS_SUBMITTED
 from api.model_check import model_not_found
+from api.refused_jobs import remove_batch_later
 from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.batches import BatchRecord, ItemSpec, new_batch_id
 from textgen_core.jobs import JobRecord
@@ -80,7 +81,9 @@ def _check(source: ItemSource, limit: int, default_model: str, served: Callable[
 async def _count_against_limits(state: AppState, owner: str, store: AsyncBatchStore, items: int, tokens: int,
                                 what: str) -> None:
     """Refuse a batch that does not fit the key's batch limits (413 never, 429 not now); else take
-    its items' places under the batch-items cap. Its tokens are charged once it is accepted."""
+    its items' places under the batch-items cap and its tokens from the day's budget, each in one
+    atomic step (places first: they can be given back, tokens cannot, so a batch the queue then
+    refuses with a 503 has spent its tokens)."""
     cap = state.settings.max_queued_batch_items_per_key
     if cap and items > cap:
         raise APIError(413, f"a batch of {items:,} items can never fit this API key's cap of {cap:,} unfinished "
@@ -91,13 +94,17 @@ async def _count_against_limits(state: AppState, owner: str, store: AsyncBatchSt
         raise APIError(413, f"the batch's items ask for {tokens:,} tokens (the sum of their max_tokens), more than "
                             f"this API key's budget of {budget.amount:,} batch tokens per day; split it into "
                             "smaller batches or lower max_tokens", code="batch_over_token_budget", param=what)
-    await state.limits.check_batch_tokens(owner, tokens)
     reserved, pending = await store.reserve(owner, items, cap)
     if not reserved:
         raise APIError(429, f"this API key has {pending:,} unfinished batch items; {items:,} more would pass its "
                             f"cap of {cap:,}; wait for some to finish", code="too_many_queued_batch_items",
                        headers={"Retry-After": "5", "x-ratelimit-limit-batch-items": str(cap),
                                 "x-ratelimit-remaining-batch-items": str(max(0, cap - pending))})
+    try:
+        await state.limits.take_batch_tokens(owner, tokens)
+    except BaseException:
+        await store.unreserve(owner, items)
+        raise
 
 
 async def accept(state: AppState, owner: str, source: ItemSource, *, model: str | None, mode: Mode,
@@ -132,13 +139,12 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
         await store.start(batch.id)
     except Exception as exc:  # not all enqueued means not accepted: remove what was written
         log.warning("batch %s not accepted: %s", batch.id, exc)
-        await store.delete(batch.id, owner, unwritten=total - written)
+        try:
+            await store.delete(batch.id, owner, unwritten=total - written)
+        except RedisError:  # Redis is away: remove what was written once it answers again
+            remove_batch_later(store, batch.id, owner, total - written)
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
-    try:  # accepted now: a failed count must not turn into an error for it
-        await state.limits.charge_batch_tokens(owner, tokens)
-    except RedisError as exc:
-        log.warning("token budget of batch %s not counted: %s", batch.id, exc)
     JOBS_SUBMITTED.labels(model_id, state.keys.queue(model_id, "bulk"), "bulk").inc(written)
     return await store.get(batch.id, owner) or batch
 

@@ -54,14 +54,11 @@ class RateLimits:
         if not await self._limiter.test(self.tokens, owner, cost=tokens):
             raise await self._refusal(self.tokens, owner, "tokens")
 
-    async def check_batch_tokens(self, owner: str, tokens: int) -> None:
-        """Refuse now (429) if a batch asking for ``tokens`` would exceed the key's batch tokens per day."""
-        if self.batch_tokens is not None and not await self._limiter.test(self.batch_tokens, owner, cost=tokens):
+    async def take_batch_tokens(self, owner: str, tokens: int) -> None:
+        """Count a batch's ``tokens`` against the key's batch tokens per day, or refuse (429) if they
+        do not fit. One atomic step: batches sent at once cannot all pass on the same remainder."""
+        if self.batch_tokens is not None and not await self._limiter.hit(self.batch_tokens, owner, cost=tokens):
             raise await self._refusal(self.batch_tokens, owner, "batch-tokens")
-
-    async def charge_batch_tokens(self, owner: str, tokens: int) -> None:
-        if self.batch_tokens is not None:
-            await self._limiter.hit(self.batch_tokens, owner, cost=tokens)
 
     async def charge_tokens(self, owner: str, tokens: int, response: Response | None = None) -> None:
         """Count ``tokens`` against the key (after :meth:`check_tokens` and admission succeeded)."""

@@ -68,7 +68,8 @@ def jobs(
         print(json.dumps(page, indent=2))
         return
     table = Table(box=None)
-    table.add_column("id", no_wrap=True, min_width=28)  # whole, to paste into other commands
+    # Whole, to paste into other commands (job and response ids differ in length).
+    table.add_column("id", no_wrap=True, min_width=max((len(job["id"]) for job in page["data"]), default=2))
     for name, width in (("status", 9), ("lane", 11), ("created", 7)):
         table.add_column(name, no_wrap=True, min_width=width)
     table.add_column("prompt", no_wrap=True, overflow="ellipsis")

@@ -92,6 +92,10 @@ class AsyncBatchStore:
         """Every item is written and enqueued: validating -> in_progress (unless already ended)."""
         await self._scripts[START](keys=[self.keys.batch(batch_id), self.keys.active_batches], args=[batch_id])
 
+    async def unreserve(self, owner: str, places: int) -> None:
+        """Give back ``places`` that :meth:`reserve` took for items never written."""
+        await self._scripts[UNRESERVE](keys=[self.keys.pending_batch_items(owner)], args=[places])
+
     async def delete(self, batch_id: str, owner: str, unwritten: int = 0) -> None:
         """Remove a batch that could not be accepted, with the items written so far; their places
         among the owner's unfinished jobs go back, and so do the ``unwritten`` ones reserved."""
@@ -102,10 +106,10 @@ class AsyncBatchStore:
                     job_key, tokens_key = self.keys.job(str(job_id)), self.keys.tokens(str(job_id))
                     await self._scripts[WITHDRAW](keys=[job_key, tokens_key], client=pipe)
                 await pipe.execute()
-        await self._scripts[UNRESERVE](keys=[self.keys.pending_batch_items(owner)], args=[unwritten])
         await self.r.delete(self.keys.batch(batch_id))
         await self.r.zrem(self.keys.owner_batches(owner), batch_id)
         await self.r.srem(self.keys.active_batches, batch_id)
+        await self.unreserve(owner, unwritten)  # last: a retry after a failure half-way gives them back once
 
     async def get(self, batch_id: str, owner: str) -> BatchRecord | None:
         async with self.r.pipeline(transaction=False) as pipe:

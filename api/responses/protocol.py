@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
 from api.errors import APIError
 from api.schemas import JobCreate
@@ -56,10 +56,10 @@ class ResponseCreate(BaseModel):
     max_output_tokens: MaxTokens | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
-    stream: bool = False
-    background: bool = Field(default=False, description="Return at once (status queued); the response is a "
+    stream: StrictBool = False
+    background: StrictBool = Field(default=False, description="Return at once (status queued); the response is a "
                              "durable job: poll, stream or cancel it by id.")
-    store: bool = Field(default=True, description="false: the response is deleted once it has been answered.")
+    store: StrictBool = Field(default=True, description="false: the response is deleted once it has been answered.")
     metadata: dict[str, str] | None = Field(default=None, description="Echoed back; at most 16 keys.")
     previous_response_id: str | None = Field(default=None, max_length=64,
                                              description="Continue from that response: its turns become history.")
@@ -69,7 +69,7 @@ class ResponseCreate(BaseModel):
     user: str | None = Field(default=None, max_length=256)
     safety_identifier: str | None = Field(default=None, max_length=256)
     prompt_cache_key: str | None = Field(default=None, max_length=256)
-    parallel_tool_calls: bool | None = None
+    parallel_tool_calls: StrictBool | None = None
     stream_options: dict[str, Any] | None = None
     truncation: str | None = None
     service_tier: str | None = None

@@ -197,7 +197,7 @@ async def stream_job(
 ) -> EventSourceResponse:
     await _owned(state, job_id, owner)
     resume = last_event_id or after
-    if resume is not None and not _EVENT_ID.fullmatch(resume):
+    if resume is not None and not _is_event_id(resume):
         raise APIError(400, "Last-Event-ID must be an event id this stream sent (like '1717171717171-0')",
                        code="invalid_value", param="Last-Event-ID" if last_event_id else "last_event_id")
     return EventSourceResponse(_events(state, job_id, owner, resume or "0-0"), ping=15)
@@ -205,6 +205,11 @@ async def stream_job(
 
 # Event ids are the token stream's entry ids, so a resumed read starts right after the last one seen.
 _EVENT_ID = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+_STREAM_ID_MAX = 2**64 - 1  # each half of a Redis stream id is an unsigned 64-bit number
+
+
+def _is_event_id(value: str) -> bool:
+    return _EVENT_ID.fullmatch(value) is not None and all(int(p) <= _STREAM_ID_MAX for p in value.split("-"))
 
 
 async def _events(state: AppState, job_id: str, owner: str, last: str) -> AsyncIterator[ServerSentEvent]:

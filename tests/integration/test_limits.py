@@ -133,9 +133,9 @@ def test_batches_count_their_items_max_tokens_against_the_batch_token_budget(lim
         assert never.status_code == 413, never.text
         error = never.json()["error"]
         assert error["code"] == "batch_over_token_budget" and f"{TPM:,} batch tokens per day" in error["message"]
-        batch = idle_batch(c, 2, 30)  # 60 tokens fit
+        batch = idle_batch(c, 1, 60)  # 60 tokens fit
         assert batch.status_code == 202, batch.text
-        more = idle_batch(c, 2, 30)  # 60 more do not
+        more = idle_batch(c, 1, 60)  # 60 more do not
         assert more.status_code == 429 and more.json()["error"]["code"] == "rate_limit_exceeded", more.text
         assert "batch tokens per day" in more.json()["error"]["message"] and more.headers["Retry-After"]
         assert c.post(f"/v1/batches/{batch.json()['id']}/cancel").status_code == 200
