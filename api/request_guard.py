@@ -8,7 +8,7 @@ In this order, so that a refusal costs almost nothing:
    so a huge upload is never buffered whole. Uploads (multipart) stream through to the route.
 3. A body that is not JSON where the route takes JSON (a form-encoded or text body): 400 saying
    to send ``Content-Type: application/json``.
-4. JSON the API will not take (:mod:`api.safe_json`): malformed (400, with line and column),
+4. JSON the API will not take (:mod:`api.safe_json`): malformed (422, with line and column),
    nested too deep (400), ``NaN``, out-of-range numbers or lone surrogates (422). Large bodies
    are parsed on a worker thread, so the event loop keeps serving other requests.
 

@@ -148,8 +148,8 @@ def launch_stack(root: Path, models: list[dict[str, object]], worker_models: str
     api_log = (root / "api.log").open("ab")
     st.procs["api"] = subprocess.Popen(api_command("127.0.0.1", port), env=full_env, stdout=api_log,
                                        stderr=subprocess.STDOUT)
-    st.start_webhook_worker("webhooks")
     try:
+        st.start_webhook_worker("webhooks")
         if worker:
             st.start_worker("worker")
             st.wait_for_worker("worker")

@@ -148,6 +148,9 @@ async def _from_upload(request: Request, state: AppState, owner: str, idem: Idem
                                param="metadata") from exc
         defaults = _validate(BatchDefaults, fields)
         fmt = str(form.get("format") or "").lower() or _format_of(upload)
+        if fmt not in ("csv", "jsonl"):
+            raise APIError(400, f"format {fmt!r} is not supported; send 'csv' or 'jsonl'", code="invalid_value",
+                           param="format")
         if upload.size is not None and upload.size > state.settings.batch_file_max_bytes:
             raise APIError(413, f"the file is larger than {state.settings.batch_file_max_bytes:,} bytes",
                            code="file_too_large", param="file")

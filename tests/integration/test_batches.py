@@ -116,6 +116,14 @@ def test_malformed_upload_is_400_naming_the_line(client: httpx.Client, name: str
     assert len(client.get("/v1/batches", params={"limit": 100}).json()["data"]) == before
 
 
+def test_an_unknown_upload_format_is_400(client: httpx.Client) -> None:
+    """Regression: ``format=xml`` was parsed as JSONL without a word."""
+    resp = client.post("/v1/batches", files={"file": ("items.jsonl", '{"custom_id": "a", "prompt": "hi"}\n')},
+                       data={"format": "xml"})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "format" and "'xml'" in resp.json()["error"]["message"]
+
+
 def test_too_many_items_is_413(client: httpx.Client) -> None:
     items = [{"custom_id": str(i), "prompt": "x"} for i in range(50_001)]
     resp = client.post("/v1/batches", json={"items": items})
