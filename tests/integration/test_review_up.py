@@ -6,7 +6,9 @@ helpers of ``test_up.py`` (the real command, its real children)."""
 from __future__ import annotations
 
 import http.server
+import json
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pytest
 
 from tests.integration.test_up import Up, _NotFound, start_up
 from textgen_cli.redis_server import ensure_redis
+from textgen_core.settings import DEFAULT_MODEL_ID
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -86,3 +89,42 @@ def test_two_bundled_redis_servers_never_share_one_data_folder(tmp_path: Path) -
         for proc in started:
             proc.kill()
             proc.wait()
+
+
+class _ModelsOnly(http.server.BaseHTTPRequestHandler):
+    """Answers ``/v1/models`` as the API does: enough for ``textgen chat`` to start."""
+
+    def do_GET(self) -> None:  # noqa: N802 - the http.server hook's name
+        body = json.dumps({"object": "list", "data": [{"id": DEFAULT_MODEL_ID, "object": "model"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+def test_chat_survives_the_api_going_away_between_turns() -> None:
+    """``textgen up`` restarts a dead API on its port; meanwhile a chat's next turn meets a refused
+    connection, and the chat should say so and keep going, not end in a traceback."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ModelsOnly)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    proc = subprocess.Popen([sys.executable, "-m", "textgen_cli.main", "chat", "--url", url, "--api-key", "k"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdin is not None and proc.stdout is not None
+    banner = proc.stdout.readline().decode()
+    assert "textgen chat with" in banner, banner
+    server.shutdown()
+    server.server_close()  # the API is gone: connections are refused
+    try:
+        out, _ = proc.communicate(b"hello\n/exit\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = out.decode(errors="replace")
+    assert "Traceback" not in text and "ConnectError" not in text, text
+    assert "cannot reach the API" in text, text
+    assert proc.returncode == 0, text
