@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -128,3 +129,44 @@ def test_chat_survives_the_api_going_away_between_turns() -> None:
     assert "Traceback" not in text and "ConnectError" not in text, text
     assert "cannot reach the API" in text, text
     assert proc.returncode == 0, text
+
+
+def closed_port_url() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"  # closed again once the socket is
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "textgen_cli.main", *args], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL, cwd=cwd)
+
+
+def test_submit_without_a_running_api_says_how_to_start_one() -> None:
+    done = cli("submit", "hi", "--url", closed_port_url(), "--api-key", "k")
+    text = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert "Traceback" not in text and "ConnectError" not in text, text
+    assert "cannot reach the API" in text, text
+
+
+def test_batch_without_a_running_api_says_how_to_start_one(tmp_path: Path) -> None:
+    (tmp_path / "items.csv").write_text("prompt\nSay hi.\n")
+    done = cli("batch", "items.csv", "--url", closed_port_url(), "--api-key", "k", cwd=tmp_path)
+    text = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert "Traceback" not in text and "ConnectError" not in text, text
+    assert "cannot reach the API" in text, text
+
+
+def test_status_against_a_server_that_is_not_textgen_says_so() -> None:
+    """A wrong ``--url`` (here a plain web server answering HTML) is a user's mistake, not a crash."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        done = cli("status", "--url", f"http://127.0.0.1:{server.server_address[1]}", "--api-key", "k")
+    finally:
+        server.shutdown()
+    text = done.stdout + done.stderr
+    assert done.returncode == 1
+    assert "Traceback" not in text and "JSONDecodeError" not in text, text
