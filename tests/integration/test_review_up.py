@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.integration.test_up import Up, _NotFound, start_up
-from textgen_cli.redis_server import ensure_redis
+from textgen_cli.redis_server import ensure_redis, free_port
 from textgen_core.settings import DEFAULT_MODEL_ID
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -170,3 +174,68 @@ def test_status_against_a_server_that_is_not_textgen_says_so() -> None:
     text = done.stdout + done.stderr
     assert done.returncode == 1
     assert "Traceback" not in text and "JSONDecodeError" not in text, text
+
+
+def ready(up: Up) -> bool:
+    try:
+        return httpx.get(f"{up.url}/ready", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_second_stack_on_the_first_ones_redis_comes_back_when_the_first_stops(tmp_path: Path) -> None:
+    """The README's second stack from the same checkout finds the first one's Redis. Ctrl-C on the
+    first stops that Redis; the second then answers 503 for good and its supervisor says nothing."""
+    shared = {"TEXTGEN_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "TEXTGEN_KEY_PREFIX": "upshared"}
+    first = start_up(tmp_path / "a" / ".textgen", **shared)
+    second: Up | None = None
+    try:
+        first.wait_for("Ctrl-C stops everything.")
+        second = start_up(tmp_path / "b" / ".textgen", **shared)
+        second.wait_for("Ctrl-C stops everything.")
+        first.stop()
+        deadline = time.monotonic() + 180
+        while not ready(second):
+            assert time.monotonic() < deadline, f"the second stack never came back:\n{second.text()[-3000:]}"
+            time.sleep(1)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_a_stopped_worker_is_noticed_and_replaced(tmp_path: Path) -> None:
+    """A worker that hangs (SIGSTOP, as a wedged process) is alive to ``poll()``: the supervisor never
+    restarts it, and the stack stays not ready with jobs queued until someone intervenes."""
+    up = start_up(tmp_path / ".textgen")
+    stopped: int | None = None
+    try:
+        up.wait_for("Ctrl-C stops everything.")
+        stopped = up.children()["worker"]
+        os.kill(stopped, signal.SIGSTOP)
+        with up.client() as api:
+            job = api.post("/v1/jobs", json={"prompt": "Say hi.", "max_tokens": 4, "temperature": 0}).json()["id"]
+            deadline = time.monotonic() + 240
+            while (record := api.get(f"/v1/jobs/{job}").json())["status"] != "succeeded":
+                assert time.monotonic() < deadline, f"job still {record['status']} with the worker stopped"
+                time.sleep(2)
+    finally:
+        if stopped is not None:
+            try:
+                os.kill(stopped, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+        up.stop()
+
+
+def test_a_bundled_redis_that_cannot_start_ends_with_a_message_not_a_traceback(tmp_path: Path) -> None:
+    """A damaged append-only file (a full disk, a crash mid-write): redis-server refuses to start."""
+    port = free_port()
+    data = tmp_path / ".textgen"
+    (data / f"redis-{port}").mkdir(parents=True)
+    (data / f"redis-{port}" / "appendonly.aof").write_bytes(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\ngarbage")
+    up = start_up(data, TEXTGEN_REDIS_URL=f"redis://127.0.0.1:{port}/0")
+    text = finished(up, 120)
+    assert up.proc.returncode == 1
+    assert "Traceback" not in text and "RuntimeError" not in text, text
+    assert "textgen up: bundled redis-server did not start" in text, text
