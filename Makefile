@@ -4,9 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 # Where torch comes from. PyPI's default Linux wheel is the CUDA build (GBs); the CPU index has
-# `torch==2.13.0+cpu`. An extra index, so a local mirror configured for pip still comes first.
+# `torch==2.13.0+cpu`. An extra index, so a local mirror configured for pip still comes first; used
+# only when it answers (a machine that cannot reach it would retry it for every package).
 # CUDA on a GPU box: make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?= $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TORCH_CPU_INDEX)/', timeout=5)" \
+	2>/dev/null && echo $(TORCH_CPU_INDEX))
 # `make up PORT=8010` runs a stack whose API listens on another port.
 PORT ?= 8000
 

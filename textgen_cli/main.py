@@ -57,7 +57,7 @@ def _stop_on_signals() -> None:
 
 @app.command()
 def up(
-    port: Annotated[int, typer.Option(help="API port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="API port.")] = 8000,
     host: Annotated[str, typer.Option(help="API bind address.")] = "127.0.0.1",
     data_dir: Annotated[Path, typer.Option(help="Where the bundled Redis keeps its data and children their logs.")]
     = DATA_DIR,

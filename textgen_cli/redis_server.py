@@ -39,6 +39,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class RedisStartFailed(RuntimeError):
+    """The bundled redis-server exited or did not answer (a damaged append-only file, a full disk)."""
+
+
 def start_redis(
     data_dir: Path, port: int | None = None, *, appendonly: bool = True, popen_kwargs: dict[str, Any] | None = None
 ) -> tuple[str, subprocess.Popen[bytes]]:
@@ -60,7 +64,7 @@ def start_redis(
     while not reachable(url):
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            raise RuntimeError(f"bundled redis-server did not start (see {data_dir / 'redis.log'})")
+            raise RedisStartFailed(f"bundled redis-server did not start (see {data_dir / 'redis.log'})")
         time.sleep(0.05)
     return url, proc
 
@@ -82,12 +86,15 @@ def ensure_redis(
     """The Redis at ``url`` if it answers, else a bundled one (on url's port when that is free).
 
     A bundled Redis keeps its data in ``data_root/redis-<port of url>``: one folder per configured
-    port, so two stacks on different ports never load each other's append-only file.
+    port, so two stacks on different ports never load each other's append-only file. When that port
+    is held by something that is not Redis, the bundled one runs on a free port and keeps its data in
+    a folder named after that port, so two such starts never write into one folder.
     Returns the URL, the process (None when found) and the data folder (None when found)."""
     if reachable(url):
         return url, None, None
     port = urlparse(url).port or 6379
+    if not port_free("127.0.0.1", port):
+        port = free_port()
     data_dir = data_root / f"redis-{port}"
-    url, proc = start_redis(data_dir, port if port_free("127.0.0.1", port) else free_port(),
-                            popen_kwargs=popen_kwargs)
+    url, proc = start_redis(data_dir, port, popen_kwargs=popen_kwargs)
     return url, proc, data_dir

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from textgen_cli.processes import (
     worker_command,
     worker_name,
 )
-from textgen_cli.redis_server import ensure_redis, free_port, port_free, start_redis
+from textgen_cli.redis_server import RedisStartFailed, ensure_redis, free_port, port_free, start_redis
 from textgen_cli.supervisor import CrashLoop, Supervisor
 from textgen_core.settings import Settings, get_settings
 
@@ -57,6 +58,12 @@ def say(message: str, style: str = "") -> None:
     if style and sys.stderr.isatty():
         message = f"\033[{style}m{message}\033[0m"
     print(f"textgen up: {message}", file=sys.stderr, flush=True)
+
+
+def url_host(host: str) -> str:
+    """``host`` as it stands in a URL that reaches it: a wildcard means loopback, IPv6 goes in brackets."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"[{host}]" if ":" in host else host
 
 
 def busy_port_message(host: str, port: int) -> str:
@@ -84,6 +91,12 @@ def check_own_api(base: str, token: str) -> bool:
 def run_up(opts: UpOptions) -> int:
     """Run the platform until interrupted; the exit status (0 after Ctrl-C / SIGTERM)."""
     settings = get_settings()
+    try:
+        socket.getaddrinfo(opts.host, opts.port, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        say(f"cannot listen on {opts.host!r}: it is not an address of this machine ({exc}); "
+            "use --host 127.0.0.1, or 0.0.0.0 for every interface", "31")
+        return 1
     if not port_free(opts.host, opts.port):
         say(busy_port_message(opts.host, opts.port), "31")
         return 1
@@ -97,7 +110,7 @@ def run_up(opts: UpOptions) -> int:
     log_dir = opts.data_root / f"logs-{opts.port}" if to_files else None
     sup = Supervisor(lambda m: say(m, "33"), max_deaths=opts.max_restarts, window=opts.restart_window)
     token = secrets.token_hex(8)
-    base = f"http://{'127.0.0.1' if opts.host in ('0.0.0.0', '::') else opts.host}:{opts.port}"
+    base = f"http://{url_host(opts.host)}:{opts.port}"
     try:
         say("starting (the first start converts the model once)...")
         redis_url, redis_dir = _start_redis(sup, settings, opts.data_root)
@@ -119,7 +132,7 @@ def run_up(opts: UpOptions) -> int:
         while True:
             sup.check()
             time.sleep(0.5)
-    except (CrashLoop, StartFailed) as exc:
+    except (CrashLoop, StartFailed, RedisStartFailed) as exc:
         say(str(exc), "31")
         return 1
     except KeyboardInterrupt:
