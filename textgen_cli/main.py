@@ -55,9 +55,15 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, raise_interrupt)
 
 
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise typer.BadParameter(f"{value} is not a port: pick one from 1 to 65535, e.g. --port 8010")
+    return value
+
+
 @app.command()
 def up(
-    port: Annotated[int, typer.Option(min=1, max=65535, help="API port.")] = 8000,
+    port: Annotated[int, typer.Option(callback=_port, help="API port.")] = 8000,
     host: Annotated[str, typer.Option(help="API bind address.")] = "127.0.0.1",
     data_dir: Annotated[Path, typer.Option(help="Where the bundled Redis keeps its data and children their logs.")]
     = DATA_DIR,
