@@ -41,6 +41,12 @@ class Child:
     deaths: deque[float] = field(default_factory=deque)
     restart_at: float | None = None
     restarts: int = 0
+    # A process can be alive to poll() yet wedged (stopped, deadlocked): ``alive`` says whether it
+    # still does its work (a worker's heartbeat); once it has said so, ``hang_seconds`` of silence
+    # get it killed, and then restarted as any dead child.
+    alive: Callable[[], bool] | None = None
+    hang_seconds: float = 60.0
+    seen_alive_at: float | None = None
 
 
 class Supervisor:
@@ -56,9 +62,11 @@ class Supervisor:
         self.children: dict[str, Child] = {}
 
     def add(self, name: str, spawn: Spawn, *, log: Path | None = None, last: bool = False,
-            proc: subprocess.Popen[bytes] | None = None) -> Child:
+            proc: subprocess.Popen[bytes] | None = None, alive: Callable[[], bool] | None = None,
+            hang_seconds: float = 60.0) -> Child:
         """Supervise ``name``: ``proc`` if it is already running, else a process from ``spawn``."""
-        child = Child(name, spawn, log, last, proc if proc is not None else spawn())
+        child = Child(name, spawn, log, last, proc if proc is not None else spawn(), alive=alive,
+                      hang_seconds=hang_seconds)
         self.children[name] = child
         return child
 
@@ -83,6 +91,8 @@ class Supervisor:
         Raises ``CrashLoop`` when one died ``max_deaths`` times within ``window`` seconds."""
         now = time.monotonic() if now is None else now
         for child in self.children.values():
+            if child.proc is not None and child.proc.poll() is None and child.alive is not None:
+                self._probe(child, now)
             if child.proc is not None and (code := child.proc.poll()) is not None:
                 child.proc = None
                 self._died(child, describe_exit(code), now)
@@ -94,7 +104,18 @@ class Supervisor:
                 except (OSError, RuntimeError) as exc:
                     self._died(child, f"could not start: {exc}", now)
                     continue
+                child.seen_alive_at = None
                 self.say(f"{child.name} restarted (pid {child.proc.pid}, restart {child.restarts})")
+
+    def _probe(self, child: Child, now: float) -> None:
+        assert child.alive is not None and child.proc is not None
+        if child.alive():
+            child.seen_alive_at = now
+        elif child.seen_alive_at is not None and now - child.seen_alive_at > child.hang_seconds:
+            self.say(f"{child.name} is running but has not shown it is alive for {child.hang_seconds:.0f} s; "
+                     "killing it")
+            child.proc.kill()
+            child.proc.wait()
 
     def _died(self, child: Child, how: str, now: float) -> None:
         child.deaths.append(now)
@@ -115,6 +136,7 @@ class Supervisor:
             for proc in group:
                 if proc.poll() is None:
                     proc.send_signal(signal.SIGTERM)
+                    proc.send_signal(signal.SIGCONT)  # a stopped child acts on the SIGTERM at once
             deadline = time.monotonic() + timeout
             for proc in group:
                 try:

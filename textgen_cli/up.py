@@ -21,6 +21,7 @@ from typing import IO
 from urllib.parse import urlparse
 
 import httpx
+import redis
 
 from textgen_cli.processes import (
     INSTANCE_HEADER,
@@ -33,8 +34,9 @@ from textgen_cli.processes import (
     worker_command,
     worker_name,
 )
-from textgen_cli.redis_server import RedisStartFailed, ensure_redis, free_port, port_free, start_redis
+from textgen_cli.redis_server import RedisStartFailed, ensure_redis, free_port, port_free, reachable, start_redis
 from textgen_cli.supervisor import CrashLoop, Supervisor
+from textgen_core.keys import Keys
 from textgen_core.settings import Settings, get_settings
 
 
@@ -124,13 +126,19 @@ def run_up(opts: UpOptions) -> int:
             "webhook-worker": webhook_worker_command(settings, webhook_worker_name()),
             "api": api_command(opts.host, opts.port, settings.log_level, instance=token),
         }
+        probes = {"worker": heartbeat_probe(redis_url, Keys(settings.key_prefix).worker(worker_name(None)))}
         for name, cmd in commands.items():
             log = log_dir / f"{name}.log" if log_dir else None
-            sup.add(name, _spawner(cmd, env, log), log=log)
+            sup.add(name, _spawner(cmd, env, log), log=log, alive=probes.get(name),
+                    hang_seconds=max(60.0, 6 * settings.heartbeat_seconds))
         _wait_ready(sup, base, token, opts.ready_timeout, log_dir)
         _print_ready(settings, base, redis_url, redis_dir, log_dir)
+        found = FoundRedis(redis_url, opts.data_root) if redis_dir is None else None
         while True:
             sup.check()
+            if found is not None and found.gone():
+                _adopt_redis(sup, found)
+                found = None
             time.sleep(0.5)
     except (CrashLoop, StartFailed, RedisStartFailed) as exc:
         say(str(exc), "31")
@@ -174,6 +182,50 @@ def _start_redis(sup: Supervisor, settings: Settings, data_root: Path) -> tuple[
     return url, data_dir
 
 
+def heartbeat_probe(redis_url: str, key: str) -> Callable[[], bool]:
+    """Whether the worker's heartbeat is in Redis; a Redis that does not answer says nothing about it."""
+    client = redis.Redis.from_url(redis_url, socket_connect_timeout=1, socket_timeout=1)
+
+    def alive() -> bool:
+        try:
+            return bool(client.exists(key))
+        except redis.RedisError:
+            return True
+    return alive
+
+
+@dataclass
+class FoundRedis:
+    """A Redis on this machine that another process started (another ``textgen up``, say). When it
+    goes away and its port is free, this stack starts the bundled Redis there, with the data folder a
+    bundled Redis on that port uses, so the stack comes back instead of answering 503 for good."""
+
+    url: str
+    data_root: Path
+    down_since: float | None = None
+    GRACE_SECONDS = 5.0
+
+    def gone(self) -> bool:
+        host, port = urlparse(self.url).hostname, urlparse(self.url).port or 6379
+        if host not in ("127.0.0.1", "localhost") or reachable(self.url):
+            self.down_since = None
+            return False
+        now = time.monotonic()
+        self.down_since = self.down_since or now
+        return now - self.down_since > self.GRACE_SECONDS and port_free("127.0.0.1", port)
+
+
+def _adopt_redis(sup: Supervisor, found: FoundRedis) -> None:
+    port = urlparse(found.url).port or 6379
+    data_dir = found.data_root / f"redis-{port}"
+
+    def spawn() -> subprocess.Popen[bytes]:
+        return start_redis(data_dir, port, popen_kwargs=supervised_popen_kwargs())[1]
+
+    sup.add("redis", spawn, log=data_dir / "redis.log", last=True)
+    say(f"the Redis at {found.url} went away: started the bundled one on its port (data in {data_dir}/)", "33")
+
+
 def _wait_ready(sup: Supervisor, base: str, token: str, timeout: float, log_dir: Path | None) -> None:
     deadline = time.monotonic() + timeout
     while not check_own_api(base, token):
@@ -186,7 +238,7 @@ def _wait_ready(sup: Supervisor, base: str, token: str, timeout: float, log_dir:
 
 def _print_ready(settings: Settings, base: str, redis_url: str, redis_dir: Path | None, log_dir: Path | None) -> None:
     data = (f"{redis_dir}/ (bundled Redis at {redis_url}, append-only file)" if redis_dir
-            else f"in the Redis at {redis_url} (found running, not started by textgen)")
+            else f"in the Redis at {redis_url} (found running, started outside this textgen up)")
     logs = f"{log_dir}/ (api, worker, webhook-worker)" if log_dir else "on this process's stderr"
     key = settings.api_keys[0]
     lines = [

@@ -206,19 +206,24 @@ def test_a_second_stack_on_the_first_ones_redis_comes_back_when_the_first_stops(
 
 def test_a_stopped_worker_is_noticed_and_replaced(tmp_path: Path) -> None:
     """A worker that hangs (SIGSTOP, as a wedged process) is alive to ``poll()``: the supervisor never
-    restarts it, and the stack stays not ready with jobs queued until someone intervenes."""
+    restarted it, and the stack stayed not ready with jobs queued until someone intervened. Its
+    missing heartbeat now gets it killed and restarted, and the stack serves jobs again."""
     up = start_up(tmp_path / ".textgen")
     stopped: int | None = None
     try:
         up.wait_for("Ctrl-C stops everything.")
         stopped = up.children()["worker"]
         os.kill(stopped, signal.SIGSTOP)
+        up.wait_for("worker is running but has not shown it is alive", timeout=240)
+        up.wait_for("worker restarted (pid", timeout=60)
         with up.client() as api:
+            deadline = time.monotonic() + 300
+            while not ready(up):
+                assert time.monotonic() < deadline, f"no worker came back:\n{up.text()[-3000:]}"
+                time.sleep(1)
             job = api.post("/v1/jobs", json={"prompt": "Say hi.", "max_tokens": 4, "temperature": 0}).json()["id"]
-            deadline = time.monotonic() + 240
-            while (record := api.get(f"/v1/jobs/{job}").json())["status"] != "succeeded":
-                assert time.monotonic() < deadline, f"job still {record['status']} with the worker stopped"
-                time.sleep(2)
+            while (record := api.get(f"/v1/jobs/{job}", params={"wait": 30}).json())["status"] != "succeeded":
+                assert time.monotonic() < deadline, f"job still {record['status']} after the worker was replaced"
     finally:
         if stopped is not None:
             try:
