@@ -6,38 +6,51 @@ from __future__ import annotations
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console
 
 from textgen_cli.batch_progress import TERMINAL, batch_progress, done_count, fields, summary
+from textgen_cli.client import ApiProblem, api_client, err, fail, get_json, json_body, problem, report
 
-err = Console(stderr=True)
-
-
-def _fail(resp: httpx.Response) -> typer.Exit:
-    try:
-        message = resp.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = resp.text
-    err.print(f"[red]{resp.status_code}[/] {message}")
-    return typer.Exit(1)
+# How long the progress poll rides out an API that does not answer (``textgen up`` restarts a dead
+# one in seconds) before it gives up and prints how to re-attach: the batch runs on regardless.
+OUTAGE_SECONDS = 120.0
+TRANSIENT = (502, 503, 504)  # a restarting API behind a proxy, or Redis away for a moment
 
 
-def _submit(client: httpx.Client, path: Path, fields: dict[str, str]) -> dict:
+def _submit(client: httpx.Client, path: Path, fields: dict[str, str]) -> dict[str, Any]:
     if not path.is_file():
         err.print(f"[red]no such file:[/] {path}")
         raise typer.Exit(2)
     with path.open("rb") as handle:
         resp = client.post("/v1/batches", files={"file": (path.name, handle)}, data=fields)
     if resp.status_code != 202:
-        raise _fail(resp)
-    return resp.json()
+        fail(client, resp)
+    return json_body(client, resp)
 
 
-def _follow(client: httpx.Client, batch: dict, poll: float) -> dict:
+def _poll(client: httpx.Client, batch_id: str, poll: float) -> dict[str, Any]:
+    """The batch's record, polled again while the API is briefly away; an :class:`ApiProblem` once
+    it has been away for :data:`OUTAGE_SECONDS`."""
+    deadline = time.monotonic() + OUTAGE_SECONDS
+    while True:
+        time.sleep(poll)
+        try:
+            resp = client.get(f"/v1/batches/{batch_id}")
+        except httpx.TransportError as exc:
+            if time.monotonic() > deadline:
+                raise problem(client, exc) from exc
+            continue
+        if resp.status_code in TRANSIENT and time.monotonic() <= deadline:
+            continue
+        if resp.status_code != 200:
+            fail(client, resp)
+        return json_body(client, resp)
+
+
+def _follow(client: httpx.Client, batch: dict[str, Any], poll: float) -> dict[str, Any]:
     """Show progress until the batch ends; on Ctrl-C, print the last line once and re-raise."""
     progress = batch_progress(err)
     task = progress.add_task("batch", total=batch["request_counts"]["total"], completed=done_count(batch),
@@ -49,11 +62,7 @@ def _follow(client: httpx.Client, batch: dict, poll: float) -> dict:
                 progress.update(task, completed=done_count(batch), **fields(batch))
                 if batch["status"] in TERMINAL:
                     return batch
-                time.sleep(poll)
-                resp = client.get(f"/v1/batches/{batch['id']}")
-                if resp.status_code != 200:
-                    raise _fail(resp)
-                batch = resp.json()
+                batch = _poll(client, batch["id"], poll)
     finally:
         err.print(summary(progress, task, batch["status"]), highlight=False)
 
@@ -63,7 +72,7 @@ def _download(client: httpx.Client, batch_id: str, output: Path) -> None:
     with client.stream("GET", f"/v1/batches/{batch_id}/results", params={"format": fmt}) as resp:
         if resp.status_code != 200:
             resp.read()
-            raise _fail(resp)
+            fail(client, resp)
         with output.open("wb") as handle:
             for chunk in resp.iter_bytes():
                 handle.write(chunk)
@@ -78,12 +87,9 @@ def run_batch(
     fields: dict[str, str],
     poll: float,
 ) -> None:
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=300) as client:
+    with api_client(url, api_key, timeout=300) as client:
         if batch_id:
-            resp = client.get(f"/v1/batches/{batch_id}")
-            if resp.status_code != 200:
-                raise _fail(resp)
-            batch = resp.json()
+            batch = get_json(client, f"/v1/batches/{batch_id}")
             err.print(f"following [bold]{batch['id']}[/] ({batch['request_counts']['total']} items)")
         elif input_file is not None:
             batch = _submit(client, input_file, fields)
@@ -91,13 +97,18 @@ def run_batch(
         else:
             err.print("[red]give an input file, or --id to re-attach to a batch[/]")
             raise typer.Exit(2)
+        reattach = ("the batch keeps running; re-attach with:\n"
+                    f"  .venv/bin/textgen batch --id {batch['id']} -o {output}")
         try:
             batch = _follow(client, batch, poll)
+            _download(client, batch["id"], output)
         except KeyboardInterrupt:
-            err.print("the batch keeps running; re-attach with:\n"
-                      f"  .venv/bin/textgen batch --id {batch['id']} -o {output}", highlight=False)
+            err.print(reattach, highlight=False)
             raise typer.Exit(130) from None
-        _download(client, batch["id"], output)
+        except (ApiProblem, httpx.TransportError) as exc:
+            report(client, exc)
+            err.print(reattach, highlight=False)
+            raise typer.Exit(1) from None
     counts = batch["request_counts"]
     err.print(f"{batch['status']}: {counts['completed']} completed, {counts['failed']} failed, "
               f"{counts['canceled']} canceled -> {output}")

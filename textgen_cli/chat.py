@@ -12,7 +12,20 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from textgen_cli.client import DEFAULT_URL, ApiKey, ApiUrl, api_client, err, error_message, stream_job, unreachable
+from textgen_cli.client import (
+    DEFAULT_URL,
+    ApiKey,
+    ApiUrl,
+    api_client,
+    api_errors,
+    err,
+    fail,
+    failure,
+    get_json,
+    json_body,
+    report,
+    stream_job,
+)
 
 HELP = "/reset starts a new conversation, /exit (or Ctrl-D) quits, Ctrl-C stops a reply"
 
@@ -28,9 +41,11 @@ class Chat:
         return f"chat-{uuid.uuid4().hex[:12]}"
 
     def reset(self) -> None:
+        """Forget the conversation on the server and start a new one; an API that does not answer
+        keeps the old one, so ``/reset`` can be tried again once it is back."""
         resp = self.client.delete(f"/v1/conversations/{self.conversation}")
         if resp.status_code not in (200, 404):  # 404: nothing said yet
-            err.print(f"[red]{resp.status_code}[/] {error_message(resp)}", highlight=False)
+            report(self.client, failure(self.client, resp))
         self.conversation = self._new_id()
         print(f"(new conversation {self.conversation})", flush=True)
 
@@ -39,15 +54,17 @@ class Chat:
         resp = self.client.post("/v1/jobs", json={"prompt": prompt, "conversation_id": self.conversation,
                                                   **self.params})
         if resp.status_code != 202:
-            err.print(f"[red]{resp.status_code}[/] {error_message(resp)}", highlight=False)
-            return
-        job_id = resp.json()["id"]
+            fail(self.client, resp)
+        job_id = json_body(self.client, resp)["id"]
         try:
             job = stream_job(self.client, job_id, lambda text: print(text, end="", flush=True))
         except KeyboardInterrupt:
-            self.client.post(f"/v1/jobs/{job_id}/cancel")
             print("\n(stopped)", flush=True)
+            self.client.post(f"/v1/jobs/{job_id}/cancel")
             return
+        except httpx.TransportError:
+            print(flush=True)  # end a reply cut short before the line that says why
+            raise
         print(flush=True)
         if job is not None and job["status"] != "succeeded":
             err.print(f"[red]job {job['status']}[/]: {(job.get('error') or {}).get('message', '')}", highlight=False)
@@ -66,14 +83,7 @@ def chat(
     if model:
         params["model"] = model
     with api_client(url, api_key, timeout=300) as client:
-        try:
-            served = client.get("/v1/models")
-        except httpx.TransportError as exc:
-            unreachable(client, exc)
-        if served.status_code != 200:
-            err.print(f"[red]{served.status_code}[/] {error_message(served)}", highlight=False)
-            raise typer.Exit(1)
-        ids = [card["id"] for card in served.json()["data"]]
+        ids = [card["id"] for card in get_json(client, "/v1/models")["data"]]
         if model and model not in ids:
             err.print(f"[red]model {model!r} not found[/]; models served: {', '.join(ids)}", highlight=False)
             raise typer.Exit(1)
@@ -93,12 +103,14 @@ def chat(
                 continue
             if line in ("/exit", "/quit"):
                 return
-            if line == "/reset":
-                session.reset()
-            elif line.startswith("/"):
+            if line.startswith("/") and line != "/reset":
                 print(f"unknown command {line.split()[0]}: {HELP}", file=sys.stderr, flush=True)
-            else:
-                session.turn(line)
+                continue
+            with api_errors(client, keep_going=True):  # the API may be back by the next line
+                if line == "/reset":
+                    session.reset()
+                else:
+                    session.turn(line)
 
 
 def register(app: typer.Typer) -> None:

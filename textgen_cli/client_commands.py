@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.table import Table
 
-from textgen_cli.client import DEFAULT_URL, ApiKey, ApiUrl, api_client, get_json, unreachable
+from textgen_cli.client import DEFAULT_URL, ApiKey, ApiUrl, api_client, get_json, json_body
 
 out = Console()
 AsJson = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a table.")]
@@ -81,22 +81,20 @@ def jobs(
 
 
 def _queue_depths(client: httpx.Client) -> list[tuple[str, str, int]]:
+    """The queue depths from ``/metrics``; none where it cannot be read (metrics are an extra)."""
     try:
         text = client.get("/metrics").text
-    except httpx.HTTPError:
+        return [(s.labels["model"], s.labels["lane"], int(s.value))
+                for family in text_string_to_metric_families(text) if family.name == "textgen_queue_depth"
+                for s in family.samples]
+    except (httpx.HTTPError, ValueError, KeyError):
         return []
-    return [(s.labels["model"], s.labels["lane"], int(s.value))
-            for family in text_string_to_metric_families(text) if family.name == "textgen_queue_depth"
-            for s in family.samples]
 
 
 def status(url: ApiUrl = DEFAULT_URL, api_key: ApiKey = None, as_json: AsJson = False) -> None:
     """The platform at a glance: readiness, workers, queue depths, models and versions."""
     with api_client(url, api_key) as client:
-        try:
-            ready = client.get("/ready").json()
-        except httpx.TransportError as exc:
-            unreachable(client, exc)
+        ready = json_body(client, client.get("/ready"))  # 503 while not ready: its body still says why
         cards = get_json(client, "/v1/models")["data"]
         api_version = get_json(client, "/openapi.json")["info"]["version"]
         queues = _queue_depths(client)

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 
 from textgen_cli import batch as batch_cli
 from textgen_cli import chat as chat_cli
 from textgen_cli import client_commands
-from textgen_cli.client import stream_job
+from textgen_cli.client import api_client, fail, get_json, json_body, stream_job
 from textgen_cli.processes import (
     VllmEnvironmentMissing,
     api_command,
@@ -217,30 +216,28 @@ def submit(
     stream: Annotated[bool, typer.Option("--stream", help="Print the text as it is generated.")] = False,
 ) -> None:
     """Submit a job, wait for it, and print the generated text."""
-    headers = {"Authorization": f"Bearer {_api_key(api_key)}"}
-    body = {"prompt": prompt, "mode": mode, "max_tokens": max_tokens, "temperature": temperature}
+    body: dict[str, object] = {"prompt": prompt, "mode": mode, "max_tokens": max_tokens, "temperature": temperature}
     if seed is not None:
         body["seed"] = seed
     if conversation:
         body["conversation_id"] = conversation
-    with httpx.Client(base_url=url, headers=headers, timeout=90) as client:
+    with api_client(url, api_key) as client:
         resp = client.post("/v1/jobs", json=body)
         if resp.status_code != 202:
-            err.print(f"[red]{resp.status_code}[/] {resp.text}")
-            raise typer.Exit(1)
-        job = resp.json()
+            fail(client, resp)
+        job = json_body(client, resp)
         if stream:
             job = stream_job(client, job["id"], lambda text: print(text, end="", flush=True)) or job
             print(flush=True)
         while job["status"] in ("queued", "running"):
-            job = client.get(f"/v1/jobs/{job['id']}", params={"wait": 60}).json()
+            job = get_json(client, f"/v1/jobs/{job['id']}", wait=60)
     if as_json:
         print(json.dumps(job, indent=2))
     elif job["status"] == "succeeded":
         if not stream:
             print(job["output"])
     else:
-        err.print(f"[red]job {job['status']}[/]: {job.get('error')}")
+        err.print(f"[red]job {job['status']}[/]: {(job.get('error') or {}).get('message', '')}", highlight=False)
         raise typer.Exit(1)
 
 
