@@ -7,10 +7,12 @@ its visibility timeout (an hour). So each chunk has an entry in ``Keys.dispatch`
 scored by a deadline): the API adds it as it sends the chunk's message (deadline: a lease from
 now); the dispatch task takes it over (``take``: the deadline a lease on, renewed by the worker's
 heartbeat while it sends) and removes it once every item message is sent. A deadline that passes
-means the message or its dispatcher is gone: one reaper (whichever runs the script first) pushes
-the deadline a lease on and sends the chunk's message again; a chunk of a batch no longer active
-is dropped. A copy that runs after the chunk was dispatched finds no entry and does nothing, and
-an item sent twice is claimed once.
+means the message or its dispatcher may be gone: one reaper (whichever runs the script first) pushes
+the deadline on and sends the chunk's message again; a chunk of a batch no longer active is
+dropped. A message that merely waits its turn in a long bulk queue also passes its deadline, so
+each further re-send of a chunk nobody took over waits twice as long (``REAP``). A copy that
+runs after the chunk was dispatched finds no entry and does nothing, and an item sent twice is
+claimed once.
 """
 
 from __future__ import annotations
@@ -43,11 +45,12 @@ class Chunk(NamedTuple):
         return cls(batch_id, model, int(start), int(stop))
 
 
-# KEYS: dispatch set, active batches. ARGV: member, batch id, new deadline. The dispatch task takes
-# the chunk over: 1 if its entry is there and its batch active (deadline moved on), else 0 (already
-# dispatched by another copy, or the batch ended: the entry is dropped).
+# KEYS: dispatch set, active batches, re-sends. ARGV: member, batch id, new deadline. The dispatch
+# task takes the chunk over: 1 if its entry is there and its batch active (deadline moved on, the
+# re-send count reset), else 0 (already dispatched by another copy, or the batch ended: dropped).
 TAKE = define("dispatch.take", """
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[1])
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
   redis.call('ZREM', KEYS[1], ARGV[1])
   return 0
@@ -56,18 +59,23 @@ redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
 return 1
 """)
 
-# KEYS: dispatch set, active batches. ARGV: member, batch id, now, lease seconds. If the chunk's
-# deadline passed: drop it if its batch ended (0), else push the deadline a lease on (so a lost
-# re-send is reaped again) and return 1 for the caller to re-send. One script call, so exactly one
-# reaper wins.
+# KEYS: dispatch set, active batches, re-sends. ARGV: member, batch id, now, lease seconds, ttl. If
+# the chunk's deadline passed: drop it if its batch ended (0), else push the deadline on (so a lost
+# re-send is reaped again) and return 1 for the caller to re-send. The n-th re-send since the chunk
+# was last taken over waits 2^(n-1) leases (at most 64): a message that is only waiting its turn in
+# a long queue is not copied every lease. One script call, so exactly one reaper wins.
 REAP = define("dispatch.reap", """
 local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not deadline or tonumber(deadline) > tonumber(ARGV[3]) then return 0 end
 if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
   redis.call('ZREM', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
   return 0
 end
-redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
+local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[3], ARGV[5])
+local wait = tonumber(ARGV[4]) * 2 ^ math.min(n - 1, 6)
+redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[3]) + wait, ARGV[1])
 return 1
 """)
 
@@ -83,17 +91,18 @@ async def record(client: aioredis.Redis, keys: Keys, chunk: Chunk, *, lease_seco
 class ChunkLeases:
     """One worker process's chunks being dispatched: taken by its tasks, renewed by its heartbeat."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, lease_seconds: float):
+    def __init__(self, client: redis.Redis, keys: Keys, *, lease_seconds: float, ttl: int):
         self.r = client
         self.keys = keys
         self.lease_seconds = lease_seconds
+        self.ttl = ttl
         self._held: dict[int, str] = {}  # task thread id -> member (threads pool: one chunk a thread)
         self._lock = threading.Lock()
         self._scripts = Scripts(client, TAKE, REAP)
 
     def take(self, chunk: Chunk) -> bool:
         """Take the chunk over for this thread; False if there is nothing to dispatch."""
-        taken = self._scripts[TAKE](keys=[self.keys.dispatch, self.keys.active_batches],
+        taken = self._scripts[TAKE](keys=[self.keys.dispatch, self.keys.active_batches, self.keys.dispatch_resends],
                                     args=[chunk.member, chunk.batch_id, time.time() + self.lease_seconds])
         if taken:
             with self._lock:
@@ -103,7 +112,10 @@ class ChunkLeases:
     def done(self, chunk: Chunk) -> None:
         """Every item message of the chunk is sent."""
         self.forget()
-        self.r.zrem(self.keys.dispatch, chunk.member)
+        pipe = self.r.pipeline(transaction=True)
+        pipe.zrem(self.keys.dispatch, chunk.member)
+        pipe.hdel(self.keys.dispatch_resends, chunk.member)
+        pipe.execute()
 
     def forget(self) -> None:
         """Stop renewing this thread's chunk (it failed: left to lapse and be re-sent)."""
@@ -127,7 +139,7 @@ class ChunkLeases:
         out: list[Chunk] = []
         for member in lapsed:
             chunk = Chunk.parse(member)
-            if self._scripts[REAP](keys=[self.keys.dispatch, self.keys.active_batches],
-                                   args=[member, chunk.batch_id, now, self.lease_seconds]):
+            if self._scripts[REAP](keys=[self.keys.dispatch, self.keys.active_batches, self.keys.dispatch_resends],
+                                   args=[member, chunk.batch_id, now, self.lease_seconds, self.ttl]):
                 out.append(chunk)
         return out

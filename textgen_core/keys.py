@@ -50,6 +50,13 @@ class Keys:
         return f"{self.prefix}:dispatch"
 
     @property
+    def dispatch_resends(self) -> str:
+        """Hash: chunk (as in ``dispatch``) -> times the reaper re-sent it since it was last taken over,
+        which spaces out its re-sends. Owner: the dispatch scripts, which delete a chunk's field with its
+        entry; TTL: settings.job_ttl_seconds, refreshed on every re-send."""
+        return f"{self.prefix}:dispatch:resends"
+
+    @property
     def events_channel(self) -> str:
         """Pub/sub: job id and status on every terminal transition (wakes long-polls)."""
         return f"{self.prefix}:events"

@@ -193,7 +193,8 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
                        engines=engines, executor=executor, webhooks=webhooks, ledger=BatchLedger(client, keys),
                        leases=JobLeases(client, keys, lease_seconds=settings.lease_seconds,
                                         ttl=settings.job_ttl_seconds),
-                       chunks=ChunkLeases(client, keys, lease_seconds=settings.lease_seconds),
+                       chunks=ChunkLeases(client, keys, lease_seconds=settings.lease_seconds,
+                                          ttl=settings.job_ttl_seconds),
                        gates=gates)
     _runtime.metrics_port = serve_metrics(_runtime, settings.worker_metrics_port, settings.worker_metrics_host)
     _runtime.start_threads()

@@ -131,8 +131,9 @@ def _run_worker_side(r: redis.Redis, keys: Keys) -> None:
     assert [x.job_id for x in reaped] == [lapsed.id]
     assert store.get(lapsed.id).status is JobStatus.queued  # type: ignore[union-attr]
 
-    # Batch chunks: taken over and done; one whose deadline passed is re-sent once; an ended batch's dropped.
-    chunks = ChunkLeases(r, keys, lease_seconds=30)
+    # Batch chunks: taken over and done; one whose deadline passed is re-sent once, later re-sends spaced
+    # out until a dispatcher takes it over; an ended batch's chunks are dropped.
+    chunks = ChunkLeases(r, keys, lease_seconds=30, ttl=60)
     sent, lapsed_chunk, ended = Chunk("b1", "org/m|x", 0, 2), Chunk("b1", "org/m|x", 2, 4), Chunk("b2", "m", 0, 1)
     assert Chunk.parse(lapsed_chunk.member) == lapsed_chunk
     r.sadd(keys.active_batches, "b1")
@@ -142,7 +143,12 @@ def _run_worker_side(r: redis.Redis, keys: Keys) -> None:
     chunks.done(sent)
     assert not chunks.take(sent)  # a copy of a dispatched chunk does nothing
     assert chunks.reap() == [lapsed_chunk] and chunks.reap() == []  # re-armed: reaped once
-    assert r.zrange(keys.dispatch, 0, -1) == [lapsed_chunk.member]
+    assert r.zrange(keys.dispatch, 0, -1) == [lapsed_chunk.member]  # the ended batch's chunk dropped
+    r.zadd(keys.dispatch, {lapsed_chunk.member: time.time() - 1})
+    assert chunks.reap() == [lapsed_chunk]
+    assert r.zscore(keys.dispatch, lapsed_chunk.member) > time.time() + 50  # the second re-send waits two leases
+    assert chunks.take(lapsed_chunk) and not r.exists(keys.dispatch_resends)
+    chunks.forget()
     r.srem(keys.active_batches, "b1")
     assert not chunks.take(lapsed_chunk) and r.zcard(keys.dispatch) == 0
 
