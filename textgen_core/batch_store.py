@@ -186,9 +186,6 @@ class BatchLedger:
     def job_ids(self, batch_id: str, start: int, stop: int) -> list[str]:
         return list(self.r.lrange(self.keys.batch_jobs(batch_id), start, stop - 1))
 
-    def is_active(self, batch_id: str) -> bool:
-        return bool(self.r.sismember(self.keys.active_batches, batch_id))
-
     def get(self, batch_id: str) -> BatchRecord | None:
         """The batch with its webhook deliveries (for its webhook events)."""
         pipe = self.r.pipeline(transaction=False)

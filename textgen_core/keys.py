@@ -42,6 +42,21 @@ class Keys:
         return f"{self.prefix}:leases"
 
     @property
+    def dispatch(self) -> str:
+        """Sorted set: ``batch|model|start|stop`` of batch chunks not yet dispatched, scored by a deadline
+        (``textgen_core/dispatch.py``). Owner: the API adds a chunk as it sends its message, the dispatch
+        task removes it once every item message is sent, the reaper drops chunks of ended batches; TTL:
+        settings.job_ttl_seconds, refreshed on every add."""
+        return f"{self.prefix}:dispatch"
+
+    @property
+    def dispatch_resends(self) -> str:
+        """Hash: chunk (as in ``dispatch``) -> times the reaper re-sent it since it was last taken over,
+        which spaces out its re-sends. Owner: the dispatch scripts, which delete a chunk's field with its
+        entry; TTL: settings.job_ttl_seconds, refreshed on every re-send."""
+        return f"{self.prefix}:dispatch:resends"
+
+    @property
     def events_channel(self) -> str:
         """Pub/sub: job id and status on every terminal transition (wakes long-polls)."""
         return f"{self.prefix}:events"

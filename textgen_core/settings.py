@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     # Batches (bulk lane)
     batch_max_items: int = Field(default=50_000, ge=1)
     batch_chunk_size: int = Field(default=500, ge=1, le=10_000)  # items written and enqueued per step
+    # Test only: a pause before each item message a dispatch sends, so a test can kill a worker
+    # mid-dispatch (tests/integration/test_dispatch.py). Leave at 0.
+    test_dispatch_item_delay_seconds: float = Field(default=0.0, ge=0, le=60)
     batch_file_max_bytes: int = Field(default=100 * 1024 * 1024, ge=1024)
     # An inline JSON batch is parsed whole (a file upload is read line by line): a smaller limit.
     batch_json_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)

@@ -6,6 +6,9 @@ worker that won it re-sends its message (interactive: ``textgen.generate``; batc
 ``textgen.batch_item``). The script drops the lease first, so exactly one worker re-sends; the
 dead worker's own message, redelivered after the broker's visibility timeout, finds the job
 claimed or done and does nothing.
+
+The same loop re-sends the ``textgen.batch_dispatch`` message of a batch chunk whose deadline
+passed (its dispatcher died before it sent every item message; ``textgen_core/dispatch.py``).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections.abc import Callable
 
 import redis
 
+from textgen_core.dispatch import Chunk, ChunkLeases
 from textgen_core.leases import JobLeases, Reaped
 
 log = logging.getLogger(__name__)
@@ -31,12 +35,23 @@ def reap_once(leases: JobLeases, resend: Callable[[Reaped], None]) -> int:
     return len(reaped)
 
 
-def start_reaper(leases: JobLeases, period: float, resend: Callable[[Reaped], None],
-                 stop: threading.Event) -> threading.Thread:
+def reap_chunks_once(chunks: ChunkLeases, resend: Callable[[Chunk], None]) -> int:
+    reaped = chunks.reap()
+    for chunk in reaped:
+        resend(chunk)
+    if reaped:
+        log.warning("re-sent %d batch chunks whose dispatcher is gone: %s", len(reaped),
+                    ", ".join(chunk.member for chunk in reaped))
+    return len(reaped)
+
+
+def start_reaper(leases: JobLeases, chunks: ChunkLeases, period: float, resend: Callable[[Reaped], None],
+                 resend_chunk: Callable[[Chunk], None], stop: threading.Event) -> threading.Thread:
     def loop() -> None:
         while not stop.wait(period):
             try:
                 reap_once(leases, resend)
+                reap_chunks_once(chunks, resend_chunk)
             except redis.RedisError as exc:
                 log.warning("lease reaper: %s", exc)
             except Exception:  # a bad record must not end the loop that saves every other job

@@ -21,6 +21,7 @@ from redis.retry import Retry
 from textgen_core import metrics
 from textgen_core.batch_store import BatchLedger
 from textgen_core.cache import ResultCache, model_profile
+from textgen_core.dispatch import Chunk, ChunkLeases
 from textgen_core.engine.batching import Engine
 from textgen_core.engine.device import default_max_batch, worker_threads
 from textgen_core.engine.loader import LoadedModel, load
@@ -49,6 +50,7 @@ class Runtime:
     webhooks: JobWebhooks
     ledger: BatchLedger
     leases: JobLeases
+    chunks: ChunkLeases
     gates: dict[str, BulkGate]
     started_at: float = field(default_factory=time.time)
     metrics_port: int | None = None
@@ -82,6 +84,7 @@ class Runtime:
             try:
                 self.client.set(key, self.heartbeat_payload(), ex=max(2, int(period * 3)))
                 self.leases.renew()
+                self.chunks.renew()
             except redis.RedisError as exc:
                 log.warning("heartbeat failed: %s", exc)
             if self._stop.wait(period):
@@ -109,10 +112,10 @@ class Runtime:
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._cancel_loop, "cancel-listener")):
             threading.Thread(target=target, name=f"textgen-{name}", daemon=True).start()
 
-    def start_reaper(self, resend: Callable[[Reaped], None]) -> None:
+    def start_reaper(self, resend: Callable[[Reaped], None], resend_chunk: Callable[[Chunk], None]) -> None:
         from workers.reaper import start_reaper
 
-        start_reaper(self.leases, self.settings.lease_reap_seconds, resend, self._stop)
+        start_reaper(self.leases, self.chunks, self.settings.lease_reap_seconds, resend, resend_chunk, self._stop)
 
     def stop(self) -> None:
         self._stop.set()
@@ -190,6 +193,8 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
                        engines=engines, executor=executor, webhooks=webhooks, ledger=BatchLedger(client, keys),
                        leases=JobLeases(client, keys, lease_seconds=settings.lease_seconds,
                                         ttl=settings.job_ttl_seconds),
+                       chunks=ChunkLeases(client, keys, lease_seconds=settings.lease_seconds,
+                                          ttl=settings.job_ttl_seconds),
                        gates=gates)
     _runtime.metrics_port = serve_metrics(_runtime, settings.worker_metrics_port, settings.worker_metrics_host)
     _runtime.start_threads()

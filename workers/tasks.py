@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+
+from textgen_core.dispatch import Chunk
 from textgen_core.jobs import JobStatus
 from textgen_core.keys import BATCH_DISPATCH_TASK, BATCH_ITEM_TASK, GENERATE_TASK, Keys
 from textgen_core.leases import Reaped
@@ -33,18 +36,34 @@ def send_item(job_id: str, batch_id: str, model: str) -> None:
 
 @app.task(name=BATCH_DISPATCH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def batch_dispatch(batch_id: str, model: str, start: int, stop: int) -> int:
-    """Enqueue one chunk of a batch's items on the bulk lane. A redelivered chunk re-sends its
-    items; their jobs are claimed once, so duplicates do nothing."""
+    """Enqueue one chunk of a batch's items on the bulk lane, holding the chunk's lease while it
+    sends (``textgen_core/dispatch.py``): a copy of a chunk already dispatched, or of an ended
+    batch, does nothing; a chunk half sent when this worker died is sent again by a reaper."""
     rt = runtime()
-    if not rt.ledger.is_active(batch_id):
+    chunk = Chunk(batch_id, model, start, stop)
+    if not rt.chunks.take(chunk):
         return 0
-    ids = rt.ledger.job_ids(batch_id, start, stop)
-    with app.producer_or_acquire() as producer:
-        queue = Keys(rt.settings.key_prefix).queue(model, "bulk")
-        for job_id in ids:
-            app.send_task(BATCH_ITEM_TASK, args=[job_id, batch_id, model], queue=queue, task_id=job_id,
-                          producer=producer)
+    try:
+        ids = rt.ledger.job_ids(batch_id, start, stop)
+        delay = rt.settings.test_dispatch_item_delay_seconds
+        with app.producer_or_acquire() as producer:
+            queue = Keys(rt.settings.key_prefix).queue(model, "bulk")
+            for job_id in ids:
+                if delay:
+                    time.sleep(delay)
+                app.send_task(BATCH_ITEM_TASK, args=[job_id, batch_id, model], queue=queue, task_id=job_id,
+                              producer=producer)
+    except BaseException:
+        rt.chunks.forget()  # left to lapse: a reaper sends the chunk again
+        raise
+    rt.chunks.done(chunk)
     return len(ids)
+
+
+def resend_chunk(chunk: Chunk) -> None:
+    """Send a reaped chunk's dispatch message again."""
+    queue = Keys(runtime().settings.key_prefix).queue(chunk.model, "bulk")
+    app.send_task(BATCH_DISPATCH_TASK, args=list(chunk), queue=queue)
 
 
 @app.task(name=BATCH_ITEM_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -64,13 +64,13 @@ def test_two_workers_and_two_apis_share_the_work_and_a_kill_loses_nothing(tmp_pa
                 time.sleep(0.5)
             rows = [line for line in api.get(f"/v1/batches/{batch_id}/results").text.splitlines() if line]
             job_states = [wait_job(api, job_id)["status"] for job_id in jobs]
+        records = item_records(st, batch_id)  # read while Redis is up
     print(f"\n{done_at_kill}/{ITEMS} items done when a worker and an API were killed; "
           f"final counts {batch['request_counts']}")
     assert batch["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0, "canceled": 0}
     ids = Counter(__import__("json").loads(row)["custom_id"] for row in rows)
     assert ids == Counter(item["custom_id"] for item in items)  # each custom_id exactly once
     assert job_states == ["succeeded"] * JOBS
-    records = item_records(st, batch_id)
     assert all(r["status"] == "succeeded" for r in records)
     workers = Counter(r["worker"] for r in records)
     assert workers["alpha@test"] > 0 and workers["bravo@test"] > 0, workers

@@ -22,6 +22,7 @@ from textgen_core import scripts
 from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.batches import BatchRecord
 from textgen_core.cache import ResultCache
+from textgen_core.dispatch import Chunk, ChunkLeases, record
 from textgen_core.jobs import JobInput, JobRecord, JobStatus, SamplingParams
 from textgen_core.keys import Keys
 from textgen_core.leases import JobLeases
@@ -130,6 +131,27 @@ def _run_worker_side(r: redis.Redis, keys: Keys) -> None:
     assert [x.job_id for x in reaped] == [lapsed.id]
     assert store.get(lapsed.id).status is JobStatus.queued  # type: ignore[union-attr]
 
+    # Batch chunks: taken over and done; one whose deadline passed is re-sent once, later re-sends spaced
+    # out until a dispatcher takes it over; an ended batch's chunks are dropped.
+    chunks = ChunkLeases(r, keys, lease_seconds=30, ttl=60)
+    sent, lapsed_chunk, ended = Chunk("b1", "org/m|x", 0, 2), Chunk("b1", "org/m|x", 2, 4), Chunk("b2", "m", 0, 1)
+    assert Chunk.parse(lapsed_chunk.member) == lapsed_chunk
+    r.sadd(keys.active_batches, "b1")
+    r.zadd(keys.dispatch, {sent.member: time.time() + 30, lapsed_chunk.member: time.time() - 1,
+                           ended.member: time.time() - 1})
+    assert chunks.take(sent) and chunks.renew() == 1
+    chunks.done(sent)
+    assert not chunks.take(sent)  # a copy of a dispatched chunk does nothing
+    assert chunks.reap() == [lapsed_chunk] and chunks.reap() == []  # re-armed: reaped once
+    assert r.zrange(keys.dispatch, 0, -1) == [lapsed_chunk.member]  # the ended batch's chunk dropped
+    r.zadd(keys.dispatch, {lapsed_chunk.member: time.time() - 1})
+    assert chunks.reap() == [lapsed_chunk]
+    assert r.zscore(keys.dispatch, lapsed_chunk.member) > time.time() + 50  # the second re-send waits two leases
+    assert chunks.take(lapsed_chunk) and not r.exists(keys.dispatch_resends)
+    chunks.forget()
+    r.srem(keys.active_batches, "b1")
+    assert not chunks.take(lapsed_chunk) and r.zcard(keys.dispatch) == 0
+
     # The result cache's lead is released only by its holder.
     cache = ResultCache(r, keys, profiles={}, wait_seconds=0.1, lead_ttl=10)
     r.set(keys.cache_lead("d"), "job_a")
@@ -179,6 +201,8 @@ async def _run_api_side(url: str, keys: Keys) -> None:
         await batches.create(batch)
         items = [job(batch_id=batch.id, custom_id=str(i), lane="bulk") for i in range(2)]
         await batches.add_items(batch.id, items)
+        await record(r, keys, Chunk(batch.id, "m", 0, 2), lease_seconds=30, ttl=60)
+        assert await r.zcard(keys.dispatch) == 1 and 0 < await r.ttl(keys.dispatch) <= 60
         await batches.start(batch.id)
         assert (await batches.get(batch.id, OWNER)).status.value == "in_progress"  # type: ignore[union-attr]
         await batches.request_cancel(batch.id, OWNER, chunk=10)
