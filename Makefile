@@ -13,7 +13,7 @@ TORCH_INDEX ?= $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TO
 # `make up PORT=8010` runs a stack whose API listens on another port.
 PORT ?= 8000
 
-.PHONY: install install-vllm up test test-unit lint bench bench-load clean
+.PHONY: install install-vllm up test test-vllm test-unit lint bench bench-load clean
 
 install: $(VENV)/.installed
 	@$(VENV)/bin/textgen prepare-model
@@ -49,8 +49,12 @@ $(VLLM_VENV)/.installed: pyproject.toml
 up: install
 	$(VENV)/bin/textgen up --port $(PORT)
 
+# The vLLM backend's tests need .venv-vllm (minutes to install, minutes to start vLLM): make test-vllm.
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not vllm" $(PYTEST_ARGS)
+
+test-vllm: install install-vllm
+	$(PY) -m pytest -m vllm $(PYTEST_ARGS)
 
 test-unit: install
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

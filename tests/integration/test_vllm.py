@@ -23,7 +23,7 @@ from textgen_cli.processes import VllmEnvironmentMissing, worker_python
 from textgen_core.settings import DEFAULT_MODEL_ID, Settings
 
 # Generous: each worker start spawns and profiles vLLM on what may be a busy 2-core machine.
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
+pytestmark = [pytest.mark.integration, pytest.mark.vllm, pytest.mark.timeout(1500)]
 
 # Eager: torch.compile would add minutes to each worker's start here; the job contract is the same.
 MODELS = [{"id": DEFAULT_MODEL_ID, "engine": "vllm", "max_batch": 8,
