@@ -378,8 +378,11 @@ class Engine:
         deltas: dict[str, str] = {}
         done: list[tuple[_Row, str]] = [(r, "canceled") for r in self._rows if r.job_id in canceled]
         live = [i for i, r in enumerate(self._rows) if r.job_id not in canceled]
-        logits = self._logits if len(live) == len(self._rows) else self._logits[torch.tensor(live, device=self.device)]
-        chosen = choose_tokens(logits, [self._rows[i] for i in live]) if live else []
+        chosen: list[int] = []
+        if live:  # every row canceled (a client left): nothing to sample
+            logits = self._logits if len(live) == len(self._rows) else \
+                self._logits[torch.tensor(live, dtype=torch.long, device=self.device)]
+            chosen = choose_tokens(logits, [self._rows[i] for i in live])
         tokens = dict(zip(live, chosen, strict=True))
         for i, token in tokens.items():
             row = self._rows[i]
