@@ -203,7 +203,9 @@ def test_prometheus_scrapes_api_and_worker_and_answers_promql(observed: Observed
     assert {r["metric"]["job"]: float(r["value"][1]) for r in up} == {"textgen-api": 1.0, "textgen-worker": 1.0}
     depth = promql(prometheus, f'max by (queue) (textgen_queue_depth{{queue="{observed.queue}"}})')
     assert float(depth[0]["value"][1]) == 0
-    finished = promql(prometheus, 'sum by (status) (textgen_jobs_finished_total{status="succeeded"})')
+    # The interactive jobs of the first test (the batch items of the second travel on the bulk queue).
+    finished = promql(prometheus, 'sum by (status) (textgen_jobs_finished_total'
+                                  f'{{status="succeeded", queue="{observed.queue}"}})')
     assert float(finished[0]["value"][1]) == JOBS
-    submitted = promql(prometheus, "sum(textgen_jobs_submitted_total)")
+    submitted = promql(prometheus, 'sum(textgen_jobs_submitted_total{lane="interactive"})')
     assert float(submitted[0]["value"][1]) == JOBS
