@@ -191,6 +191,8 @@ def heartbeat_probe(redis_url: str, key: str) -> Callable[[], bool]:
             return bool(client.exists(key))
         except redis.RedisError:
             return True
+        finally:  # hold no connection: Redis closing it on shutdown would leave its port in TIME_WAIT
+            client.connection_pool.disconnect()
     return alive
 
 
