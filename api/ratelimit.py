@@ -44,28 +44,34 @@ class RateLimits:
             raise await self._refusal(self.requests, owner, "requests")
         return await self._headers(self.requests, owner, "requests")
 
-    async def check_tokens(self, owner: str, tokens: int) -> None:
-        """Refuse now (429) if ``tokens`` more would exceed the key's tokens-per-minute budget."""
+    async def take_tokens(self, owner: str, tokens: int) -> None:
+        """Count ``tokens`` against the key's tokens per minute, or refuse (429) if they do not fit.
+        One atomic step: requests sent at once cannot all pass on the same remainder. A request
+        refused after this (or answered from the cache) gives them back with :meth:`refund_tokens`."""
         if self.tokens is None:
             return
         if tokens > self.tokens.amount:
             raise APIError(422, f"max_tokens {tokens} is more than this key's budget of {self.tokens.amount} "
                                 "tokens per minute", code="max_tokens_over_budget", param="max_tokens")
-        if not await self._limiter.test(self.tokens, owner, cost=tokens):
+        if not await self._limiter.hit(self.tokens, owner, cost=tokens):
             raise await self._refusal(self.tokens, owner, "tokens")
+
+    async def refund_tokens(self, owner: str, tokens: int) -> None:
+        """Give back what :meth:`take_tokens` counted for a request that was not accepted after all.
+        The window's counter takes a negative hit (its script only adds), moments after the take."""
+        if self.tokens is not None:
+            await self._limiter.hit(self.tokens, owner, cost=-tokens)
+
+    async def token_headers(self, owner: str, response: Response) -> None:
+        """The ``x-ratelimit-*-tokens`` headers of the key's window, on an accepted job's response."""
+        if self.tokens is not None:
+            response.headers.update(await self._headers(self.tokens, owner, "tokens"))
 
     async def take_batch_tokens(self, owner: str, tokens: int) -> None:
         """Count a batch's ``tokens`` against the key's batch tokens per day, or refuse (429) if they
         do not fit. One atomic step: batches sent at once cannot all pass on the same remainder."""
         if self.batch_tokens is not None and not await self._limiter.hit(self.batch_tokens, owner, cost=tokens):
             raise await self._refusal(self.batch_tokens, owner, "batch-tokens")
-
-    async def charge_tokens(self, owner: str, tokens: int, response: Response | None = None) -> None:
-        """Count ``tokens`` against the key (after :meth:`check_tokens` and admission succeeded)."""
-        if self.tokens is not None:
-            await self._limiter.hit(self.tokens, owner, cost=tokens)
-            if response is not None:
-                response.headers.update(await self._headers(self.tokens, owner, "tokens"))
 
     async def _headers(self, item: RateLimitItem, owner: str, what: str) -> dict[str, str]:
         stats = await self._limiter.get_window_stats(item, owner)

@@ -44,7 +44,7 @@ async def _owned(state: AppState, job_id: str, owner: str) -> JobRecord:
 async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "interactive",
                  raw: bool = False, response: Response | None = None, *, job_id: str | None = None,
                  history: list[ChatMessage] | None = None) -> JobRecord:
-    """Validate the model and the prompt's length, check the key's token budget, attach
+    """Validate the model and the prompt's length, take from the key's token budget, attach
     conversation history, store the job under the key's queued-jobs cap, then enqueue it.
 
     ``raw``: continue the prompt as plain text, without mode or chat template (OpenAI completions).
@@ -60,18 +60,44 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
         history = await state.store.history(owner, body.conversation_id)
     state.prompts.check(model, body.mode, job_input, body.max_tokens, "prompt" if body.prompt else "messages",
                         history)
-    await state.limits.check_tokens(owner, body.max_tokens)
-    job = body.to_record(owner=owner, model=model, history=history or [])
-    if job_id is not None:
-        job.id = job_id
-    job.lane = lane
-    job.input.raw = raw
-    if state.cache is not None:
-        state.cache.mark(state, job, body.cache)
-        if await state.cache.answer(state, [job]):  # a cache hit: finished already, nothing to queue
-            log.info("job answered from cache", extra={"job_id": job.id, "model": model, "owner": owner})
-            await job_index(state).add([job])
-            return await state.store.get(job.id, owner) or job
+    await state.limits.take_tokens(owner, body.max_tokens)
+    try:
+        job = body.to_record(owner=owner, model=model, history=history or [])
+        if job_id is not None:
+            job.id = job_id
+        job.lane = lane
+        job.input.raw = raw
+        hit = False
+        if state.cache is not None:
+            state.cache.mark(state, job, body.cache)
+            hit = bool(await state.cache.answer(state, [job]))  # a hit: finished already, nothing to queue
+        if not hit:
+            await _store_and_enqueue(state, job, model, lane)
+    except BaseException:  # not accepted: the budget it took is given back
+        await _refund(state, owner, body.max_tokens)
+        raise
+    if hit:  # it generates nothing, so it costs no budget
+        await _refund(state, owner, body.max_tokens)
+        log.info("job answered from cache", extra={"job_id": job.id, "model": model, "owner": owner})
+        await job_index(state).add([job])
+        return await state.store.get(job.id, owner) or job
+    try:  # accepted and queued: a failed index write only leaves it out of GET /v1/jobs
+        await job_index(state).add([job])
+    except RedisError as exc:
+        log.warning("job %s not indexed for listing: %s", job.id, exc)
+    queue = state.keys.queue(model, lane)
+    JOBS_SUBMITTED.labels(model, queue, lane).inc()
+    log.info("job accepted", extra={"job_id": job.id, "model": model, "queue": queue, "owner": owner})
+    if response is not None:
+        try:  # the job is accepted now: a failed header read must not turn into an error for it
+            await state.limits.token_headers(owner, response)
+        except RedisError as exc:
+            log.warning("token budget headers of job %s not read: %s", job.id, exc)
+    return job
+
+
+async def _store_and_enqueue(state: AppState, job: JobRecord, model: str, lane: str) -> None:
+    """Store the job under the key's queued-jobs cap (429 when full), then send its message."""
     cap = state.settings.max_queued_jobs_per_key
     try:
         stored, _ = await state.store.create(job, max_pending=cap)
@@ -89,18 +115,13 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
         await state.store.delete(job.id)
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
-    try:  # accepted and queued: a failed index write only leaves it out of GET /v1/jobs
-        await job_index(state).add([job])
-    except RedisError as exc:
-        log.warning("job %s not indexed for listing: %s", job.id, exc)
-    queue = state.keys.queue(model, lane)
-    JOBS_SUBMITTED.labels(model, queue, lane).inc()
-    log.info("job accepted", extra={"job_id": job.id, "model": model, "queue": queue, "owner": owner})
-    try:  # the job is accepted now: a failed count must not turn into an error for it
-        await state.limits.charge_tokens(owner, body.max_tokens, response)
-    except RedisError as exc:
-        log.warning("token budget of job %s not counted: %s", job.id, exc)
-    return job
+
+
+async def _refund(state: AppState, owner: str, tokens: int) -> None:
+    try:
+        await state.limits.refund_tokens(owner, tokens)
+    except RedisError as exc:  # the refusal itself is what the client must hear
+        log.warning("token budget of a job not accepted was not given back: %s", exc)
 
 
 @router.post("", status_code=202, response_model=JobOut, summary="Submit a generation job",

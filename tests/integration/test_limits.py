@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.integration
 # One key per test, so the tests do not spend each other's budgets.
 KEY_RPM, KEY_TPM, KEY_CAP, KEY_FINISH = "key-rpm", "key-tpm", "key-cap", "key-finish"
 KEY_BATCH_TPM, KEY_BATCH_CAP = "key-batch-tpm", "key-batch-cap"
+KEY_TPM_RACE, KEY_TPM_REFUND = "key-tpm-race", "key-tpm-refund"
 RPM, TPM, CAP = 20, 100, 2
 
 
@@ -23,7 +25,8 @@ RPM, TPM, CAP = 20, 100, 2
 def limited(stack: Stack, start_api: Callable[..., str]) -> str:
     return start_api(
         "api-limited", loglevel="debug",
-        TEXTGEN_API_KEYS=",".join([KEY_A, KEY_RPM, KEY_TPM, KEY_CAP, KEY_FINISH, KEY_BATCH_TPM, KEY_BATCH_CAP]),
+        TEXTGEN_API_KEYS=",".join([KEY_A, KEY_RPM, KEY_TPM, KEY_CAP, KEY_FINISH, KEY_BATCH_TPM, KEY_BATCH_CAP,
+                                   KEY_TPM_RACE, KEY_TPM_REFUND]),
         TEXTGEN_RATE_LIMIT_REQUESTS_PER_MINUTE=str(RPM),
         TEXTGEN_RATE_LIMIT_TOKENS_PER_MINUTE=str(TPM),
         TEXTGEN_MAX_QUEUED_JOBS_PER_KEY=str(CAP),
@@ -86,6 +89,44 @@ def test_tokens_per_minute_count_max_tokens(limited: str) -> None:
         never = c.post("/v1/jobs", json={"prompt": "hi", "model": IDLE_MODEL, "max_tokens": TPM + 1})
         assert never.status_code == 422 and never.json()["error"]["param"] == "max_tokens"
         for job in (first.json(), fits.json()):
+            c.post(f"/v1/jobs/{job['id']}/cancel")
+
+
+def test_tokens_per_minute_hold_for_requests_sent_at_once(limited: str) -> None:
+    """Regression: the budget was checked, then counted after the job was stored, so requests sent
+    together all passed on the same remainder. Eight at once with room for one: one is accepted."""
+    body = {"prompt": "hi", "model": IDLE_MODEL, "max_tokens": 60}
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=limited, headers={"Authorization": f"Bearer {KEY_TPM_RACE}"},
+                                     timeout=120) as c:
+            return await asyncio.gather(*(c.post("/v1/jobs", json=body) for _ in range(8)))
+
+    responses = asyncio.run(send_all())
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [202] + [429] * 7, [r.text for r in responses]
+    with client_for(limited, KEY_TPM_RACE) as c:
+        for r in responses:
+            if r.status_code == 202:
+                c.post(f"/v1/jobs/{r.json()['id']}/cancel")
+
+
+def test_a_job_refused_by_the_queued_jobs_cap_gives_its_tokens_back(limited: str) -> None:
+    """A request refused after its tokens were taken (here by the queued-jobs cap) costs nothing:
+    what it took is given back, so the budget still has room for the jobs that were accepted."""
+    body = {"prompt": "waits", "model": IDLE_MODEL, "max_tokens": 30}
+    with client_for(limited, KEY_TPM_REFUND) as c:
+        jobs = [c.post("/v1/jobs", json=body) for _ in range(CAP)]
+        assert [j.status_code for j in jobs] == [202] * CAP
+        assert jobs[-1].headers["x-ratelimit-remaining-tokens"] == str(TPM - 30 * CAP)
+        for _ in range(3):
+            full = c.post("/v1/jobs", json=body)
+            assert full.status_code == 429 and full.json()["error"]["code"] == "too_many_queued_jobs"
+        c.post(f"/v1/jobs/{jobs[0].json()['id']}/cancel")
+        again = c.post("/v1/jobs", json=body)
+        assert again.status_code == 202, again.text
+        assert again.headers["x-ratelimit-remaining-tokens"] == str(TPM - 30 * (CAP + 1))
+        for job in (jobs[1].json(), again.json()):
             c.post(f"/v1/jobs/{job['id']}/cancel")
 
 
