@@ -31,10 +31,15 @@ class ApiProblem(Exception):
     """A call that failed, carried as the one line (rich markup) to print for it."""
 
 
+def key_or_default(api_key: str | None) -> str:
+    """The key given, else the first configured one (what ``make up`` serves in development)."""
+    return api_key or get_settings().api_keys[0]
+
+
 @contextmanager
 def api_client(url: str, api_key: str | None, timeout: float = 90) -> Iterator[httpx.Client]:
     """An authenticated client whose API problems end the command with one line and exit status 1."""
-    key = api_key or get_settings().api_keys[0]
+    key = key_or_default(api_key)
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout) as client, \
             api_errors(client):
         yield client

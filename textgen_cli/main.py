@@ -17,7 +17,17 @@ from rich.console import Console
 from textgen_cli import batch as batch_cli
 from textgen_cli import chat as chat_cli
 from textgen_cli import client_commands
-from textgen_cli.client import api_client, fail, get_json, json_body, stream_job
+from textgen_cli.client import (
+    DEFAULT_URL,
+    ApiKey,
+    ApiUrl,
+    api_client,
+    fail,
+    get_json,
+    json_body,
+    key_or_default,
+    stream_job,
+)
 from textgen_cli.processes import (
     VllmEnvironmentMissing,
     api_command,
@@ -39,13 +49,6 @@ app = typer.Typer(help="textgen: asynchronous text generation on Redis, Celery a
 err = Console(stderr=True)
 
 DATA_DIR = Path(".textgen")
-ApiUrl = Annotated[str, typer.Option("--url", envvar="TEXTGEN_URL", help="API base URL.")]
-ApiKey = Annotated[str | None, typer.Option("--api-key", envvar="TEXTGEN_API_KEY",
-                                            help="API key (default: the first configured key).")]
-
-
-def _api_key(given: str | None) -> str:
-    return given or get_settings().api_keys[0]
 
 
 def _stop_on_signals() -> None:
@@ -205,7 +208,7 @@ def prepare_model(model: Annotated[str | None, typer.Option(help="Model id (defa
 @app.command()
 def submit(
     prompt: Annotated[str, typer.Argument(help="The prompt.")],
-    url: ApiUrl = "http://127.0.0.1:8000",
+    url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = None,
     mode: Annotated[str, typer.Option(help="general | recommendation | support | ecommerce")] = "general",
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 128,
@@ -252,14 +255,14 @@ def batch(
     temperature: Annotated[float | None, typer.Option(help="0 for greedy.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for reproducible sampling.")] = None,
     poll: Annotated[float, typer.Option(help="Seconds between progress updates.")] = 1.0,
-    url: ApiUrl = "http://127.0.0.1:8000",
+    url: ApiUrl = DEFAULT_URL,
     api_key: ApiKey = None,
 ) -> None:
     """Run a batch: submit a file, show progress with rate and ETA, write the results."""
     fields = {name: str(value) for name, value in (("mode", mode), ("model", model), ("max_tokens", max_tokens),
                                                    ("temperature", temperature), ("seed", seed))
               if value is not None}
-    batch_cli.run_batch(url, _api_key(api_key), input_file, output, batch_id, fields, poll)
+    batch_cli.run_batch(url, key_or_default(api_key), input_file, output, batch_id, fields, poll)
 
 
 client_commands.register(app)
