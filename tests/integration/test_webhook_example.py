@@ -65,13 +65,14 @@ def test_the_example_receiver_verifies_and_deduplicates(stack: Stack, client: ht
 
 
 
-README = EXAMPLE.parents[1] / "README.md"
+ROOT = EXAMPLE.parents[1]
+WEBHOOKS_DOC = ROOT / "docs" / "webhooks.md"
 DEV_KEY = "tg-dev-key"
 
 
-def readme_webhook_commands() -> list[str]:
-    """The ``$`` commands of the README's webhook example (continuation lines joined), in order."""
-    section = README.read_text().split("## Webhooks", 1)[1].split("Delivery rules:", 1)[0]
+def documented_webhook_commands() -> list[str]:
+    """The ``$`` commands of the webhook example in docs/webhooks.md (continuation lines joined), in order."""
+    section = WEBHOOKS_DOC.read_text().split("Delivery rules:", 1)[0]
     commands: list[str] = []
     for block in section.split("```console")[1:]:
         for line in block.split("```", 1)[0].splitlines():
@@ -97,18 +98,19 @@ def dev_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield st
 
 
-def test_the_readme_webhook_example_runs_as_printed_under_make_up_defaults(dev_stack: Stack, tmp_path: Path) -> None:
-    secret_cmd, receiver_cmd, submit_cmd, read_cmd = readme_webhook_commands()
+def test_the_documented_webhook_example_runs_as_printed_under_make_up_defaults(dev_stack: Stack,
+                                                                               tmp_path: Path) -> None:
+    secret_cmd, receiver_cmd, submit_cmd, read_cmd = documented_webhook_commands()
     printed_secret = receiver_cmd.split("--secret ", 1)[1].split()[0]
     port = free_port()
 
-    def as_here(command: str) -> str:  # the README's ports are this stack's; the rest stays as printed
+    def as_here(command: str) -> str:  # the doc's ports are this stack's; the rest stays as printed
         return command.replace("localhost:8000", dev_stack.url.removeprefix("http://")).replace(
             "9000", str(port)).replace(".venv/bin/python", sys.executable)
 
     def shell(command: str) -> str:
         done = subprocess.run(["bash", "-c", as_here(command)], capture_output=True, text=True, timeout=60,
-                              cwd=README.parent)
+                              cwd=ROOT)
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -117,7 +119,7 @@ def test_the_readme_webhook_example_runs_as_printed_under_make_up_defaults(dev_s
     with log.open("w") as out:
         proc = subprocess.Popen(["bash", "-c", "exec " + as_here(receiver_cmd).replace(printed_secret, secret)
                                  .removesuffix("&").strip()], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=README.parent)
+                                cwd=ROOT)
     try:
         wait_line(log, "listening on")
         job = json.loads(shell(submit_cmd))
