@@ -58,11 +58,6 @@ CACHE_HITS = Counter("textgen_cache_hits", "Jobs answered from the result cache.
 CACHE_MISSES = Counter("textgen_cache_misses", "Cacheable jobs that generated and filled the cache.", ("model",))
 CACHE_BYTES = Counter("textgen_cache_bytes", "Bytes of result-cache entries written.", ("model",))
 
-WEBHOOK_DELIVERIES = Counter(
-    "textgen_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, retried, failed).",
-    ("outcome",))
-
-
 def observe_finished(job: JobRecord, queue: str, status: str, *, started_at: float | None, finished_at: float,
                      first_token_at: float | None = None, prompt_tokens: int = 0,
                      completion_tokens: int = 0) -> None:

@@ -179,9 +179,9 @@ class Settings(BaseSettings):
         description="Each worker process serves Prometheus metrics on this port (+1 per extra GPU with "
                     "`--gpus`); 0 = off.")
     worker_metrics_host: str = Field(
-        default="127.0.0.1", description="Where worker metrics listen: loopback, like the API's default bind "
-                                         "(`textgen up --host` passes its own); a container scraped from outside "
-                                         "sets `0.0.0.0`.")
+        default="127.0.0.1", description="Where worker and webhook-worker metrics listen: loopback, like the "
+                                         "API's default bind (`textgen up --host` passes its own); a container "
+                                         "scraped from outside sets `0.0.0.0`.")
     log_format: Literal["json", "text"] = Field(default="json",
                                                 description="JSON lines, or `text` for plain lines on a terminal.")
     flower_port: int = Field(default=5555, ge=1, le=65535, description="Flower's port (`textgen flower`).")

@@ -28,12 +28,13 @@ _stop = threading.Event()
 
 @worker_init.connect
 def _serve_metrics(**_: Any) -> None:
-    port = get_settings().webhook_metrics_port
+    settings = get_settings()
+    port = settings.webhook_metrics_port
     if port:
         from prometheus_client import start_http_server
 
-        start_http_server(port, addr="127.0.0.1")
-        log.info("webhook metrics on http://127.0.0.1:%d/metrics", port)
+        start_http_server(port, addr=settings.worker_metrics_host)
+        log.info("webhook metrics on http://%s:%d/metrics", settings.worker_metrics_host, port)
 
 
 @worker_init.connect

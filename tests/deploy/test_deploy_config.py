@@ -15,6 +15,7 @@ from prometheus_client import REGISTRY
 
 import api.metrics  # noqa: F401  (registers the API's metrics)
 import textgen_core.metrics  # noqa: F401  (registers the workers' metrics)
+import workers.webhook_metrics  # noqa: F401  (registers the webhook worker's metrics)
 from tests.binaries import require
 from workers.metrics import RUNTIME_METRICS
 
@@ -63,13 +64,22 @@ def test_compose_file_validates_with_the_example_env_filled_in(tmp_path: Path) -
     result = _compose_config(_env_file(tmp_path, SECRETS))
     assert result.returncode == 0, result.stderr
     services = yaml.safe_load(result.stdout)["services"]
-    assert set(services) == {"redis", "api", "worker", "flower", "celery-exporter", "prometheus", "grafana"}
+    assert set(services) == {"redis", "api", "worker", "webhooks", "flower", "celery-exporter", "prometheus",
+                             "grafana"}
     assert all("healthcheck" in s for s in services.values())
     assert services["api"]["depends_on"]["redis"] == {"condition": "service_healthy"}
     assert {"--appendonly", "noeviction"} <= set(services["redis"]["command"])
     devices = services["worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"] and devices[0]["device_ids"] == ["0"]
     assert services["api"]["environment"]["TEXTGEN_API_KEYS"] == SECRETS["TEXTGEN_API_KEYS"]
+    # Without a webhook worker no webhook is ever delivered; Prometheus scrapes its metrics port.
+    webhooks = services["webhooks"]
+    assert webhooks["command"] == ["textgen", "webhook-worker"]
+    port = webhooks["environment"]["TEXTGEN_WEBHOOK_METRICS_PORT"]
+    assert webhooks["environment"]["TEXTGEN_WORKER_METRICS_HOST"] == "0.0.0.0"
+    scraped = [t for job in yaml.safe_load((MONITORING / "prometheus.yml").read_text())["scrape_configs"]
+               for c in job["static_configs"] for t in c["targets"]]
+    assert f"webhooks:{port}" in scraped and "worker:9101" in scraped
 
 
 def test_compose_refuses_to_start_without_the_required_secrets(tmp_path: Path) -> None:
