@@ -13,13 +13,13 @@ from fastapi import Request, Response
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from api.deps import AppState
-from api.errors import APIError
-from api.fleet import wait_for_worker
-from api.job_follow import Ended, follow
+from api.app.deps import AppState
+from api.app.errors import APIError
+from api.app.fleet import wait_for_worker
+from api.app.slots import RequestSlots
+from api.jobs.follow import Ended, follow
+from api.jobs.router import submit
 from api.responses.protocol import ResponseCreate, input_messages
-from api.routes.jobs import submit
-from api.slots import RequestSlots
 from textgen_core import metrics
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.responses import (
