@@ -12,12 +12,13 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api.app import errors, metrics
-from api.app.deps import AppState
 from api.app.events import EventHub
+from api.app.fleet import Fleet
 from api.app.prompt_budget import PromptBudget
 from api.app.queueing import JobQueue
 from api.app.ratelimit import RateLimits
 from api.app.request_guard import BodyRule, RequestGuard
+from api.app.state import AppState
 from api.batches import files_router as files
 from api.batches import router as batches
 from api.cache import router as cache
@@ -62,17 +63,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                    socket_connect_timeout=1.0, health_check_interval=15)
         keys = Keys(settings.key_prefix)
         hub = EventHub(client, keys.events_channel)
+        fleet = Fleet(client, keys)
+        store = AsyncJobStore(client, keys, job_ttl=settings.job_ttl_seconds, stream_ttl=settings.stream_ttl_seconds,
+                              stream_maxlen=settings.stream_maxlen)
         app.state.textgen = AppState(
             settings=settings,
             redis=client,
             keys=keys,
-            store=AsyncJobStore(client, keys, job_ttl=settings.job_ttl_seconds, stream_ttl=settings.stream_ttl_seconds,
-                                stream_maxlen=settings.stream_maxlen),
+            store=store,
             hub=hub,
             queue=JobQueue(keys),
             limits=RateLimits(settings, keys.rate_limit_prefix),
             prompts=PromptBudget(settings),
-            cache=CacheAnswers(AsyncResultCache(cache_client, keys)),
+            fleet=fleet,
+            cache=CacheAnswers(AsyncResultCache(cache_client, keys), fleet, settings, store, keys),
         )
         install_webhooks(app.state.textgen)
         await to_thread.run_sync(app.state.textgen.prompts.warm)

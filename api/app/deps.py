@@ -1,11 +1,14 @@
-"""FastAPI dependencies: settings, Redis, the job store, and the caller's identity."""
+"""FastAPI dependencies: the caller's identity, and one narrow alias per part of the app state.
+
+A route names the parts it uses (``SettingsDep``, ``StoreDep``, ``QueueDep``...), so its signature says
+what it touches; ``StateDep`` is for the few services that orchestrate most of them (submitting a job).
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import redis.asyncio as aioredis
 from fastapi import Depends, Request, Response, Security
@@ -13,33 +16,16 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 
 from api.app.errors import APIError
 from api.app.events import EventHub
+from api.app.fleet import Fleet
 from api.app.metrics import AUTH_FAILURES
 from api.app.prompt_budget import PromptBudget
 from api.app.queueing import JobQueue
 from api.app.ratelimit import RateLimits
+from api.app.state import AppState
+from api.cache.answer import CacheAnswers
 from textgen_core.keys import Keys
 from textgen_core.settings import Settings
 from textgen_core.store import AsyncJobStore
-from textgen_core.webhooks.events import AsyncWebhookEmitter
-from textgen_core.webhooks.outbox import AsyncOutbox
-
-if TYPE_CHECKING:
-    from api.cache.answer import CacheAnswers
-
-
-@dataclass
-class AppState:
-    settings: Settings
-    redis: aioredis.Redis
-    keys: Keys
-    store: AsyncJobStore
-    hub: EventHub
-    queue: JobQueue
-    limits: RateLimits
-    prompts: PromptBudget
-    webhooks: AsyncWebhookEmitter | None = None  # set by api.webhooks.service.install
-    webhook_outbox: AsyncOutbox | None = None  # likewise
-    cache: CacheAnswers | None = None  # set by api.main (None: no result cache, as in route tests)
 
 
 def get_state(request: Request) -> AppState:
@@ -47,6 +33,59 @@ def get_state(request: Request) -> AppState:
 
 
 StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def _settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+def _redis(state: StateDep) -> aioredis.Redis:
+    return state.redis
+
+
+def _keys(state: StateDep) -> Keys:
+    return state.keys
+
+
+def _store(state: StateDep) -> AsyncJobStore:
+    return state.store
+
+
+def _hub(state: StateDep) -> EventHub:
+    return state.hub
+
+
+def _queue(state: StateDep) -> JobQueue:
+    return state.queue
+
+
+def _limits(state: StateDep) -> RateLimits:
+    return state.limits
+
+
+def _prompts(state: StateDep) -> PromptBudget:
+    return state.prompts
+
+
+def _fleet(state: StateDep) -> Fleet:
+    return state.fleet
+
+
+def _cache(state: StateDep) -> CacheAnswers | None:
+    return state.cache
+
+
+SettingsDep = Annotated[Settings, Depends(_settings)]
+RedisDep = Annotated[aioredis.Redis, Depends(_redis)]
+KeysDep = Annotated[Keys, Depends(_keys)]
+StoreDep = Annotated[AsyncJobStore, Depends(_store)]
+HubDep = Annotated[EventHub, Depends(_hub)]
+QueueDep = Annotated[JobQueue, Depends(_queue)]
+LimitsDep = Annotated[RateLimits, Depends(_limits)]
+PromptsDep = Annotated[PromptBudget, Depends(_prompts)]
+FleetDep = Annotated[Fleet, Depends(_fleet)]
+CacheDep = Annotated[CacheAnswers | None, Depends(_cache)]
+"""None when the app runs without a result cache."""
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")
@@ -85,21 +124,21 @@ def owner_of(settings: Settings, key: str | None) -> str:
 
 
 def authenticate(
-    state: StateDep,
+    settings: SettingsDep,
     request: Request,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)],
     header: Annotated[str | None, Security(_header)],
 ) -> str:
     """The caller's owner id (the security schemes are here so that the OpenAPI page shows them)."""
-    return owner_of(state.settings, key_of(request.headers.get("authorization"), header))
+    return owner_of(settings, key_of(request.headers.get("authorization"), header))
 
 
 async def rate_limited_owner(
-    owner: Annotated[str, Depends(authenticate)], state: StateDep, request: Request, response: Response
+    owner: Annotated[str, Depends(authenticate)], limits: LimitsDep, request: Request, response: Response
 ) -> str:
     """The caller's owner id, after counting this request against the key's requests per minute.
     The window's headers go on the response, error responses included (see api.app.errors)."""
-    headers = await state.limits.hit_request(owner)
+    headers = await limits.hit_request(owner)
     response.headers.update(headers)
     request.state.rate_limit_headers = headers
     return owner

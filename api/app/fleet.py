@@ -13,7 +13,9 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from api.app.deps import AppState
+import redis.asyncio as aioredis
+
+from textgen_core.keys import Keys
 
 POLL_SECONDS = 0.25
 
@@ -31,11 +33,25 @@ class LoadedOn:
     cache_profile: str | None = None  # weights, device and dtype (textgen_core.cache.model_profile)
 
 
-async def loaded_models(state: AppState) -> dict[str, list[LoadedOn]]:
+@dataclass(frozen=True)
+class Fleet:
+    """The workers' heartbeats in Redis, read on demand (nothing is cached between requests)."""
+
+    redis: aioredis.Redis
+    keys: Keys
+
+    async def loaded_models(self) -> dict[str, list[LoadedOn]]:
+        return await loaded_models(self.redis, self.keys)
+
+    async def wait_for_worker(self, model: str, timeout: float) -> bool:
+        return await wait_for_worker(self.redis, self.keys, model, timeout)
+
+
+async def loaded_models(redis: aioredis.Redis, keys: Keys) -> dict[str, list[LoadedOn]]:
     """Model id -> the live workers that have it loaded."""
     out: dict[str, list[LoadedOn]] = {}
-    async for key in state.redis.scan_iter(match=state.keys.workers_pattern(), count=100):
-        raw = await state.redis.get(key)
+    async for key in redis.scan_iter(match=keys.workers_pattern(), count=100):
+        raw = await redis.get(key)
         if not raw:
             continue  # expired between SCAN and GET
         try:
@@ -57,14 +73,14 @@ async def loaded_models(state: AppState) -> dict[str, list[LoadedOn]]:
     return out
 
 
-async def wait_for_worker(state: AppState, model: str, timeout: float) -> bool:
+async def wait_for_worker(redis: aioredis.Redis, keys: Keys, model: str, timeout: float) -> bool:
     """True once some live worker serves ``model``; False after ``timeout`` seconds without one.
 
     The short wait covers a worker that is restarting; a longer one would only hold the client.
     """
     deadline = time.monotonic() + timeout
     while True:
-        if (await loaded_models(state)).get(model):
+        if (await loaded_models(redis, keys)).get(model):
             return True
         if time.monotonic() >= deadline:
             return False

@@ -8,17 +8,15 @@ dashboards take ``max`` over replicas; counters are per replica and summed.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
 
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 from prometheus_client import Counter, Gauge, disable_created_metrics
 from prometheus_fastapi_instrumentator import Instrumentator, metrics
 from redis.exceptions import RedisError
 
+from textgen_core.keys import Keys
 from textgen_core.queues import model_queues, queue_depths
-
-if TYPE_CHECKING:
-    from api.app.deps import AppState
 
 disable_created_metrics()  # the *_created series only double what Prometheus stores
 
@@ -52,26 +50,25 @@ def instrument(app: FastAPI) -> None:
     instrumentator.instrument(app)
 
 
-async def refresh_from_redis(state: AppState) -> None:
+async def refresh_from_redis(redis: aioredis.Redis, keys: Keys, model_ids: list[str]) -> None:
     """Set the gauges that describe the platform rather than this process (read at scrape time).
 
     Redis being down is itself a figure to report, so it sets ``textgen_redis_up`` to 0 and
     leaves the last known values rather than failing the scrape."""
     try:
-        await _read_platform(state)
+        await _read_platform(redis, keys, model_ids)
     except (RedisError, OSError):
         REDIS_UP.set(0)
     else:
         REDIS_UP.set(1)
 
 
-async def _read_platform(state: AppState) -> None:
-    model_ids = [m.id for m in state.settings.models]
-    for queue, depth in (await queue_depths(state.redis, model_queues(state.keys, model_ids))).items():
+async def _read_platform(redis: aioredis.Redis, keys: Keys, model_ids: list[str]) -> None:
+    for queue, depth in (await queue_depths(redis, model_queues(keys, model_ids))).items():
         QUEUE_DEPTH.labels(queue.model, queue.name, queue.lane).set(depth)
     served = dict.fromkeys(model_ids, 0)
-    async for key in state.redis.scan_iter(match=state.keys.workers_pattern(), count=100):
-        raw = await state.redis.get(key)
+    async for key in redis.scan_iter(match=keys.workers_pattern(), count=100):
+        raw = await redis.get(key)
         if not raw:
             continue
         beat = json.loads(raw)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 
-from api.app.deps import AppState
+from api.app.state import AppState
 from api.batches.schemas import FileOut
 
 

@@ -11,9 +11,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import Response, StreamingResponse
 
-from api.app.deps import AppState, OwnerDep, StateDep
+from api.app.deps import OwnerDep, StateDep
 from api.app.errors import ERROR_RESPONSES, APIError, not_found
 from api.app.idempotency import IdempotencyDep
+from api.app.state import AppState
 from api.batches import file_store
 from api.batches.results import openai_file
 from api.batches.schemas import FileList, FileOut

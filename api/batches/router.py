@@ -15,11 +15,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from api.app.deps import AppState, OwnerDep, StateDep
+from api.app.deps import OwnerDep, StateDep
 from api.app.errors import ERROR_RESPONSES, APIError, not_found
 from api.app.idempotency import Idempotency, IdempotencyDep
 from api.app.request_guard import parsed_body
 from api.app.safe_json import BadJSON, loads
+from api.app.state import AppState
 from api.batches import file_store
 from api.batches.input import csv_items, jsonl_items
 from api.batches.results import csv_results, jsonl_results

@@ -21,10 +21,10 @@ from itertools import islice
 from anyio import to_thread
 from redis.exceptions import RedisError
 
-from api.app.deps import AppState
 from api.app.errors import APIError
 from api.app.metrics import JOBS_SUBMITTED
 from api.app.model_check import model_not_found
+from api.app.state import AppState
 from api.batches.input import BatchInputError
 from api.jobs.refused import remove_batch_later
 from textgen_core.batch_store import AsyncBatchStore
@@ -131,11 +131,11 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
                                   params=s.params, batch_id=batch.id, custom_id=s.custom_id) for s in specs]
             if state.cache is not None:
                 for job in jobs:
-                    state.cache.mark(state, job, cache)
+                    state.cache.mark(job, cache)
             await store.add_items(batch.id, jobs)
             written += len(jobs)
             if state.cache is not None:  # hits end now; their queued messages then find them finished
-                await state.cache.answer(state, jobs)
+                await state.cache.answer(jobs)
             await _dispatch(state, batch.id, model_id, written - len(jobs), written)
         await store.start(batch.id)
     except Exception as exc:  # not all enqueued means not accepted: remove what was written

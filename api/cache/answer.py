@@ -12,11 +12,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from api.app.deps import AppState
-from api.app.fleet import loaded_models
+from api.app.fleet import Fleet
 from textgen_core import metrics
 from textgen_core.cache import AsyncResultCache, deterministic, entry_digest, hit_outcome, request_digest
 from textgen_core.jobs import JobRecord
+from textgen_core.keys import Keys
+from textgen_core.settings import Settings
+from textgen_core.store import AsyncJobStore
 
 PROFILE_MEMO_SECONDS = 1.0  # heartbeats come every few seconds; one scan serves a burst of requests
 
@@ -24,33 +26,37 @@ PROFILE_MEMO_SECONDS = 1.0  # heartbeats come every few seconds; one scan serves
 @dataclass
 class CacheAnswers:
     cache: AsyncResultCache
+    fleet: Fleet
+    settings: Settings
+    store: AsyncJobStore
+    keys: Keys
     _profiles: tuple[float, dict[str, str | None]] = field(default=(0.0, {}))
 
-    def mark(self, state: AppState, job: JobRecord, wanted: bool) -> None:
+    def mark(self, job: JobRecord, wanted: bool) -> None:
         """Give ``job`` its request digest and TTL if it is to use the cache; leave it uncached otherwise."""
-        settings = state.settings
+        settings = self.settings
         if settings.cache_enabled and wanted and deterministic(job.params):
             job.cache_key = request_digest(job, settings.history_max_tokens)
             job.cache_ttl = settings.cache_ttl_seconds
 
-    async def profile(self, state: AppState, model: str) -> str | None:
+    async def profile(self, model: str) -> str | None:
         """The profile every live worker of ``model`` reports, or None (no worker, or they differ)."""
         at, known = self._profiles
         if time.monotonic() - at > PROFILE_MEMO_SECONDS:
             known = {}
-            for model_id, workers in (await loaded_models(state)).items():
+            for model_id, workers in (await self.fleet.loaded_models()).items():
                 profiles = {w.cache_profile for w in workers}
                 known[model_id] = profiles.pop() if len(profiles) == 1 else None
             self._profiles = (time.monotonic(), known)
         return known.get(model)
 
-    async def answer(self, state: AppState, jobs: list[JobRecord]) -> set[str]:
+    async def answer(self, jobs: list[JobRecord]) -> set[str]:
         """Store the jobs that hit as finished; returns their ids (the rest are for the queue)."""
         marked = [job for job in jobs if job.cache_key]
         if not marked:
             return set()
         started = time.monotonic()
-        profile = await self.profile(state, marked[0].model)
+        profile = await self.profile(marked[0].model)
         if profile is None:
             return set()
         entries = await self.cache.lookup([entry_digest(job.cache_key or "", profile) for job in marked])
@@ -59,11 +65,11 @@ class CacheAnswers:
             if entry is None:
                 continue
             fields, turn = hit_outcome(job, entry, time.monotonic() - started)
-            if await state.store.create_finished(job, fields=fields, history_append=turn,
-                                                 history_max_turns=state.settings.history_max_turns,
-                                                 history_ttl=state.settings.history_ttl_seconds):
+            if await self.store.create_finished(job, fields=fields, history_append=turn,
+                                                history_max_turns=self.settings.history_max_turns,
+                                                history_ttl=self.settings.history_ttl_seconds):
                 answered.add(job.id)
-                metrics.JOBS_FINISHED.labels(job.model, state.keys.queue(job.model, job.lane), "succeeded").inc()
+                metrics.JOBS_FINISHED.labels(job.model, self.keys.queue(job.model, job.lane), "succeeded").inc()
         if answered:
             await self.cache.count_hits(marked[0].model, len(answered))
         return answered

@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from api.app.deps import OwnerDep, StateDep
+from api.app.deps import CacheDep, OwnerDep, SettingsDep
 from api.app.errors import ERROR_RESPONSES, APIError, ErrorResponse
 
 router = APIRouter(prefix="/v1/cache", tags=["cache"], responses=ERROR_RESPONSES)
@@ -28,12 +28,12 @@ class CacheStats(BaseModel):
             description="The figures cover every API key, so only operator keys (TEXTGEN_OPERATOR_KEYS, by "
                         "default the first of TEXTGEN_API_KEYS) may read them; other keys get 403.",
             responses={403: {"model": ErrorResponse}})
-async def cache_stats(owner: OwnerDep, state: StateDep) -> CacheStats:
-    if owner not in state.settings.operator_owner_ids():
+async def cache_stats(owner: OwnerDep, settings: SettingsDep, cache: CacheDep) -> CacheStats:
+    if owner not in settings.operator_owner_ids():
         raise APIError(403, "cache statistics cover every API key: only an operator key (TEXTGEN_OPERATOR_KEYS) "
                        "may read them", code="operator_only")
-    counts = await state.cache.cache.stats() if state.cache else {"hits": 0, "misses": 0, "bytes_written": 0}
+    counts = await cache.cache.stats() if cache else {"hits": 0, "misses": 0, "bytes_written": 0}
     seen = counts["hits"] + counts["misses"]
-    return CacheStats(enabled=state.settings.cache_enabled, ttl_seconds=state.settings.cache_ttl_seconds,
-                      separate_redis=bool(state.settings.cache_redis_url),
+    return CacheStats(enabled=settings.cache_enabled, ttl_seconds=settings.cache_ttl_seconds,
+                      separate_redis=bool(settings.cache_redis_url),
                       hit_rate=round(counts["hits"] / seen, 4) if seen else None, **counts)

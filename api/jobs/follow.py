@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from api.app.deps import AppState
+from api.app.state import AppState
 from textgen_core.jobs import JobRecord
 
 BLOCK_MS = 1000  # a blocking read must end well inside the Redis socket timeout (api_redis_socket_timeout_seconds)

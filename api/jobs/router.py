@@ -9,14 +9,16 @@ from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Response
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from api.app.deps import AppState, OwnerDep, StateDep
+from api.app.deps import HubDep, KeysDep, OwnerDep, RedisDep, SettingsDep, StateDep, StoreDep
 from api.app.errors import CREATE_RESPONSES, ERROR_RESPONSES, APIError, not_found
 from api.app.idempotency import IdempotencyDep
 from api.app.metrics import JOBS_SUBMITTED
 from api.app.model_check import model_not_found
+from api.app.state import AppState
 from api.jobs.follow import BLOCK_MS
 from api.jobs.refused import withdraw_later
 from api.jobs.schemas import JobCreate, JobList, JobOut
@@ -24,18 +26,21 @@ from api.webhooks.service import check_webhook_url
 from textgen_core import metrics
 from textgen_core.job_index import AsyncJobIndex, CursorNotFound
 from textgen_core.jobs import ChatMessage, JobInput, JobRecord, JobStatus
+from textgen_core.keys import Keys
+from textgen_core.settings import Settings
+from textgen_core.store import AsyncJobStore
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
 
 
-def job_index(state: AppState) -> AsyncJobIndex:
-    return AsyncJobIndex(state.redis, state.keys, ttl=state.settings.job_ttl_seconds)
+def job_index(redis: Redis, keys: Keys, settings: Settings) -> AsyncJobIndex:
+    return AsyncJobIndex(redis, keys, ttl=settings.job_ttl_seconds)
 
 
-async def _owned(state: AppState, job_id: str, owner: str) -> JobRecord:
-    job = await state.store.get(job_id, owner)
+async def _owned(store: AsyncJobStore, job_id: str, owner: str) -> JobRecord:
+    job = await store.get(job_id, owner)
     if job is None:
         raise not_found("job", "job_id")
     return job
@@ -67,10 +72,10 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
     job.lane = lane
     job.input.raw = raw
     if state.cache is not None:
-        state.cache.mark(state, job, body.cache)
-        if await state.cache.answer(state, [job]):  # a cache hit: finished already, nothing to queue
+        state.cache.mark(job, body.cache)
+        if await state.cache.answer([job]):  # a cache hit: finished already, nothing to queue
             log.info("job answered from cache", extra={"job_id": job.id, "model": model, "owner": owner})
-            await job_index(state).add([job])
+            await job_index(state.redis, state.keys, state.settings).add([job])
             return await state.store.get(job.id, owner) or job
     cap = state.settings.max_queued_jobs_per_key
     try:
@@ -90,7 +95,7 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
     try:  # accepted and queued: a failed index write only leaves it out of GET /v1/jobs
-        await job_index(state).add([job])
+        await job_index(state.redis, state.keys, state.settings).add([job])
     except RedisError as exc:
         log.warning("job %s not indexed for listing: %s", job.id, exc)
     queue = state.keys.queue(model, lane)
@@ -121,7 +126,9 @@ async def create_job(body: JobCreate, owner: OwnerDep, state: StateDep, response
                         "with `has_more` true; `last_id` then names the last job it looked at.")
 async def list_jobs(
     owner: OwnerDep,
-    state: StateDep,
+    redis: RedisDep,
+    keys: KeysDep,
+    settings: SettingsDep,
     limit: Annotated[int, Query(ge=1, le=100, description="Jobs per page.")] = 20,
     after: Annotated[str | None, Query(description="A job id (`last_id` of the previous page): list the jobs "
                                        "after it.")] = None,
@@ -135,7 +142,7 @@ async def list_jobs(
                 and (batch_id is None or job.batch_id == batch_id))
 
     try:
-        jobs, more, cursor = await job_index(state).page(owner, limit, after, wanted)
+        jobs, more, cursor = await job_index(redis, keys, settings).page(owner, limit, after, wanted)
     except CursorNotFound as exc:
         raise APIError(400, f"after: no job {after!r} in your list", code="invalid_cursor", param="after") from exc
     data = [JobOut.of(job) for job in jobs]
@@ -146,31 +153,33 @@ async def list_jobs(
 async def get_job(
     job_id: str,
     owner: OwnerDep,
-    state: StateDep,
+    store: StoreDep,
+    hub: HubDep,
+    settings: SettingsDep,
     wait: Annotated[float, Query(ge=0, description="Seconds to hold the request until the job ends "
                                  "(capped at the server's maximum, 60 by default).")] = 0,
 ) -> JobOut:
-    await _owned(state, job_id, owner)
-    timeout = min(wait, state.settings.max_wait_seconds)
-    job = await state.hub.wait(job_id, timeout, lambda: state.store.get(job_id, owner))
+    await _owned(store, job_id, owner)
+    timeout = min(wait, settings.max_wait_seconds)
+    job = await hub.wait(job_id, timeout, lambda: store.get(job_id, owner))
     if job is None:
         raise not_found("job", "job_id")
     return JobOut.of(job)
 
 
 @router.post("/{job_id}/cancel", response_model=JobOut, summary="Cancel a queued or running job")
-async def cancel_job(job_id: str, owner: OwnerDep, state: StateDep) -> JobOut:
-    before = await state.store.get(job_id, owner)
-    outcome = await state.store.cancel(job_id, owner)
+async def cancel_job(job_id: str, owner: OwnerDep, store: StoreDep, keys: KeysDep) -> JobOut:
+    before = await store.get(job_id, owner)
+    outcome = await store.cancel(job_id, owner)
     if outcome == "missing":
         raise not_found("job", "job_id")
     if outcome in ("succeeded", "failed", "expired"):
         raise APIError(409, f"job already {outcome}; nothing to cancel", code="job_not_cancelable",
                        param="job_id")
-    job = await _owned(state, job_id, owner)
+    job = await _owned(store, job_id, owner)
     if outcome == "canceled" and before is not None and before.status is JobStatus.queued:
         # Ended here, before any worker took it: the API is the one to count it.
-        queue = state.keys.queue(job.model, job.lane)
+        queue = keys.queue(job.model, job.lane)
         metrics.JOBS_FINISHED.labels(job.model, queue, "canceled").inc()
         log.info("job canceled while queued", extra={"job_id": job.id, "model": job.model, "queue": queue})
     return JobOut.of(job)
@@ -188,19 +197,21 @@ async def cancel_job(job_id: str, owner: OwnerDep, state: StateDep) -> JobOut:
 async def stream_job(
     job_id: str,
     owner: OwnerDep,
-    state: StateDep,
+    store: StoreDep,
+    redis: RedisDep,
+    keys: KeysDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=64,
                                                 description="Resume after this event id.")] = None,
     after: Annotated[str | None, Query(alias="last_event_id", max_length=64,
                                        description="As the Last-Event-ID header, for clients that "
                                                    "cannot set headers.")] = None,
 ) -> EventSourceResponse:
-    await _owned(state, job_id, owner)
+    await _owned(store, job_id, owner)
     resume = last_event_id or after
     if resume is not None and not _is_event_id(resume):
         raise APIError(400, "Last-Event-ID must be an event id this stream sent (like '1717171717171-0')",
                        code="invalid_value", param="Last-Event-ID" if last_event_id else "last_event_id")
-    return EventSourceResponse(_events(state, job_id, owner, resume or "0-0"), ping=15)
+    return EventSourceResponse(_events(store, redis, keys, job_id, owner, resume or "0-0"), ping=15)
 
 
 # Event ids are the token stream's entry ids, so a resumed read starts right after the last one seen.
@@ -212,11 +223,12 @@ def _is_event_id(value: str) -> bool:
     return _EVENT_ID.fullmatch(value) is not None and all(int(p) <= _STREAM_ID_MAX for p in value.split("-"))
 
 
-async def _events(state: AppState, job_id: str, owner: str, last: str) -> AsyncIterator[ServerSentEvent]:
-    key = state.keys.tokens(job_id)
+async def _events(store: AsyncJobStore, redis: Redis, keys: Keys, job_id: str, owner: str,
+                  last: str) -> AsyncIterator[ServerSentEvent]:
+    key = keys.tokens(job_id)
     while True:
         try:
-            batches = await state.redis.xread({key: last}, count=256, block=BLOCK_MS)
+            batches = await redis.xread({key: last}, count=256, block=BLOCK_MS)
         except RedisError as exc:
             yield ServerSentEvent(event="error", data=json.dumps({"message": f"stream interrupted: {exc}"}))
             return
@@ -230,10 +242,10 @@ async def _events(state: AppState, job_id: str, owner: str, last: str) -> AsyncI
         else:
             if entries:
                 continue
-            job = await state.store.get(job_id, owner)  # quiet for a while: did it end without a stream?
+            job = await store.get(job_id, owner)  # quiet for a while: did it end without a stream?
             if job is not None and not job.status.terminal:
                 continue
-        job = await state.store.get(job_id, owner)
+        job = await store.get(job_id, owner)
         if job is not None:  # its id is the end entry's: a client resuming after it gets only ``done`` again
             yield ServerSentEvent(event="done", data=JobOut.of(job).model_dump_json(), id=last)
         return

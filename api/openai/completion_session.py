@@ -18,9 +18,9 @@ import anyio
 from fastapi import Request
 from redis.exceptions import RedisError
 
-from api.app.deps import AppState
 from api.app.errors import APIError, ErrorBody
 from api.app.slots import RequestSlots
+from api.app.state import AppState
 from api.jobs.follow import Delta, Ended, follow
 from api.openai.protocol import openai_finish_reason, total_usage
 from textgen_core.jobs import JobRecord, JobStatus

@@ -19,10 +19,10 @@ from pydantic import ValidationError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from api.app.deps import AppState, OwnerDep, StateDep
+from api.app.deps import OwnerDep, StateDep
 from api.app.errors import APIError, ErrorResponse, validation_error_body
-from api.app.fleet import wait_for_worker
 from api.app.slots import RequestSlots
+from api.app.state import AppState
 from api.jobs.router import submit
 from api.jobs.schemas import JobCreate
 from api.openai.completion_session import ClientGone, CompletionSession, Kind
@@ -110,7 +110,7 @@ async def _complete(request: Request, state: AppState, owner: str,
                        code="rate_limit_exceeded", headers={"Retry-After": RETRY_AFTER_BUSY})
     jobs: list[JobRecord] = []
     try:
-        if not await wait_for_worker(state, model, settings.openai_worker_wait_seconds):
+        if not await state.fleet.wait_for_worker(model, settings.openai_worker_wait_seconds):
             raise APIError(503, f"no worker is serving the model '{model}' right now; retry shortly",
                            code="model_unavailable", headers={"Retry-After": RETRY_AFTER_NO_WORKER})
         for create in creates:

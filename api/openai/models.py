@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from api.app.deps import AppState, OwnerDep, StateDep
+from api.app.deps import FleetDep, OwnerDep, SettingsDep
 from api.app.errors import ERROR_RESPONSES, APIError
-from api.app.fleet import LoadedOn, loaded_models
+from api.app.fleet import Fleet, LoadedOn
 from api.openai.protocol import ModelCard, ModelList
-from textgen_core.settings import ModelSpec
+from textgen_core.settings import ModelSpec, Settings
 
 router = APIRouter(prefix="/v1/models", tags=["openai"], responses=ERROR_RESPONSES)
 
@@ -26,20 +26,20 @@ def _card(spec: ModelSpec, loaded: list[LoadedOn]) -> ModelCard:
     )
 
 
-async def _cards(state: AppState) -> list[ModelCard]:
-    loaded = await loaded_models(state)
-    return [_card(spec, loaded.get(spec.id, [])) for spec in state.settings.models]
+async def _cards(settings: Settings, fleet: Fleet) -> list[ModelCard]:
+    loaded = await fleet.loaded_models()
+    return [_card(spec, loaded.get(spec.id, [])) for spec in settings.models]
 
 
 @router.get("", response_model=ModelList, summary="List models (OpenAI)")
-async def list_models(_: OwnerDep, state: StateDep) -> ModelList:
-    return ModelList(data=await _cards(state))
+async def list_models(_: OwnerDep, settings: SettingsDep, fleet: FleetDep) -> ModelList:
+    return ModelList(data=await _cards(settings, fleet))
 
 
 @router.get("/{model_id}", response_model=ModelCard, summary="Retrieve a model (OpenAI)")
-async def get_model(model_id: str, _: OwnerDep, state: StateDep) -> ModelCard:
-    spec = state.settings.model(model_id)
+async def get_model(model_id: str, _: OwnerDep, settings: SettingsDep, fleet: FleetDep) -> ModelCard:
+    spec = settings.model(model_id)
     if spec is None:
         raise APIError(404, f"The model '{model_id}' does not exist", type="invalid_request_error",
                        code="model_not_found", param="model")
-    return _card(spec, (await loaded_models(state)).get(model_id, []))
+    return _card(spec, (await fleet.loaded_models()).get(model_id, []))

@@ -12,8 +12,9 @@ from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from api.app.deps import AppState, OwnerDep, StateDep
+from api.app.deps import OwnerDep, StateDep
 from api.app.errors import ErrorResponse
+from api.app.state import AppState
 from api.openai.completions import OpenAIRoute
 from api.responses import service
 from api.responses.protocol import ResponseCreate

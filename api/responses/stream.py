@@ -17,7 +17,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from api.app.deps import AppState
+from api.app.state import AppState
 from api.jobs.follow import BLOCK_MS
 from textgen_core.jobs import JobRecord, JobStatus
 from textgen_core.responses import (
