@@ -15,7 +15,7 @@ from api.app import errors, metrics
 from api.app.events import EventHub
 from api.app.fleet import Fleet
 from api.app.prompt_budget import PromptBudget
-from api.app.queueing import JobQueue
+from api.app.queueing import CelerySender, JobQueue, celery_app
 from api.app.ratelimit import RateLimits
 from api.app.request_guard import BodyRule, RequestGuard
 from api.app.state import AppState
@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys=keys,
             store=store,
             hub=hub,
-            queue=JobQueue(keys),
+            queue=JobQueue(keys, CelerySender(celery_app())),
             limits=RateLimits(settings, keys.rate_limit_prefix),
             prompts=PromptBudget(settings),
             fleet=fleet,

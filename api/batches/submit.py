@@ -31,7 +31,6 @@ from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.batches import BatchRecord, ItemSpec, new_batch_id
 from textgen_core.dispatch import Chunk, record
 from textgen_core.jobs import JobRecord
-from textgen_core.keys import BATCH_DISPATCH_TASK
 from textgen_core.modes import Mode
 
 log = logging.getLogger(__name__)
@@ -153,11 +152,7 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
 async def _dispatch(state: AppState, batch_id: str, model: str, start: int, stop: int) -> None:
     """Send one chunk's message, noted first in the dispatch set: if the worker that takes it dies
     before it has sent every item, a reaper sends it again (``textgen_core/dispatch.py``)."""
-    queue = state.keys.queue(model, "bulk")
-    celery = state.queue.celery
-    await record(state.redis, state.keys, Chunk(batch_id, model, start, stop),
-                 lease_seconds=state.settings.lease_seconds, ttl=state.settings.job_ttl_seconds)
-    await to_thread.run_sync(
-        lambda: celery.send_task(BATCH_DISPATCH_TASK, args=[batch_id, model, start, stop], queue=queue,
-                                 retry=False)
-    )
+    chunk = Chunk(batch_id, model, start, stop)
+    await record(state.redis, state.keys, chunk, lease_seconds=state.settings.lease_seconds,
+                 ttl=state.settings.job_ttl_seconds)
+    await state.queue.dispatch(chunk)
