@@ -21,8 +21,9 @@ from api.app.metrics import AUTH_FAILURES
 from api.app.prompt_budget import PromptBudget
 from api.app.queueing import JobQueue
 from api.app.ratelimit import RateLimits
-from api.app.state import AppState
+from api.app.state import AppState, batch_store
 from api.cache.answer import CacheAnswers
+from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.keys import Keys
 from textgen_core.settings import Settings
 from textgen_core.store import AsyncJobStore
@@ -75,6 +76,10 @@ def _cache(state: StateDep) -> CacheAnswers | None:
     return state.cache
 
 
+def _batches(state: StateDep) -> AsyncBatchStore:
+    return batch_store(state)
+
+
 SettingsDep = Annotated[Settings, Depends(_settings)]
 RedisDep = Annotated[aioredis.Redis, Depends(_redis)]
 KeysDep = Annotated[Keys, Depends(_keys)]
@@ -86,6 +91,7 @@ PromptsDep = Annotated[PromptBudget, Depends(_prompts)]
 FleetDep = Annotated[Fleet, Depends(_fleet)]
 CacheDep = Annotated[CacheAnswers | None, Depends(_cache)]
 """None when the app runs without a result cache."""
+BatchStoreDep = Annotated[AsyncBatchStore, Depends(_batches)]
 
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <API key>")
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="X-API-Key: <API key>")

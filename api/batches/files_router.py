@@ -14,11 +14,10 @@ from fastapi.responses import Response, StreamingResponse
 from api.app.deps import OwnerDep, StateDep
 from api.app.errors import ERROR_RESPONSES, APIError, not_found
 from api.app.idempotency import IdempotencyDep
-from api.app.state import AppState
+from api.app.state import AppState, batch_store
 from api.batches import file_store
 from api.batches.results import openai_file
 from api.batches.schemas import FileList, FileOut
-from api.batches.submit import batch_store
 from api.jobs.schemas import Deleted
 from textgen_core.batches import BatchRecord
 

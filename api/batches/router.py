@@ -15,19 +15,20 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
-from api.app.deps import OwnerDep, StateDep
+from api.app.deps import BatchStoreDep, OwnerDep, SettingsDep, StateDep
 from api.app.errors import ERROR_RESPONSES, APIError, not_found
 from api.app.idempotency import Idempotency, IdempotencyDep
 from api.app.request_guard import parsed_body
 from api.app.safe_json import BadJSON, loads
-from api.app.state import AppState
+from api.app.state import AppState, batch_store
 from api.batches import file_store
 from api.batches.input import csv_items, jsonl_items
 from api.batches.results import csv_results, jsonl_results
 from api.batches.schemas import BatchCreate, BatchDefaults, BatchList, BatchOut, OpenAIBatchCreate
-from api.batches.submit import accept, batch_store
+from api.batches.submit import accept
 from api.webhooks.fields import BatchWebhookFields
 from api.webhooks.service import check_webhook_url, flush_batch_completed
+from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.batches import BatchRecord
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=ERROR_RESPONSES)
@@ -56,8 +57,8 @@ _BODY_DOC: dict[str, Any] = {
 }
 
 
-async def _owned(state: AppState, batch_id: str, owner: str) -> BatchRecord:
-    batch = await batch_store(state).get(batch_id, owner)
+async def _owned(store: AsyncBatchStore, batch_id: str, owner: str) -> BatchRecord:
+    batch = await store.get(batch_id, owner)
     if batch is None:
         raise not_found("batch", "batch_id")
     return batch
@@ -222,19 +223,19 @@ async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str) -> Ba
 @router.get("", response_model=BatchList, summary="List your batches, newest first")
 async def list_batches(
     owner: OwnerDep,
-    state: StateDep,
+    store: BatchStoreDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     after: Annotated[str | None, Query(description="A batch id: list the batches after it.")] = None,
 ) -> BatchList:
-    batches, more = await batch_store(state).page(owner, limit, after)
+    batches, more = await store.page(owner, limit, after)
     data = [BatchOut.of(b) for b in batches]
     return BatchList(data=data, first_id=data[0].id if data else None, last_id=data[-1].id if data else None,
                      has_more=more)
 
 
 @router.get("/{batch_id}", response_model=BatchOut, summary="A batch: status, counts, times, time left")
-async def get_batch(batch_id: str, owner: OwnerDep, state: StateDep) -> BatchOut:
-    return BatchOut.of(await _owned(state, batch_id, owner))
+async def get_batch(batch_id: str, owner: OwnerDep, store: BatchStoreDep) -> BatchOut:
+    return BatchOut.of(await _owned(store, batch_id, owner))
 
 
 @router.get("/{batch_id}/results", summary="Results so far, in input order (JSONL or CSV)",
@@ -243,11 +244,12 @@ async def get_batch(batch_id: str, owner: OwnerDep, state: StateDep) -> BatchOut
 async def batch_results(
     batch_id: str,
     owner: OwnerDep,
-    state: StateDep,
+    store: BatchStoreDep,
+    settings: SettingsDep,
     format: Annotated[Literal["jsonl", "csv"], Query(description="jsonl or csv")] = "jsonl",
 ) -> StreamingResponse:
-    batch = await _owned(state, batch_id, owner)
-    store, chunk = batch_store(state), state.settings.batch_chunk_size
+    batch = await _owned(store, batch_id, owner)
+    chunk = settings.batch_chunk_size
     headers = {"Content-Disposition": f'attachment; filename="{batch.id}.{format}"',
                "X-Batch-Status": batch.status.value}
     if format == "csv":
@@ -258,10 +260,11 @@ async def batch_results(
 
 @router.post("/{batch_id}/cancel", response_model=BatchOut, summary="Cancel: pending items never run")
 async def cancel_batch(batch_id: str, owner: OwnerDep, state: StateDep) -> BatchOut:
-    batch = await _owned(state, batch_id, owner)
+    store = batch_store(state)
+    batch = await _owned(store, batch_id, owner)
     if batch.status.terminal:
         raise APIError(409, f"batch already {batch.status.value}; nothing to cancel", code="batch_not_cancelable",
                        param="batch_id")
-    await batch_store(state).request_cancel(batch_id, owner, state.settings.batch_chunk_size)
+    await store.request_cancel(batch_id, owner, state.settings.batch_chunk_size)
     await flush_batch_completed(state, batch_id)  # when the cancel itself ended the last items
-    return BatchOut.of(await _owned(state, batch_id, owner))
+    return BatchOut.of(await _owned(store, batch_id, owner))

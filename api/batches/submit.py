@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from api.app.errors import APIError
 from api.app.metrics import JOBS_SUBMITTED
 from api.app.model_check import model_not_found
-from api.app.state import AppState
+from api.app.state import AppState, batch_store
 from api.batches.input import BatchInputError
 from api.jobs.refused import remove_batch_later
 from textgen_core.batch_store import AsyncBatchStore
@@ -36,11 +36,6 @@ from textgen_core.modes import Mode
 log = logging.getLogger(__name__)
 
 ItemSource = Callable[[], Iterator[tuple[int, str | None, ItemSpec]]]
-
-
-def batch_store(state: AppState) -> AsyncBatchStore:
-    return AsyncBatchStore(state.redis, state.keys, ttl=state.settings.job_ttl_seconds,
-                           stream_ttl=state.settings.stream_ttl_seconds)
 
 
 def _too_many(limit: int) -> APIError:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import logging
 
 from api.app.errors import APIError
-from api.app.state import AppState
-from api.batches.submit import batch_store
+from api.app.state import AppState, batch_store
 from textgen_core.webhooks.events import AsyncWebhookEmitter
 from textgen_core.webhooks.outbox import AsyncOutbox
 from textgen_core.webhooks.records import url_digest
