@@ -31,8 +31,7 @@ def resend(job: Reaped) -> None:
     if job.batch_id:
         send_item(job.job_id, job.batch_id, job.model)
     else:
-        rt = runtime()
-        rt.sender.send(messages.generate(_keys(), job.job_id, job.model, job.lane))
+        runtime().sender.send(messages.generate(_keys(), job.job_id, job.model, job.lane))
 
 
 def send_item(job_id: str, batch_id: str, model: str) -> None:
