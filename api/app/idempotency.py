@@ -23,11 +23,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, TypeVar
 
+import redis.asyncio as aioredis
 from fastapi import Depends, Header, Request, Response
 from pydantic import BaseModel
 from redis.exceptions import RedisError
 
-from api.app.deps import OwnerDep, StateDep
+from api.app.deps import KeysDep, OwnerDep, RedisDep, SettingsDep
 from api.app.errors import APIError
 
 M = TypeVar("M", bound=BaseModel)
@@ -38,11 +39,12 @@ RESERVATION_SECONDS = 300
 
 
 class Idempotency:
-    def __init__(self, redis_key: str | None, fingerprint: str, ttl: int, state: StateDep, response: Response):
+    def __init__(self, redis_key: str | None, fingerprint: str, ttl: int, redis: aioredis.Redis,
+                 response: Response):
         self.redis_key = redis_key
         self.fingerprint = fingerprint
         self.ttl = ttl
-        self.redis = state.redis
+        self.redis = redis
         self.response = response
 
     async def run(self, body: BaseModel | bytes, create: Callable[[], Awaitable[M]], out: type[M]) -> M:
@@ -86,7 +88,9 @@ def idempotency(
     request: Request,
     response: Response,
     owner: OwnerDep,
-    state: StateDep,
+    redis: RedisDep,
+    keys: KeysDep,
+    settings: SettingsDep,
     key: Annotated[str | None, Header(
         alias="Idempotency-Key", min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$",
         description="Any unique string (a UUID is typical). A repeat within 24 h returns the original "
@@ -95,9 +99,9 @@ def idempotency(
 ) -> Idempotency:
     redis_key = None
     if key is not None:
-        redis_key = state.keys.idempotency(owner, hashlib.sha256(key.encode()).hexdigest()[:32])
-    return Idempotency(redis_key, f"{request.method} {request.url.path}\n", state.settings.idempotency_ttl_seconds,
-                       state, response)
+        redis_key = keys.idempotency(owner, hashlib.sha256(key.encode()).hexdigest()[:32])
+    return Idempotency(redis_key, f"{request.method} {request.url.path}\n", settings.idempotency_ttl_seconds,
+                       redis, response)
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(idempotency)]
