@@ -11,30 +11,28 @@ from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import errors, metrics
-from api.cache_answer import CacheAnswers
-from api.deps import AppState
-from api.events import EventHub
-from api.prompt_budget import PromptBudget
-from api.queueing import JobQueue
-from api.ratelimit import RateLimits
-from api.request_guard import BodyRule, RequestGuard
+from api.app import errors, metrics
+from api.app.events import EventHub
+from api.app.fleet import Fleet
+from api.app.prompt_budget import PromptBudget
+from api.app.queueing import CelerySender, JobQueue, celery_app
+from api.app.ratelimit import RateLimits
+from api.app.request_guard import BodyRule, RequestGuard
+from api.app.state import AppState
+from api.batches import files_router as files
+from api.batches import router as batches
+from api.cache import router as cache
+from api.cache.answer import CacheAnswers
+from api.conversations import router as conversations
+from api.jobs import router as jobs
+from api.openai import completions as openai_completions
+from api.openai import models as openai_models
+from api.ops import health
+from api.ops import metrics as metrics_route
+from api.pages import docs, playground
 from api.responses import router as responses
-from api.routes import (
-    batches,
-    cache,
-    conversations,
-    docs,
-    files,
-    health,
-    jobs,
-    openai_completions,
-    openai_models,
-    playground,
-    webhooks,
-)
-from api.routes import metrics as metrics_route
-from api.webhooks import install_webhooks
+from api.webhooks import router as webhooks
+from api.webhooks.service import install_webhooks
 from textgen_core.cache import AsyncResultCache
 from textgen_core.keys import Keys
 from textgen_core.logs import configure_logging
@@ -51,7 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # A burst of requests waits briefly for a free connection instead of failing at once. A Redis
-        # that is down or hung costs a request at most the socket timeout, then a 503 (api.errors).
+        # that is down or hung costs a request at most the socket timeout, then a 503 (api.app.errors).
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url, decode_responses=True, socket_connect_timeout=settings.api_redis_socket_timeout_seconds,
             socket_timeout=settings.api_redis_socket_timeout_seconds,
@@ -65,17 +63,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                                    socket_connect_timeout=1.0, health_check_interval=15)
         keys = Keys(settings.key_prefix)
         hub = EventHub(client, keys.events_channel)
+        fleet = Fleet(client, keys)
+        store = AsyncJobStore(client, keys, job_ttl=settings.job_ttl_seconds, stream_ttl=settings.stream_ttl_seconds,
+                              stream_maxlen=settings.stream_maxlen)
         app.state.textgen = AppState(
             settings=settings,
             redis=client,
             keys=keys,
-            store=AsyncJobStore(client, keys, job_ttl=settings.job_ttl_seconds, stream_ttl=settings.stream_ttl_seconds,
-                                stream_maxlen=settings.stream_maxlen),
+            store=store,
             hub=hub,
-            queue=JobQueue(keys),
+            queue=JobQueue(keys, CelerySender(celery_app())),
             limits=RateLimits(settings, keys.rate_limit_prefix),
             prompts=PromptBudget(settings),
-            cache=CacheAnswers(AsyncResultCache(cache_client, keys)),
+            fleet=fleet,
+            cache=CacheAnswers(AsyncResultCache(cache_client, keys), fleet, settings, store, keys),
         )
         install_webhooks(app.state.textgen)
         await to_thread.run_sync(app.state.textgen.prompts.warm)
@@ -94,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Asynchronous text generation: submit jobs, poll or stream results.",
         lifespan=lifespan,
-        docs_url=None,  # api.routes.docs serves Swagger UI from the package, not a CDN
+        docs_url=None,  # api.pages.docs serves Swagger UI from the package, not a CDN
         redoc_url=None,  # ReDoc's page loads its logo from a CDN
     )
     uploads = BodyRule(json_bytes=settings.batch_json_max_bytes, upload_bytes=settings.batch_file_max_bytes)

@@ -1,7 +1,7 @@
 """Prometheus metrics of jobs and the engine, named in the spirit of vLLM's (``textgen_`` prefix).
 
 They live in the process that observes them: a worker counts the jobs it ran and the batches
-its engine stepped; the API counts what it accepted (``api/metrics.py``). Prometheus sums the
+its engine stepped; the API counts what it accepted (``api/app/metrics.py``). Prometheus sums the
 processes. Labels: ``model`` everywhere, ``queue`` (the Celery queue, one per model and lane)
 wherever a job is known; engine-level figures have no queue because a batch mixes lanes.
 """

@@ -12,6 +12,7 @@ from textgen_core.keys import LANES, Keys
 from textgen_core.logs import configure_logging
 from textgen_core.settings import get_settings
 from workers import broker_compat
+from workers.sender import CelerySender
 
 app = Celery("textgen")
 app.config_from_object("celeryconfig")
@@ -48,7 +49,7 @@ def _boot(sender: Any = None, **_: Any) -> None:
     from workers.runtime import start_runtime
     from workers.tasks import resend, resend_chunk
 
-    rt = start_runtime(served_models(), name=getattr(sender, "hostname", None) or "worker")
+    rt = start_runtime(served_models(), name=getattr(sender, "hostname", None) or "worker", sender=CelerySender(app))
     rt.start_reaper(resend, resend_chunk)
 
 

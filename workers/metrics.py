@@ -5,15 +5,12 @@ sampled in the decoding loop. One port per process: ``--gpus 0,1`` gives base, b
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Mapping
+from typing import Protocol
 
 from prometheus_client import REGISTRY, disable_created_metrics, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-
-if TYPE_CHECKING:
-    from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +21,27 @@ RUNTIME_METRICS = ("textgen_worker_jobs_running", "textgen_worker_jobs_waiting",
                    "textgen_gpu_memory_reserved_bytes", "textgen_gpu_memory_total_bytes")
 
 
+class EngineLoad(Protocol):
+    @property
+    def running(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+
+class ObservedWorker(Protocol):
+    """What the collector reads of a worker's runtime (``workers.runtime.Runtime`` is one): named
+    here, so this module need not import the runtime that starts it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def engines(self) -> Mapping[str, EngineLoad]: ...
+
+
 class RuntimeCollector(Collector):
-    def __init__(self, runtime: Runtime):
+    def __init__(self, runtime: ObservedWorker):
         self.runtime = runtime
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
@@ -63,7 +79,7 @@ def _gpu_memory(worker: str) -> Iterable[GaugeMetricFamily]:
     yield total
 
 
-def serve_metrics(runtime: Runtime, port: int, host: str = "127.0.0.1") -> int | None:
+def serve_metrics(runtime: ObservedWorker, port: int, host: str = "127.0.0.1") -> int | None:
     """Start the metrics endpoint; a busy port is logged, never fatal (the worker still serves jobs)."""
     REGISTRY.register(RuntimeCollector(runtime))
     if not port:

@@ -26,8 +26,9 @@ from textgen_core.engine.batching import Engine
 from textgen_core.engine.device import default_max_batch, worker_threads
 from textgen_core.engine.loader import LoadedModel, load
 from textgen_core.executor import JobExecutor
-from textgen_core.keys import DELIVER_WEBHOOK_TASK, Keys
+from textgen_core.keys import Keys
 from textgen_core.leases import JobLeases, Reaped
+from textgen_core.messages import BulkSender, Sender, webhook_delivery
 from textgen_core.settings import ModelSpec, Settings, get_settings
 from textgen_core.store import JobStore
 from textgen_core.webhooks.events import WebhookEmitter
@@ -52,6 +53,7 @@ class Runtime:
     leases: JobLeases
     chunks: ChunkLeases
     gates: dict[str, BulkGate]
+    sender: BulkSender  # Celery behind it, handed in by workers.app at boot
     started_at: float = field(default_factory=time.time)
     metrics_port: int | None = None
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -126,7 +128,7 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
-def start_runtime(model_ids: list[str], name: str) -> Runtime:
+def start_runtime(model_ids: list[str], name: str, sender: BulkSender) -> Runtime:
     """Load every served model once and start the engines; called when the worker boots."""
     global _runtime
     if _runtime is not None:
@@ -172,7 +174,7 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
             bulk_rows_with_interactive=settings.bulk_rows_with_interactive,
             bulk_prefill_rows=settings.bulk_prefill_rows,
         ).start()
-    webhooks = JobWebhooks(store, webhook_emitter(client, store.keys), settings.webhook_output_interval_seconds,
+    webhooks = JobWebhooks(store, webhook_emitter(client, store.keys, sender), settings.webhook_output_interval_seconds,
                            settings.webhook_batch_progress_seconds, settings.webhook_outbox_grace_seconds)
     store.on_terminal = webhooks.completed
     keys = Keys(settings.key_prefix)
@@ -195,7 +197,7 @@ def start_runtime(model_ids: list[str], name: str) -> Runtime:
                                         ttl=settings.job_ttl_seconds),
                        chunks=ChunkLeases(client, keys, lease_seconds=settings.lease_seconds,
                                           ttl=settings.job_ttl_seconds),
-                       gates=gates)
+                       gates=gates, sender=sender)
     _runtime.metrics_port = serve_metrics(_runtime, settings.worker_metrics_port, settings.worker_metrics_host)
     _runtime.start_threads()
     return _runtime
@@ -227,12 +229,11 @@ def result_cache(settings: Settings, client: redis.Redis, keys: Keys, models: di
                        lead_ttl=settings.cache_lead_ttl_seconds)
 
 
-def webhook_emitter(client: redis.Redis, keys: Keys) -> WebhookEmitter:
+def webhook_emitter(client: redis.Redis, keys: Keys, sender: Sender) -> WebhookEmitter:
     """Queues webhook events on the webhooks queue (``emit`` is the one call for any event)."""
-    from workers.app import app
 
     def send(request: dict[str, object]) -> None:
-        app.send_task(DELIVER_WEBHOOK_TASK, kwargs={"request": request}, queue=keys.webhook_queue)
+        sender.send(webhook_delivery(keys, request))
 
     return WebhookEmitter(client, keys, send)
 

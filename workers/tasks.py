@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
+from celery import shared_task
+
+from textgen_core import messages
 from textgen_core.dispatch import Chunk
 from textgen_core.jobs import JobStatus
 from textgen_core.keys import BATCH_DISPATCH_TASK, BATCH_ITEM_TASK, GENERATE_TASK, Keys
 from textgen_core.leases import Reaped
-from workers.app import app
 from workers.runtime import runtime
 
+# ``shared_task``: the tasks bind to the worker's app (``workers.app`` imports this module), so this
+# module needs no import of it; messages go out through the runtime's sender.
 
-@app.task(name=GENERATE_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+
+@shared_task(name=GENERATE_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def generate(job_id: str) -> str | None:
     rt = runtime()
     with rt.leases.holding(job_id) as token:
@@ -25,16 +31,18 @@ def resend(job: Reaped) -> None:
     if job.batch_id:
         send_item(job.job_id, job.batch_id, job.model)
     else:
-        queue = Keys(runtime().settings.key_prefix).queue(job.model, job.lane)
-        app.send_task(GENERATE_TASK, args=[job.job_id], queue=queue, task_id=job.job_id)
+        runtime().sender.send(messages.generate(_keys(), job.job_id, job.model, job.lane))
 
 
 def send_item(job_id: str, batch_id: str, model: str) -> None:
-    queue = Keys(runtime().settings.key_prefix).queue(model, "bulk")
-    app.send_task(BATCH_ITEM_TASK, args=[job_id, batch_id, model], queue=queue, task_id=job_id)
+    runtime().sender.send(messages.batch_item(_keys(), job_id, batch_id, model))
 
 
-@app.task(name=BATCH_DISPATCH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def _keys() -> Keys:
+    return Keys(runtime().settings.key_prefix)
+
+
+@shared_task(name=BATCH_DISPATCH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def batch_dispatch(batch_id: str, model: str, start: int, stop: int) -> int:
     """Enqueue one chunk of a batch's items on the bulk lane, holding the chunk's lease while it
     sends (``textgen_core/dispatch.py``): a copy of a chunk already dispatched, or of an ended
@@ -46,13 +54,15 @@ def batch_dispatch(batch_id: str, model: str, start: int, stop: int) -> int:
     try:
         ids = rt.ledger.job_ids(batch_id, start, stop)
         delay = rt.settings.test_dispatch_item_delay_seconds
-        with app.producer_or_acquire() as producer:
-            queue = Keys(rt.settings.key_prefix).queue(model, "bulk")
+        keys = _keys()
+
+        def items() -> Iterator[messages.Message]:
             for job_id in ids:
                 if delay:
                     time.sleep(delay)
-                app.send_task(BATCH_ITEM_TASK, args=[job_id, batch_id, model], queue=queue, task_id=job_id,
-                              producer=producer)
+                yield messages.batch_item(keys, job_id, batch_id, model)
+
+        rt.sender.send_many(items())
     except BaseException:
         rt.chunks.forget()  # left to lapse: a reaper sends the chunk again
         raise
@@ -62,11 +72,10 @@ def batch_dispatch(batch_id: str, model: str, start: int, stop: int) -> int:
 
 def resend_chunk(chunk: Chunk) -> None:
     """Send a reaped chunk's dispatch message again."""
-    queue = Keys(runtime().settings.key_prefix).queue(chunk.model, "bulk")
-    app.send_task(BATCH_DISPATCH_TASK, args=list(chunk), queue=queue)
+    runtime().sender.send(messages.batch_dispatch(_keys(), chunk))
 
 
-@app.task(name=BATCH_ITEM_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+@shared_task(name=BATCH_ITEM_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def batch_item(job_id: str, batch_id: str, model: str) -> str | None:
     rt = runtime()
     with rt.leases.holding(job_id) as token:  # held while it waits at the gate too

@@ -16,11 +16,13 @@ from celery.signals import worker_init, worker_shutdown
 
 from textgen_core.keys import Keys
 from textgen_core.settings import get_settings
+from workers.sender import CelerySender
 from workers.webhook_outbox import start_sweeper
 
 app = Celery("textgen-webhooks", include=["workers.webhook_tasks"])
 app.config_from_object("celeryconfig")
 app.conf.task_default_queue = Keys(get_settings().key_prefix).webhook_queue
+sender = CelerySender(app)  # retries (webhook_tasks) and the outbox sweeper send through it
 
 log = logging.getLogger(__name__)
 _stop = threading.Event()
@@ -39,7 +41,7 @@ def _serve_metrics(**_: Any) -> None:
 
 @worker_init.connect
 def _sweep_outbox(**_: Any) -> None:
-    start_sweeper(get_settings(), _stop)
+    start_sweeper(get_settings(), _stop, sender)
 
 
 @worker_shutdown.connect

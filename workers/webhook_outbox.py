@@ -9,7 +9,8 @@ import threading
 import redis
 
 from textgen_core.batch_store import BatchLedger
-from textgen_core.keys import DELIVER_WEBHOOK_TASK, Keys
+from textgen_core.keys import Keys
+from textgen_core.messages import Sender, webhook_delivery
 from textgen_core.settings import Settings
 from textgen_core.store import JobStore
 from textgen_core.webhooks.events import WebhookEmitter
@@ -19,14 +20,12 @@ from workers.webhook_metrics import OUTBOX_RESENT
 log = logging.getLogger(__name__)
 
 
-def outbox(settings: Settings) -> Outbox:
-    from workers.webhook_app import app
-
+def outbox(settings: Settings, sender: Sender) -> Outbox:
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30)
     keys = Keys(settings.key_prefix)
 
     def send(request: dict[str, object]) -> None:
-        app.send_task(DELIVER_WEBHOOK_TASK, kwargs={"request": request}, queue=keys.webhook_queue)
+        sender.send(webhook_delivery(keys, request))
 
     store = JobStore(client, keys, job_ttl=settings.job_ttl_seconds, stream_ttl=settings.stream_ttl_seconds,
                      stream_maxlen=settings.stream_maxlen)
@@ -34,8 +33,8 @@ def outbox(settings: Settings) -> Outbox:
                   lease_seconds=settings.webhook_outbox_grace_seconds)
 
 
-def start_sweeper(settings: Settings, stop: threading.Event) -> threading.Thread:
-    sweeper = outbox(settings)
+def start_sweeper(settings: Settings, stop: threading.Event, sender: Sender) -> threading.Thread:
+    sweeper = outbox(settings, sender)
 
     def loop() -> None:
         while not stop.wait(settings.webhook_outbox_sweep_seconds):

@@ -8,10 +8,11 @@ from functools import cache
 import redis
 
 from textgen_core.keys import DELIVER_WEBHOOK_TASK, Keys
+from textgen_core.messages import webhook_delivery
 from textgen_core.settings import get_settings
 from textgen_core.webhooks.delivery import Outcome, WebhookDeliverer, next_delay
 from textgen_core.webhooks.models import DeliveryRequest
-from workers.webhook_app import app
+from workers.webhook_app import app, sender
 from workers.webhook_metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
 
 # A countdown longer than the broker's visibility timeout would be redelivered early; long waits
@@ -27,8 +28,8 @@ def deliverer() -> WebhookDeliverer:
 
 
 def schedule(request: DeliveryRequest, delay: float) -> None:
-    deliver_webhook.apply_async(kwargs={"request": request.model_dump()}, countdown=min(delay, MAX_HOP_SECONDS),
-                                queue=Keys(get_settings().key_prefix).webhook_queue)
+    sender.send(webhook_delivery(Keys(get_settings().key_prefix), request.model_dump(),
+                                 countdown=min(delay, MAX_HOP_SECONDS)))
 
 
 @app.task(name=DELIVER_WEBHOOK_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
-from api.errors import APIError
-from api.schemas import JobCreate
-from api.webhook_fields import WEBHOOK_DOC, WebhookURL
+from api.app.errors import APIError
+from api.jobs.schemas import JobCreate
+from api.webhooks.fields import WEBHOOK_DOC, WebhookURL
 from textgen_core.jobs import ChatMessage, SamplingParams
 from textgen_core.modes import Mode
 

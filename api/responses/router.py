@@ -12,12 +12,13 @@ from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from api.deps import AppState, OwnerDep, StateDep
-from api.errors import ErrorResponse
+from api.app.deps import OwnerDep, StateDep
+from api.app.errors import ErrorResponse
+from api.app.state import AppState
+from api.openai.completions import OpenAIRoute
 from api.responses import service
 from api.responses.protocol import ResponseCreate
 from api.responses.stream import END_EVENTS, error_event, response_events, sse
-from api.routes.openai_completions import OpenAIRoute
 from textgen_core.jobs import JobRecord
 from textgen_core.responses import ResponseMeta, response_object
 

@@ -13,13 +13,12 @@ from fastapi import Request, Response
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from api.deps import AppState
-from api.errors import APIError
-from api.fleet import wait_for_worker
-from api.job_follow import Ended, follow
+from api.app.errors import APIError
+from api.app.slots import RequestSlots
+from api.app.state import AppState
+from api.jobs.follow import Ended, follow
+from api.jobs.router import submit
 from api.responses.protocol import ResponseCreate, input_messages
-from api.routes.jobs import submit
-from api.slots import RequestSlots
 from textgen_core import metrics
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.responses import (
@@ -141,7 +140,7 @@ async def create(state: AppState, body: ResponseCreate, owner: str, response: Re
                            f"{settings.openai_max_concurrent_per_key}); retry when one has finished, or use "
                            "background=true", code="rate_limit_exceeded", headers={"Retry-After": "1"})
     try:
-        if slots is not None and not await wait_for_worker(state, model, settings.openai_worker_wait_seconds):
+        if slots is not None and not await state.fleet.wait_for_worker(model, settings.openai_worker_wait_seconds):
             raise APIError(503, f"no worker is serving the model '{model}' right now; retry shortly, or use "
                            "background=true", code="model_unavailable", headers={"Retry-After": "5"})
         job = await submit(state, job_create, owner, response=response, job_id=new_response_id(), history=history)

@@ -17,8 +17,8 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
-from api.deps import AppState
-from api.job_follow import BLOCK_MS
+from api.app.state import AppState
+from api.jobs.follow import BLOCK_MS
 from textgen_core.jobs import JobRecord, JobStatus
 from textgen_core.responses import (
     ResponseMeta,

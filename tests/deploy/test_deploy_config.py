@@ -13,7 +13,7 @@ import pytest
 import yaml
 from prometheus_client import REGISTRY
 
-import api.metrics  # noqa: F401  (registers the API's metrics)
+import api.app.metrics  # noqa: F401  (registers the API's metrics)
 import textgen_core.metrics  # noqa: F401  (registers the workers' metrics)
 import workers.webhook_metrics  # noqa: F401  (registers the webhook worker's metrics)
 from tests.binaries import require

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from api.batch_input import BatchInputError, csv_items, jsonl_items
-from api.batch_schemas import BatchDefaults
-from api.openai_batch import error_line, output_line
+from api.batches.input import BatchInputError, csv_items, jsonl_items
+from api.batches.openai_batch import error_line, output_line
+from api.batches.schemas import BatchDefaults
 from textgen_core.batches import BatchRecord, BatchStatus
 from textgen_core.modes import Mode, product_message
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from api.openai_protocol import ChatCompletionRequest, CompletionRequest, openai_finish_reason, total_usage
+from api.openai.protocol import ChatCompletionRequest, CompletionRequest, openai_finish_reason, total_usage
 from textgen_core.jobs import JobInput, JobRecord, SamplingParams, Usage
 
 USER = [{"role": "user", "content": "hi"}]

@@ -7,7 +7,7 @@ import pytest
 from openai.types.responses import Response
 from pydantic import ValidationError
 
-from api.errors import APIError
+from api.app.errors import APIError
 from api.responses.protocol import ResponseCreate, input_messages
 from textgen_core.jobs import ChatMessage, JobError, JobInput, JobRecord, JobStatus, SamplingParams, Usage
 from textgen_core.responses import (

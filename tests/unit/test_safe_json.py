@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from api.request_guard import is_json
-from api.safe_json import BadJSON, loads
+from api.app.request_guard import is_json
+from api.app.safe_json import BadJSON, loads
 
 
 def test_depth_counts_brackets_outside_strings_only() -> None:

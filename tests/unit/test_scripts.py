@@ -175,7 +175,7 @@ def _run_worker_side(r: redis.Redis, keys: Keys) -> None:
 
 
 async def _run_api_side(url: str, keys: Keys) -> None:
-    from api.slots import RequestSlots
+    from api.app.slots import RequestSlots
 
     r = aioredis.Redis.from_url(url, decode_responses=True)
     try:

@@ -1,0 +1,1 @@
+"""What every route shares: the app state, narrow dependencies, errors, guards, limits, metrics, events."""

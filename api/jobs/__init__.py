@@ -1,0 +1,1 @@
+"""Jobs: routes, schemas, following a job to its end, withdrawing refused jobs."""

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible endpoints: protocol models, chat and text completions, models."""

@@ -1,0 +1,1 @@
+"""Pages for people: the playground and the API docs."""

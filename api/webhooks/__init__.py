@@ -1,0 +1,1 @@
+"""Webhooks: the secret routes, URL fields of requests, and installing the emitter."""
