@@ -39,7 +39,7 @@ from textgen_core import metrics
 from textgen_core.jobs import ChatMessage, JobRecord, SamplingParams, turn_messages
 from textgen_core.keys import Keys
 from textgen_core.modes import TEMPLATE_VERSION, build_messages
-from textgen_core.scripts import Scripts, define
+from textgen_core.scripts import CACHE_RELEASE_LEAD, Scripts
 
 if TYPE_CHECKING:
     from textgen_core.engine.loader import LoadedModel
@@ -155,13 +155,6 @@ def _stats_update(pipe: Any, keys: Keys, hits: int, misses: int, written: int) -
     pipe.expire(keys.cache_stats, STATS_TTL_SECONDS)
 
 
-# KEYS: lead. ARGV: job id. Gives the lead up only if this job still holds it.
-RELEASE_LEAD = define("cache.release_lead", """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-""")
-
-
 class HandBack:
     """Give the claimed job back to its queue: an identical job is generating its entry right now."""
 
@@ -209,7 +202,7 @@ class ResultCache:
     lead_ttl: int
 
     def __post_init__(self) -> None:
-        self._scripts = Scripts(self.client, RELEASE_LEAD)
+        self._scripts = Scripts(self.client, CACHE_RELEASE_LEAD)
 
     def begin(self, job: JobRecord, cancel_requested: Callable[[], bool], running: Callable[[str], bool],
               may_hand_back: bool = False) -> CacheEntry | Flight | HandBack | None:
@@ -267,7 +260,7 @@ class ResultCache:
         metrics.CACHE_BYTES.labels(job.model).inc(len(data.encode()))
 
     def release_lead(self, digest: str, job_id: str) -> None:
-        self._scripts[RELEASE_LEAD](keys=[self.keys.cache_lead(digest)], args=[job_id])
+        self._scripts[CACHE_RELEASE_LEAD](keys=[self.keys.cache_lead(digest)], args=[job_id])
 
     def count_hit(self, job: JobRecord) -> None:
         metrics.CACHE_HITS.labels(job.model, "worker").inc()

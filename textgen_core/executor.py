@@ -18,7 +18,7 @@ from textgen_core.jobs import JobRecord, JobStatus, turn_messages
 from textgen_core.prompt_render import chat_messages
 from textgen_core.settings import Settings
 from textgen_core.store import JobStore
-from textgen_core.webhooks.job_events import JobWebhooks
+from textgen_core.webhook_events.job_events import JobWebhooks
 
 log = logging.getLogger(__name__)
 
