@@ -131,7 +131,7 @@ class JobExecutor:
         if self.store.finish(job, attempt_token=attempt, status=JobStatus.succeeded, fields=fields,
                              history_append=turn, history_max_turns=self.settings.history_max_turns,
                              history_ttl=self.settings.history_ttl_seconds):
-            self.cache.count_hit(job)
+            self.cache.count_hits(job.model)
             self._observe(job, JobStatus.succeeded)
         return JobStatus.succeeded
 
