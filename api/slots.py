@@ -14,7 +14,8 @@ import time
 import redis.asyncio as aioredis
 
 from textgen_core.keys import Keys
-from textgen_core.scripts import SLOTS_ACQUIRE, Scripts
+from textgen_core.scripts import Scripts
+from textgen_core.scripts import slots as slot_scripts
 
 
 class RequestSlots:
@@ -23,13 +24,13 @@ class RequestSlots:
         self.keys = keys
         self.limit = limit
         self.lease_seconds = lease_seconds
-        self._scripts = Scripts(client, SLOTS_ACQUIRE)
+        self._scripts = Scripts(client, slot_scripts.ACQUIRE)
 
     async def acquire(self, owner: str) -> str | None:
         """A slot token for ``owner``, or None when all of its slots are taken."""
         token = secrets.token_hex(8)
         now = time.time()
-        taken = await self._scripts[SLOTS_ACQUIRE](
+        taken = await self._scripts[slot_scripts.ACQUIRE](
             keys=[self.keys.openai_slots(owner)],
             args=[now, now + self.lease_seconds, token, self.limit, self.lease_seconds],
         )

@@ -22,15 +22,10 @@ from textgen_core.batches import BatchRecord, BatchStatus
 from textgen_core.job_index import index_jobs
 from textgen_core.jobs import JobRecord
 from textgen_core.keys import Keys
-from textgen_core.scripts import (
-    BATCH_REQUEST_CANCEL,
-    BATCH_START,
-    JOB_CANCEL,
-    PENDING_RESERVE,
-    PENDING_UNRESERVE,
-    PENDING_WITHDRAW,
-    Scripts,
-)
+from textgen_core.scripts import Scripts
+from textgen_core.scripts import batches as batch_scripts
+from textgen_core.scripts import jobs as job_scripts
+from textgen_core.scripts import pending as pending_scripts
 from textgen_core.store import Call, JobStoreCore, encode_job
 
 # Fields of an item that results need (everything but the input and history).
@@ -41,7 +36,8 @@ ITEM_FIELDS = ("id", "custom_id", "status", "output", "finish_reason", "usage", 
 class BatchStoreCore:
     """What both shells share: the scripts' arguments, the pipelined writes, the meaning of replies."""
 
-    SCRIPTS = (JOB_CANCEL, BATCH_START, BATCH_REQUEST_CANCEL, PENDING_RESERVE, PENDING_UNRESERVE, PENDING_WITHDRAW)
+    SCRIPTS = (job_scripts.CANCEL, batch_scripts.START, batch_scripts.REQUEST_CANCEL, pending_scripts.RESERVE,
+               pending_scripts.UNRESERVE, pending_scripts.WITHDRAW)
 
     def __init__(self, keys: Keys, *, ttl: int, stream_ttl: int):
         self.keys = keys
@@ -69,7 +65,7 @@ class BatchStoreCore:
         index_jobs(pipe, self.keys, jobs, self.ttl)  # GET /v1/jobs lists batch items too
 
     def reserve(self, owner: str, places: int, cap: int) -> Call:
-        return Call(PENDING_RESERVE, [self.keys.pending_batch_items(owner)], [cap, places, self.ttl])
+        return Call(pending_scripts.RESERVE, [self.keys.pending_batch_items(owner)], [cap, places, self.ttl])
 
     @staticmethod
     def reserved(reply: Any) -> tuple[bool, int]:
@@ -77,13 +73,13 @@ class BatchStoreCore:
         return bool(taken), int(count)
 
     def unreserve(self, owner: str, places: int) -> Call:
-        return Call(PENDING_UNRESERVE, [self.keys.pending_batch_items(owner)], [places])
+        return Call(pending_scripts.UNRESERVE, [self.keys.pending_batch_items(owner)], [places])
 
     def start(self, batch_id: str) -> Call:
-        return Call(BATCH_START, [self.keys.batch(batch_id), self.keys.active_batches], [batch_id])
+        return Call(batch_scripts.START, [self.keys.batch(batch_id), self.keys.active_batches], [batch_id])
 
     def request_cancel(self, batch_id: str) -> Call:
-        return Call(BATCH_REQUEST_CANCEL, [self.keys.batch(batch_id)], [time.time()])
+        return Call(batch_scripts.REQUEST_CANCEL, [self.keys.batch(batch_id)], [time.time()])
 
     def record_keys(self, batch_id: str) -> tuple[str, str]:
         return self.keys.batch(batch_id), self.keys.webhook_deliveries(batch_id)

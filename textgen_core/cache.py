@@ -39,7 +39,8 @@ from textgen_core import metrics
 from textgen_core.jobs import ChatMessage, JobRecord, SamplingParams, turn_messages
 from textgen_core.keys import Keys
 from textgen_core.modes import TEMPLATE_VERSION, build_messages
-from textgen_core.scripts import CACHE_RELEASE_LEAD, Scripts
+from textgen_core.scripts import Scripts
+from textgen_core.scripts import cache as cache_scripts
 from textgen_core.store import Call
 
 if TYPE_CHECKING:
@@ -183,7 +184,7 @@ class ResultCacheCore:
         return len(data.encode())
 
     def release_lead(self, digest: str, job_id: str) -> Call:
-        return Call(CACHE_RELEASE_LEAD, [self.keys.cache_lead(digest)], [job_id])
+        return Call(cache_scripts.RELEASE_LEAD, [self.keys.cache_lead(digest)], [job_id])
 
 
 class HandBack:
@@ -238,7 +239,7 @@ class ResultCache:
 
     def __post_init__(self) -> None:
         self.core = ResultCacheCore(self.keys)
-        self._scripts = Scripts(self.client, CACHE_RELEASE_LEAD)
+        self._scripts = Scripts(self.client, cache_scripts.RELEASE_LEAD)
 
     def begin(self, job: JobRecord, cancel_requested: Callable[[], bool], running: Callable[[str], bool],
               may_hand_back: bool = False) -> CacheEntry | Flight | HandBack | None:
@@ -329,7 +330,7 @@ class AsyncResultCache:
         self.client = client
         self.keys = keys
         self.core = ResultCacheCore(keys)
-        self._scripts = Scripts(client, CACHE_RELEASE_LEAD)
+        self._scripts = Scripts(client, cache_scripts.RELEASE_LEAD)
 
     async def lookup(self, digests: list[str]) -> list[CacheEntry | None]:
         """As :meth:`ResultCache.lookup`."""

@@ -25,7 +25,8 @@ import redis
 import redis.asyncio as aioredis
 
 from textgen_core.keys import Keys
-from textgen_core.scripts import DISPATCH_REAP, DISPATCH_TAKE, Scripts
+from textgen_core.scripts import Scripts
+from textgen_core.scripts import dispatch as dispatch_scripts
 
 
 class Chunk(NamedTuple):
@@ -63,7 +64,7 @@ class ChunkLeases:
         self.ttl = ttl
         self._held: dict[int, str] = {}  # task thread id -> member (threads pool: one chunk a thread)
         self._lock = threading.Lock()
-        self._scripts = Scripts(client, DISPATCH_TAKE, DISPATCH_REAP)
+        self._scripts = Scripts(client, dispatch_scripts.TAKE, dispatch_scripts.REAP)
 
     def _keys(self) -> list[str]:
         """KEYS of both scripts: the dispatch set, the active batches, the re-send counts."""
@@ -71,7 +72,7 @@ class ChunkLeases:
 
     def take(self, chunk: Chunk) -> bool:
         """Take the chunk over for this thread; False if there is nothing to dispatch."""
-        taken = self._scripts[DISPATCH_TAKE](keys=self._keys(),
+        taken = self._scripts[dispatch_scripts.TAKE](keys=self._keys(),
                                              args=[chunk.member, chunk.batch_id, time.time() + self.lease_seconds])
         if taken:
             with self._lock:
@@ -108,7 +109,7 @@ class ChunkLeases:
         out: list[Chunk] = []
         for member in lapsed:
             chunk = Chunk.parse(member)
-            if self._scripts[DISPATCH_REAP](keys=self._keys(),
+            if self._scripts[dispatch_scripts.REAP](keys=self._keys(),
                                             args=[member, chunk.batch_id, now, self.lease_seconds, self.ttl]):
                 out.append(chunk)
         return out

@@ -25,7 +25,8 @@ from typing import NamedTuple
 import redis
 
 from textgen_core.keys import Keys
-from textgen_core.scripts import LEASE_HOLD, LEASE_REAP, LEASE_RELEASE, LEASE_RENEW, Scripts
+from textgen_core.scripts import Scripts
+from textgen_core.scripts import leases as lease_scripts
 
 
 class Reaped(NamedTuple):
@@ -48,7 +49,8 @@ class JobLeases:
         # its way out, the entry of the task that holds the job, or that lease stops being renewed.
         self._held: dict[str, str] = {}
         self._lock = threading.Lock()
-        self._scripts = Scripts(client, LEASE_HOLD, LEASE_RENEW, LEASE_RELEASE, LEASE_REAP)
+        self._scripts = Scripts(client, lease_scripts.HOLD, lease_scripts.RENEW, lease_scripts.RELEASE,
+                                lease_scripts.REAP)
 
     @contextmanager
     def holding(self, job_id: str) -> Iterator[str]:
@@ -61,14 +63,14 @@ class JobLeases:
         with self._lock:
             self._held[token] = job_id
         try:
-            self._scripts[LEASE_HOLD](keys=[self.keys.job(job_id), self.keys.leases],
+            self._scripts[lease_scripts.HOLD](keys=[self.keys.job(job_id), self.keys.leases],
                                       args=[token, time.time(), self.lease_seconds, self.ttl])
             yield token
         except BaseException:
             self._forget(job_id, token)
             raise
         self._forget(job_id, token)
-        self._scripts[LEASE_RELEASE](keys=[self.keys.job(job_id), self.keys.leases], args=[token])
+        self._scripts[lease_scripts.RELEASE](keys=[self.keys.job(job_id), self.keys.leases], args=[token])
 
     def _forget(self, job_id: str, token: str) -> None:
         with self._lock:
@@ -87,8 +89,9 @@ class JobLeases:
         if not held:
             return 0
         expiry = time.time() + self.lease_seconds
-        return int(self._scripts[LEASE_RENEW](keys=[self.keys.leases, *(self.keys.job(job_id) for _, job_id in held)],
-                                              args=[expiry, *(x for token, job_id in held for x in (job_id, token))]))
+        keys = [self.keys.leases, *(self.keys.job(job_id) for _, job_id in held)]
+        args = [expiry, *(x for token, job_id in held for x in (job_id, token))]
+        return int(self._scripts[lease_scripts.RENEW](keys=keys, args=args))
 
     def reap(self, limit: int = 100) -> list[Reaped]:
         """Take back up to ``limit`` jobs whose lease lapsed; the caller re-sends their messages.
@@ -100,7 +103,7 @@ class JobLeases:
         out: list[Reaped] = []
         lapsed: list[str] = self.r.zrangebyscore(self.keys.leases, "-inf", now, start=0, num=limit)  # type: ignore[assignment]
         for job_id in lapsed:
-            row = self._scripts[LEASE_REAP](keys=[self.keys.job(job_id), self.keys.leases],
+            row = self._scripts[lease_scripts.REAP](keys=[self.keys.job(job_id), self.keys.leases],
                                       args=[job_id, now, self.lease_seconds])
             if row:
                 out.append(Reaped(job_id, *row))

@@ -19,16 +19,9 @@ import redis.asyncio as aioredis
 
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.keys import Keys
-from textgen_core.scripts import (
-    JOB_CANCEL,
-    JOB_CLAIM,
-    JOB_CREATE_FINISHED,
-    JOB_FINISH,
-    JOB_REQUEUE,
-    PENDING_ADMIT,
-    PENDING_WITHDRAW,
-    Scripts,
-)
+from textgen_core.scripts import Scripts
+from textgen_core.scripts import jobs as job_scripts
+from textgen_core.scripts import pending as pending_scripts
 from textgen_core.webhooks.records import parse_deliveries
 
 log = logging.getLogger(__name__)
@@ -108,7 +101,8 @@ class Claim(NamedTuple):
 class JobStoreCore:
     """What both shells share: the scripts' arguments and the meaning of their replies."""
 
-    SCRIPTS = (JOB_CLAIM, JOB_FINISH, JOB_CREATE_FINISHED, JOB_CANCEL, JOB_REQUEUE, PENDING_ADMIT, PENDING_WITHDRAW)
+    SCRIPTS = (job_scripts.CLAIM, job_scripts.FINISH, job_scripts.CREATE_FINISHED, job_scripts.CANCEL,
+               job_scripts.REQUEUE, pending_scripts.ADMIT, pending_scripts.WITHDRAW)
 
     def __init__(self, keys: Keys, *, job_ttl: int, stream_ttl: int, stream_maxlen: int, lease_seconds: float):
         self.keys = keys
@@ -138,7 +132,7 @@ class JobStoreCore:
 
     def create(self, job: JobRecord, max_pending: int) -> Call:
         pairs = [item for pair in encode_job(job).items() for item in pair]
-        return Call(PENDING_ADMIT, [self.keys.pending(job.owner), self.keys.job(job.id)],
+        return Call(pending_scripts.ADMIT, [self.keys.pending(job.owner), self.keys.job(job.id)],
                     [max_pending, self.job_ttl, self.job_ttl, *pairs])
 
     @staticmethod
@@ -147,10 +141,10 @@ class JobStoreCore:
         return bool(stored), int(count)
 
     def delete(self, job_id: str) -> Call:
-        return Call(PENDING_WITHDRAW, [self.keys.job(job_id), self.keys.tokens(job_id)], [])
+        return Call(pending_scripts.WITHDRAW, [self.keys.job(job_id), self.keys.tokens(job_id)], [])
 
     def claim(self, job_id: str, worker: str, attempt_token: str, max_attempts: int) -> Call:
-        return Call(JOB_CLAIM, [self.keys.job(job_id), self.keys.leases, self.keys.webhook_outbox,
+        return Call(job_scripts.CLAIM, [self.keys.job(job_id), self.keys.leases, self.keys.webhook_outbox,
                                 self.keys.active_batches],
                     [worker, time.time(), attempt_token, self.job_ttl, max_attempts, self.keys.events_channel,
                      self.keys.batch(""), self.lease_seconds, self.keys.batch_events_channel])
@@ -179,17 +173,17 @@ class JobStoreCore:
     def finish(self, job: JobRecord, attempt_token: str, status: JobStatus, fields: dict[str, Any],
                history_append: list[ChatMessage] | None, history_max_turns: int, history_ttl: int) -> Call:
         keys, args = self._end(job, status, fields, history_append, history_max_turns, history_ttl)
-        return Call(JOB_FINISH, keys, [attempt_token, *args])
+        return Call(job_scripts.FINISH, keys, [attempt_token, *args])
 
     def create_finished(self, job: JobRecord, fields: dict[str, Any], history_append: list[ChatMessage] | None,
                         history_max_turns: int, history_ttl: int) -> Call:
         keys, args = self._end(job, JobStatus.succeeded, fields, history_append, history_max_turns, history_ttl)
-        return Call(JOB_CREATE_FINISHED, keys,
+        return Call(job_scripts.CREATE_FINISHED, keys,
                     [json.dumps(encode_job(job)), *args, str(fields.get("output") or "")])
 
     def cancel(self, job_id: str, owner: str) -> Call:
         keys = self.keys
-        return Call(JOB_CANCEL, [keys.job(job_id), keys.tokens(job_id), keys.leases, keys.webhook_outbox,
+        return Call(job_scripts.CANCEL, [keys.job(job_id), keys.tokens(job_id), keys.leases, keys.webhook_outbox,
                                  keys.active_batches],
                     [owner, time.time(), keys.events_channel, keys.cancel_channel, self.stream_ttl, keys.batch(""),
                      keys.batch_events_channel])
@@ -200,7 +194,7 @@ class JobStoreCore:
         return "canceled" if reply == "dequeued" else reply
 
     def requeue(self, job_id: str, attempt_token: str, refund_attempt: bool) -> Call:
-        return Call(JOB_REQUEUE, [self.keys.job(job_id)], [attempt_token, "1" if refund_attempt else "0"])
+        return Call(job_scripts.REQUEUE, [self.keys.job(job_id)], [attempt_token, "1" if refund_attempt else "0"])
 
 
 class JobStore:

@@ -7,9 +7,11 @@ Key names come in through KEYS, computed by ``textgen_core/keys.py`` (the one ex
 batch, is documented in ``fragments``). No module outside this package holds Lua
 (``tests/unit/test_scripts.py`` scans the tree for it).
 
-Each script is registered below under a name (``define``), and the name is the constant a
-store binds when it is built (``Scripts``), so a script that was never defined fails at start,
-not on the first call of a rare path, and a misspelt constant is an ImportError at import.
+Each family module registers its scripts here by name (``define``) and keeps the name as the
+constant a store imports and binds when it is built (``Scripts``), so a script that was never
+defined fails at start, not on the first call of a rare path, and a misspelt constant is an
+ImportError at import. This module imports nothing of the project (a package ``__init__`` stays
+light), so the family modules may import it.
 ``tests/unit/test_scripts.py`` loads every defined script into a real Redis and runs each one.
 """
 
@@ -66,28 +68,3 @@ class Scripts:
     def __contains__(self, name: object) -> bool:
         return name in self._bound
 
-
-# The registry: name -> source. The family modules import nothing from here, so there is no circle.
-from textgen_core.scripts import batches, cache, dispatch, jobs, leases, outbox, pending, slots  # noqa: E402
-
-JOB_CLAIM = define("job.claim", jobs.CLAIM)
-JOB_FINISH = define("job.finish", jobs.FINISH)
-JOB_CREATE_FINISHED = define("job.create_finished", jobs.CREATE_FINISHED)
-JOB_CANCEL = define("job.cancel", jobs.CANCEL)
-JOB_REQUEUE = define("job.requeue", jobs.REQUEUE)
-BATCH_START = define("batch.start", batches.START)
-BATCH_REQUEST_CANCEL = define("batch.request_cancel", batches.REQUEST_CANCEL)
-LEASE_HOLD = define("lease.hold", leases.HOLD)
-LEASE_RENEW = define("lease.renew", leases.RENEW)
-LEASE_RELEASE = define("lease.release", leases.RELEASE)
-LEASE_REAP = define("lease.reap", leases.REAP)
-PENDING_ADMIT = define("pending.admit", pending.ADMIT)
-PENDING_RESERVE = define("pending.reserve", pending.RESERVE)
-PENDING_UNRESERVE = define("pending.unreserve", pending.UNRESERVE)
-PENDING_WITHDRAW = define("pending.withdraw", pending.WITHDRAW)
-DISPATCH_TAKE = define("dispatch.take", dispatch.TAKE)
-DISPATCH_REAP = define("dispatch.reap", dispatch.REAP)
-CACHE_RELEASE_LEAD = define("cache.release_lead", cache.RELEASE_LEAD)
-OUTBOX_TAKE = define("outbox.take", outbox.TAKE)
-OUTBOX_LEASE = define("outbox.lease", outbox.LEASE)
-SLOTS_ACQUIRE = define("slots.acquire", slots.ACQUIRE)

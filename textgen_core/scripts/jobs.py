@@ -6,6 +6,7 @@ pending place, drop its lease, settle its batch item and record ``job.completed`
 
 from __future__ import annotations
 
+from textgen_core.scripts import define
 from textgen_core.scripts.fragments import JOB_END
 
 # KEYS: job, leases, webhook outbox, active batches. ARGV: worker, now, attempt_token, job ttl,
@@ -13,7 +14,7 @@ from textgen_core.scripts.fragments import JOB_END
 # channel. Atomically queued -> running for this attempt (taking its lease), or gives up after
 # max_attempts (a job that keeps stopping its worker), else the status it has (another attempt may be
 # running it: a message redelivered while the first delivery still runs must not run it twice).
-CLAIM = JOB_END + """
+CLAIM = define("job.claim", JOB_END + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st ~= 'queued' then return st end
@@ -36,7 +37,7 @@ take_lease(KEYS[1], KEYS[2], ARGV[3], tonumber(ARGV[2]) + tonumber(ARGV[8]), ARG
 local bid = redis.call('HGET', KEYS[1], 'batch_id')
 if bid and bid ~= '' then redis.call('HSETNX', batch_key(ARGV[7], bid), 'started_at', ARGV[2]) end
 return 'claimed'
-"""
+""")
 
 # Ending a job with an outcome, for FINISH and CREATE_FINISHED. KEYS: job, tokens stream, history
 # list, leases, webhook outbox, active batches. ARGV[2..13]: status, now, job ttl, fields (JSON object
@@ -65,18 +66,18 @@ end
 
 # KEYS and ARGV[2..13] as ``_END``; ARGV[1]: attempt_token. Only the attempt that owns the job can
 # finish it, exactly once. Returns 1 if it did.
-FINISH = _END + """
+FINISH = define("job.finish", _END + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
 end_job()
 return 1
-"""
+""")
 
 # KEYS and ARGV[2..13] as ``_END``; ARGV[1]: the job record (JSON object of strings), ARGV[14]: its
 # output. Stores a job that is finished already (a cache hit): the record, its text on the stream, then
 # the end, as a worker's finish would. A batch item written queued a moment ago is finished only if
 # still queued.
-CREATE_FINISHED = _END + """
+CREATE_FINISHED = define("job.create_finished", _END + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if st and st ~= 'queued' then return 0 end
 for k, v in pairs(cjson.decode(ARGV[1])) do redis.call('HSET', KEYS[1], k, v) end
@@ -87,13 +88,13 @@ if ARGV[14] ~= '' then
 end
 end_job()
 return 1
-"""
+""")
 
 # KEYS: job, tokens stream, leases, webhook outbox, active batches. ARGV: owner, now, events channel,
 # cancel channel, stream ttl, batch key prefix (``Keys.batch("")``), batch events channel. Returns the
 # status afterwards ("dequeued": it was queued and is canceled now; "running": a stop was requested),
 # or "missing".
-CANCEL = JOB_END + """
+CANCEL = define("job.cancel", JOB_END + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'missing' end
 local id = redis.call('HGET', KEYS[1], 'id')
@@ -114,15 +115,15 @@ if st == 'running' then
   redis.call('PUBLISH', ARGV[4], id)
 end
 return st
-"""
+""")
 
 # KEYS: job. ARGV: attempt_token ('' : any attempt), refund ("1": the attempt does not count, it only
 # waited). Hands a running job back to the queue (warm shutdown, lapsed lease, an identical job
 # generating). Returns 1 if it did.
-REQUEUE = """
+REQUEUE = define("job.requeue", """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'attempt_token', '')
 if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
 return 1
-"""
+""")

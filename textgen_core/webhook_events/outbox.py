@@ -27,7 +27,8 @@ from textgen_core.batches import BatchRecord
 from textgen_core.jobs import JobRecord
 from textgen_core.keys import Keys
 from textgen_core.responses import is_response, webhook_event, webhook_payload
-from textgen_core.scripts import OUTBOX_LEASE, OUTBOX_TAKE, Scripts
+from textgen_core.scripts import Scripts
+from textgen_core.scripts import outbox as outbox_scripts
 from textgen_core.store import AsyncJobStore, Call, JobStore
 from textgen_core.webhook_events.emitter import AsyncWebhookEmitter, WebhookEmitter, batch_payload, job_payload
 
@@ -83,7 +84,7 @@ class JobEnded(NamedTuple):
 class OutboxCore:
     """What both shells share: the scripts' arguments, and which events a terminal transition makes."""
 
-    SCRIPTS = (OUTBOX_TAKE, OUTBOX_LEASE)
+    SCRIPTS = (outbox_scripts.TAKE, outbox_scripts.LEASE)
 
     def __init__(self, keys: Keys, lease_seconds: float):
         self.keys = keys
@@ -101,11 +102,13 @@ class OutboxCore:
 
     def take(self, event: str, object_id: str) -> Call:
         now = time.time()
-        return Call(OUTBOX_TAKE, [self.keys.webhook_outbox], [member(event, object_id), now, now + self.lease_seconds])
+        return Call(outbox_scripts.TAKE, [self.keys.webhook_outbox],
+                    [member(event, object_id), now, now + self.lease_seconds])
 
     def lease(self, grace_seconds: float, limit: int) -> Call:
         now = time.time()
-        return Call(OUTBOX_LEASE, [self.keys.webhook_outbox], [now - grace_seconds, limit, now + self.lease_seconds])
+        return Call(outbox_scripts.LEASE, [self.keys.webhook_outbox],
+                    [now - grace_seconds, limit, now + self.lease_seconds])
 
     @staticmethod
     def entries(reply: list[str]) -> list[tuple[str, str]]:
