@@ -19,8 +19,8 @@ import redis
 from textgen_cli.redis_server import start_redis
 from textgen_core.keys import Keys
 from textgen_core.settings import Settings
+from textgen_core.webhook_events.emitter import make_delivery
 from textgen_core.webhooks.delivery import Outcome, WebhookDeliverer
-from textgen_core.webhooks.events import make_delivery
 
 
 class Sink(BaseHTTPRequestHandler):

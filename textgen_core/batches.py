@@ -2,9 +2,9 @@
 
 Each item is an ordinary job record on the bulk lane carrying ``batch_id`` and ``custom_id``,
 so items use the same claim/finish scripts as interactive jobs; those scripts keep the batch's
-counts (see ``batch_settle``). A batch is ``validating`` while its items are written,
-``in_progress`` once they are all enqueued, ``cancelling`` after a cancel, and ends
-``completed`` (every item ended, some may have failed), ``canceled`` or ``failed``.
+counts (``settle_batch_item`` in ``textgen_core/scripts/fragments.py``). A batch is ``validating``
+while its items are written, ``in_progress`` once they are all enqueued, ``cancelling`` after a
+cancel, and ends ``completed`` (every item ended, some may have failed), ``canceled`` or ``failed``.
 """
 
 from __future__ import annotations

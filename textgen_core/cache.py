@@ -39,7 +39,9 @@ from textgen_core import metrics
 from textgen_core.jobs import ChatMessage, JobRecord, SamplingParams, turn_messages
 from textgen_core.keys import Keys
 from textgen_core.modes import TEMPLATE_VERSION, build_messages
-from textgen_core.scripts import Scripts, define
+from textgen_core.scripts import Scripts
+from textgen_core.scripts import cache as cache_scripts
+from textgen_core.store import Call
 
 if TYPE_CHECKING:
     from textgen_core.engine.loader import LoadedModel
@@ -148,18 +150,41 @@ def hit_outcome(job: JobRecord, entry: CacheEntry, seconds: float) -> tuple[dict
     return fields, turn_messages(job, entry.output)
 
 
-def _stats_update(pipe: Any, keys: Keys, hits: int, misses: int, written: int) -> None:
-    for field, value in (("hits", hits), ("misses", misses), ("bytes_written", written)):
-        if value:
-            pipe.hincrby(keys.cache_stats, field, value)
-    pipe.expire(keys.cache_stats, STATS_TTL_SECONDS)
+STATS_FIELDS = ("hits", "misses", "bytes_written")
 
 
-# KEYS: lead. ARGV: job id. Gives the lead up only if this job still holds it.
-RELEASE_LEAD = define("cache.release_lead", """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-""")
+@dataclass(frozen=True)
+class ResultCacheCore:
+    """What both shells share: key names, the pipelined writes, the script call, reply parsing (no I/O)."""
+
+    keys: Keys
+
+    def entry_keys(self, digests: list[str]) -> list[str]:
+        return [self.keys.cache_entry(d) for d in digests]
+
+    @staticmethod
+    def entries(raw: list[str | None]) -> list[CacheEntry | None]:
+        return [CacheEntry.decode(value) for value in raw]
+
+    def queue_stats(self, pipe: Any, hits: int, misses: int, written: int) -> None:
+        for field, value in zip(STATS_FIELDS, (hits, misses, written), strict=True):
+            if value:
+                pipe.hincrby(self.keys.cache_stats, field, value)
+        pipe.expire(self.keys.cache_stats, STATS_TTL_SECONDS)
+
+    @staticmethod
+    def stats(raw: dict[str, str]) -> dict[str, int]:
+        return {name: int(raw.get(name) or 0) for name in STATS_FIELDS}
+
+    def queue_store(self, pipe: Any, job: JobRecord, digest: str, entry: CacheEntry) -> int:
+        """Queue the entry and its miss on ``pipe``; returns the bytes written."""
+        data = entry.encode()
+        pipe.set(self.keys.cache_entry(digest), data, ex=job.cache_ttl or 3600)
+        self.queue_stats(pipe, 0, 1, len(data.encode()))
+        return len(data.encode())
+
+    def release_lead(self, digest: str, job_id: str) -> Call:
+        return Call(cache_scripts.RELEASE_LEAD, [self.keys.cache_lead(digest)], [job_id])
 
 
 class HandBack:
@@ -200,7 +225,9 @@ class Flight:
 
 @dataclass
 class ResultCache:
-    """Worker side: look a claimed job up under this worker's profile, lead or follow its key, write entries."""
+    """Synchronous shell (workers): the methods of :class:`AsyncResultCache`, and ``begin``, the worker's
+    single flight (look a claimed job up under this worker's profile, lead or follow its key), which
+    waits by blocking and so has no asyncio twin: the API never generates, so it never leads a key."""
 
     client: redis.Redis  # the cache's Redis (the main one unless settings.cache_redis_url)
     keys: Keys
@@ -208,8 +235,11 @@ class ResultCache:
     wait_seconds: float
     lead_ttl: int
 
+    SOURCE = "worker"  # the ``source`` label of the hits this shell counts
+
     def __post_init__(self) -> None:
-        self._scripts = Scripts(self.client, RELEASE_LEAD)
+        self.core = ResultCacheCore(self.keys)
+        self._scripts = Scripts(self.client, cache_scripts.RELEASE_LEAD)
 
     def begin(self, job: JobRecord, cancel_requested: Callable[[], bool], running: Callable[[str], bool],
               may_hand_back: bool = False) -> CacheEntry | Flight | HandBack | None:
@@ -257,48 +287,80 @@ class ResultCache:
             return bool(self.client.expire(lead_key, self.lead_ttl))
         return bool(self.client.set(lead_key, job_id, nx=True, ex=self.lead_ttl))
 
+    def lookup(self, digests: list[str]) -> list[CacheEntry | None]:
+        """The entries of ``digests`` (None where there is none), in one round trip."""
+        if not digests:
+            return []
+        return self.core.entries(self.client.mget(self.core.entry_keys(digests)))  # type: ignore[arg-type]
+
     def store(self, job: JobRecord, digest: str, entry: CacheEntry) -> None:
-        data = entry.encode()
+        """Keep ``entry`` for the job's TTL and count the miss that made it."""
         pipe = self.client.pipeline(transaction=False)
-        pipe.set(self.keys.cache_entry(digest), data, ex=job.cache_ttl or 3600)
-        _stats_update(pipe, self.keys, 0, 1, len(data.encode()))
+        written = self.core.queue_store(pipe, job, digest, entry)
         pipe.execute()
         metrics.CACHE_MISSES.labels(job.model).inc()
-        metrics.CACHE_BYTES.labels(job.model).inc(len(data.encode()))
+        metrics.CACHE_BYTES.labels(job.model).inc(written)
 
     def release_lead(self, digest: str, job_id: str) -> None:
-        self._scripts[RELEASE_LEAD](keys=[self.keys.cache_lead(digest)], args=[job_id])
+        """Give the lead on ``digest`` up if ``job_id`` still holds it."""
+        call = self.core.release_lead(digest, job_id)
+        self._scripts[call.script](keys=call.keys, args=call.args)
 
-    def count_hit(self, job: JobRecord) -> None:
-        metrics.CACHE_HITS.labels(job.model, "worker").inc()
+    def count_hits(self, model: str, hits: int = 1) -> None:
+        """Count ``hits`` answers from the cache; a Redis error only loses the count (logged)."""
+        metrics.CACHE_HITS.labels(model, self.SOURCE).inc(hits)
         try:
             pipe = self.client.pipeline(transaction=False)
-            _stats_update(pipe, self.keys, 1, 0, 0)
+            self.core.queue_stats(pipe, hits, 0, 0)
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("cache stats not counted: %s", exc)
 
+    def stats(self) -> dict[str, int]:
+        """Hits, misses and bytes written, for ``/v1/cache/stats``."""
+        return self.core.stats(self.client.hgetall(self.keys.cache_stats))  # type: ignore[arg-type]
+
 
 class AsyncResultCache:
-    """API side: read entries for jobs about to be stored, count hits, read the stats."""
+    """Asyncio shell (the API): read entries for jobs about to be stored, count hits, read the stats."""
+
+    SOURCE = "api"
 
     def __init__(self, client: aioredis.Redis, keys: Keys):
-        self.r = client
+        self.client = client
         self.keys = keys
+        self.core = ResultCacheCore(keys)
+        self._scripts = Scripts(client, cache_scripts.RELEASE_LEAD)
 
     async def lookup(self, digests: list[str]) -> list[CacheEntry | None]:
+        """As :meth:`ResultCache.lookup`."""
         if not digests:
             return []
-        raw: list[str | None] = await self.r.mget(  # type: ignore[assignment]
-            [self.keys.cache_entry(d) for d in digests])
-        return [CacheEntry.decode(value) for value in raw]
+        return self.core.entries(await self.client.mget(self.core.entry_keys(digests)))
 
-    async def count_hits(self, model: str, hits: int) -> None:
-        metrics.CACHE_HITS.labels(model, "api").inc(hits)
-        async with self.r.pipeline(transaction=False) as pipe:
-            _stats_update(pipe, self.keys, hits, 0, 0)
+    async def store(self, job: JobRecord, digest: str, entry: CacheEntry) -> None:
+        """As :meth:`ResultCache.store`."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            written = self.core.queue_store(pipe, job, digest, entry)
             await pipe.execute()
+        metrics.CACHE_MISSES.labels(job.model).inc()
+        metrics.CACHE_BYTES.labels(job.model).inc(written)
+
+    async def release_lead(self, digest: str, job_id: str) -> None:
+        """As :meth:`ResultCache.release_lead`."""
+        call = self.core.release_lead(digest, job_id)
+        await self._scripts[call.script](keys=call.keys, args=call.args)
+
+    async def count_hits(self, model: str, hits: int = 1) -> None:
+        """As :meth:`ResultCache.count_hits`."""
+        metrics.CACHE_HITS.labels(model, self.SOURCE).inc(hits)
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                self.core.queue_stats(pipe, hits, 0, 0)
+                await pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("cache stats not counted: %s", exc)
 
     async def stats(self) -> dict[str, int]:
-        raw = await self.r.hgetall(self.keys.cache_stats)
-        return {name: int(raw.get(name) or 0) for name in ("hits", "misses", "bytes_written")}
+        """As :meth:`ResultCache.stats`."""
+        return self.core.stats(await self.client.hgetall(self.keys.cache_stats))

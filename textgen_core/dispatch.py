@@ -10,7 +10,7 @@ heartbeat while it sends) and removes it once every item message is sent. A dead
 means the message or its dispatcher may be gone: one reaper (whichever runs the script first) pushes
 the deadline on and sends the chunk's message again; a chunk of a batch no longer active is
 dropped. A message that merely waits its turn in a long bulk queue also passes its deadline, so
-each further re-send of a chunk nobody took over waits twice as long (``REAP``). A copy that
+each further re-send of a chunk nobody took over waits twice as long (``scripts/dispatch.py``). A copy that
 runs after the chunk was dispatched finds no entry and does nothing, and an item sent twice is
 claimed once.
 """
@@ -25,7 +25,8 @@ import redis
 import redis.asyncio as aioredis
 
 from textgen_core.keys import Keys
-from textgen_core.scripts import Scripts, define
+from textgen_core.scripts import Scripts
+from textgen_core.scripts import dispatch as dispatch_scripts
 
 
 class Chunk(NamedTuple):
@@ -43,41 +44,6 @@ class Chunk(NamedTuple):
         batch_id, rest = member.split("|", 1)
         model, start, stop = rest.rsplit("|", 2)
         return cls(batch_id, model, int(start), int(stop))
-
-
-# KEYS: dispatch set, active batches, re-sends. ARGV: member, batch id, new deadline. The dispatch
-# task takes the chunk over: 1 if its entry is there and its batch active (deadline moved on, the
-# re-send count reset), else 0 (already dispatched by another copy, or the batch ended: dropped).
-TAKE = define("dispatch.take", """
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('HDEL', KEYS[3], ARGV[1])
-if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return 0
-end
-redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
-return 1
-""")
-
-# KEYS: dispatch set, active batches, re-sends. ARGV: member, batch id, now, lease seconds, ttl. If
-# the chunk's deadline passed: drop it if its batch ended (0), else push the deadline on (so a lost
-# re-send is reaped again) and return 1 for the caller to re-send. The n-th re-send since the chunk
-# was last taken over waits 2^(n-1) leases (at most 64): a message that is only waiting its turn in
-# a long queue is not copied every lease. One script call, so exactly one reaper wins.
-REAP = define("dispatch.reap", """
-local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not deadline or tonumber(deadline) > tonumber(ARGV[3]) then return 0 end
-if redis.call('SISMEMBER', KEYS[2], ARGV[2]) == 0 then
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[1])
-  return 0
-end
-local n = redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
-redis.call('EXPIRE', KEYS[3], ARGV[5])
-local wait = tonumber(ARGV[4]) * 2 ^ math.min(n - 1, 6)
-redis.call('ZADD', KEYS[1], 'XX', tonumber(ARGV[3]) + wait, ARGV[1])
-return 1
-""")
 
 
 async def record(client: aioredis.Redis, keys: Keys, chunk: Chunk, *, lease_seconds: float, ttl: int) -> None:
@@ -98,12 +64,16 @@ class ChunkLeases:
         self.ttl = ttl
         self._held: dict[int, str] = {}  # task thread id -> member (threads pool: one chunk a thread)
         self._lock = threading.Lock()
-        self._scripts = Scripts(client, TAKE, REAP)
+        self._scripts = Scripts(client, dispatch_scripts.TAKE, dispatch_scripts.REAP)
+
+    def _keys(self) -> list[str]:
+        """KEYS of both scripts: the dispatch set, the active batches, the re-send counts."""
+        return [self.keys.dispatch, self.keys.active_batches, self.keys.dispatch_resends]
 
     def take(self, chunk: Chunk) -> bool:
         """Take the chunk over for this thread; False if there is nothing to dispatch."""
-        taken = self._scripts[TAKE](keys=[self.keys.dispatch, self.keys.active_batches, self.keys.dispatch_resends],
-                                    args=[chunk.member, chunk.batch_id, time.time() + self.lease_seconds])
+        taken = self._scripts[dispatch_scripts.TAKE](keys=self._keys(),
+                                             args=[chunk.member, chunk.batch_id, time.time() + self.lease_seconds])
         if taken:
             with self._lock:
                 self._held[threading.get_ident()] = chunk.member
@@ -139,7 +109,7 @@ class ChunkLeases:
         out: list[Chunk] = []
         for member in lapsed:
             chunk = Chunk.parse(member)
-            if self._scripts[REAP](keys=[self.keys.dispatch, self.keys.active_batches, self.keys.dispatch_resends],
-                                   args=[member, chunk.batch_id, now, self.lease_seconds, self.ttl]):
+            if self._scripts[dispatch_scripts.REAP](keys=self._keys(),
+                                            args=[member, chunk.batch_id, now, self.lease_seconds, self.ttl]):
                 out.append(chunk)
         return out

@@ -18,7 +18,7 @@ from textgen_core.jobs import JobRecord, JobStatus, turn_messages
 from textgen_core.prompt_render import chat_messages
 from textgen_core.settings import Settings
 from textgen_core.store import JobStore
-from textgen_core.webhooks.job_events import JobWebhooks
+from textgen_core.webhook_events.job_events import JobWebhooks
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ class JobExecutor:
         if self.store.finish(job, attempt_token=attempt, status=JobStatus.succeeded, fields=fields,
                              history_append=turn, history_max_turns=self.settings.history_max_turns,
                              history_ttl=self.settings.history_ttl_seconds):
-            self.cache.count_hit(job)
+            self.cache.count_hits(job.model)
             self._observe(job, JobStatus.succeeded)
         return JobStatus.succeeded
 

@@ -89,8 +89,7 @@ class Keys:
     def webhook_outbox(self) -> str:
         """Sorted set: ``event|object_id`` of completion events not yet queued, scored by when recorded
         (or last leased). Owner: whoever queues an entry removes it (the process that ended the object,
-        else the webhook worker's sweeper). The Lua in ``textgen_core/webhooks/outbox_lua.py`` builds
-        this name from the prefix."""
+        else the webhook worker's sweeper). The scripts get this name in KEYS."""
         return f"{self.prefix}:webhook_outbox"
 
     @property
@@ -106,7 +105,8 @@ class Keys:
     def batch(self, batch_id: str) -> str:
         """Hash: a batch record and its counts. TTL: settings.job_ttl_seconds.
 
-        The Lua in ``textgen_core/batch_store.py`` builds this name from the prefix; keep them in step.
+        The job scripts learn a job's batch id only inside Lua, so they build this name there from
+        ``batch("")``, which the caller passes (``textgen_core/scripts/fragments.py``: ``batch_key``).
         """
         return f"{self.prefix}:batch:{batch_id}"
 
@@ -148,7 +148,7 @@ class Keys:
 
     def pending(self, owner: str) -> str:
         """String: count of the owner's accepted jobs not yet finished (the queued-jobs cap).
-        Owner: the job scripts (``textgen_core/pending.py``): +1 on admission, -1 on the terminal
+        Owner: the job scripts (``textgen_core/scripts/pending.py``): +1 on admission, -1 on the terminal
         transition, deleted at zero; TTL: job_ttl_seconds, refreshed on every admission."""
         return f"{self.prefix}:pending:{owner}"
 

@@ -1,7 +1,9 @@
-"""JobStore: job records in Redis hashes, moved between states only by atomic Lua scripts.
+"""JobStore: job records in Redis hashes, moved between states only by atomic Lua scripts
+(``textgen_core/scripts/jobs.py``).
 
-The API holds an :class:`AsyncJobStore` (create, read, cancel); a worker holds a
-:class:`JobStore` (claim, stream, finish). Both encode records the same way, below.
+One core (:class:`JobStoreCore`: the scripts' KEYS and ARGV, reply parsing, no I/O) and two thin
+shells with the same methods: :class:`JobStore` over a synchronous client (workers: claim, stream,
+finish) and :class:`AsyncJobStore` over an asyncio one (the API: create, read, cancel).
 """
 
 from __future__ import annotations
@@ -15,12 +17,11 @@ from typing import Any, NamedTuple
 import redis
 import redis.asyncio as aioredis
 
-from textgen_core.batch_settle import SETTLE_LUA
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.keys import Keys
-from textgen_core.leases import LEASE_LUA
-from textgen_core.pending import ADMIT, RELEASE_PENDING_LUA, WITHDRAW
-from textgen_core.scripts import Scripts, define
+from textgen_core.scripts import Scripts
+from textgen_core.scripts import jobs as job_scripts
+from textgen_core.scripts import pending as pending_scripts
 from textgen_core.webhooks.records import parse_deliveries
 
 log = logging.getLogger(__name__)
@@ -83,162 +84,137 @@ def decode_job(raw: dict[str, str], deliveries: list[str] | None = None) -> JobR
     return JobRecord.model_validate(fields)
 
 
-# KEYS: job. ARGV: worker, now, attempt_token, ttl, max_attempts, events channel, key prefix, lease seconds.
-# Returns "claimed" when this attempt now owns the job (and its lease), else the status it has (another
-# attempt may be running it: a message redelivered while the first delivery still runs must not run it twice).
-CLAIM = define("job.claim", SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return 'missing' end
-if st ~= 'queued' then return st end
-local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-if attempts > tonumber(ARGV[5]) then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'finish_reason', 'error',
-    'error', cjson.encode({message = 'gave up after ' .. ARGV[5] .. ' attempts: the job stopped its '
-      .. 'worker each time', type = 'max_attempts_exceeded'}))
-  release_pending(KEYS[1])
-  drop_lease(KEYS[1], ARGV[7])
-  redis.call('PUBLISH', ARGV[6], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = 'failed'}))
-  settle_batch_item(KEYS[1], ARGV[7], 'failed', ARGV[2])
-  outbox_add(ARGV[7], KEYS[1], 'job.completed', redis.call('HGET', KEYS[1], 'id'), ARGV[2])
-  return 'gave_up'
-end
-redis.call('HSET', KEYS[1], 'status', 'running', 'worker', ARGV[1], 'attempt_token', ARGV[3],
-  'started_at', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[4])
-take_lease(KEYS[1], ARGV[7], ARGV[3], tonumber(ARGV[2]) + tonumber(ARGV[8]), ARGV[4])
-local bid = redis.call('HGET', KEYS[1], 'batch_id')
-if bid and bid ~= '' then redis.call('HSETNX', ARGV[7] .. ':batch:' .. bid, 'started_at', ARGV[2]) end
-return 'claimed'
-""")
+class Call(NamedTuple):
+    """One script call: the registered name, its KEYS and its ARGV."""
 
-# Ending a job with an outcome: KEYS as below; ARGV[2..12] as below (ARGV[1] is the caller's own).
-# Used by FINISH (a worker's attempt) and CREATE_FINISHED (a cache hit answered at submit).
-_END_LUA = SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + """
-local function end_job()
-  redis.call('HSET', KEYS[1], 'status', ARGV[2], 'finished_at', ARGV[3])
-  release_pending(KEYS[1])
-  drop_lease(KEYS[1], ARGV[12])
-  for k, v in pairs(cjson.decode(ARGV[5])) do redis.call('HSET', KEYS[1], k, v) end
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  local entries = cjson.decode(ARGV[6])
-  if #entries > 0 then
-    for _, e in ipairs(entries) do redis.call('RPUSH', KEYS[3], e) end
-    redis.call('LTRIM', KEYS[3], -tonumber(ARGV[7]), -1)
-    redis.call('EXPIRE', KEYS[3], ARGV[8])
-  end
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'end', ARGV[2])
-  redis.call('EXPIRE', KEYS[2], ARGV[10])
-  redis.call('PUBLISH', ARGV[9], cjson.encode({id = redis.call('HGET', KEYS[1], 'id'), status = ARGV[2]}))
-  settle_batch_item(KEYS[1], ARGV[12], ARGV[2], ARGV[3])
-  outbox_add(ARGV[12], KEYS[1], 'job.completed', redis.call('HGET', KEYS[1], 'id'), ARGV[3])
-end
-"""
-
-# KEYS: job, tokens stream, history list. ARGV: attempt_token, status, now, ttl, fields (JSON object
-# of strings), history entries (JSON list of strings), history max, history ttl, events channel,
-# stream ttl, stream maxlen, key prefix. Only the attempt that owns the job can finish it, exactly once.
-FINISH = define("job.finish", _END_LUA + """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-if redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
-end_job()
-return 1
-""")
-
-# KEYS and ARGV[2..12] as FINISH; ARGV[1]: the job record (JSON object of strings), ARGV[13]: its output.
-# Stores a job that is finished already (a cache hit): the record, its text on the stream, then the end,
-# as a worker's finish would. A batch item written queued a moment ago is finished only if still queued.
-CREATE_FINISHED = define("job.create_finished", _END_LUA + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st and st ~= 'queued' then return 0 end
-for k, v in pairs(cjson.decode(ARGV[1])) do redis.call('HSET', KEYS[1], k, v) end
-local bid = redis.call('HGET', KEYS[1], 'batch_id')
-if bid and bid ~= '' then redis.call('HSETNX', ARGV[12] .. ':batch:' .. bid, 'started_at', ARGV[3]) end
-if ARGV[13] ~= '' then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[11], '*', 'd', ARGV[13])
-end
-end_job()
-return 1
-""")
-
-# KEYS: job, tokens stream. ARGV: owner, now, events channel, cancel channel, stream ttl, key prefix.
-# Returns the status afterwards ("running" means a stop was requested), or "missing".
-CANCEL = define("job.cancel", SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'missing' end
-local id = redis.call('HGET', KEYS[1], 'id')
-if st == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'canceled', 'finished_at', ARGV[2], 'finish_reason', 'canceled',
-    'output', '')
-  release_pending(KEYS[1])
-  drop_lease(KEYS[1], ARGV[6])
-  redis.call('XADD', KEYS[2], '*', 'end', 'canceled')
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
-  redis.call('PUBLISH', ARGV[3], cjson.encode({id = id, status = 'canceled'}))
-  settle_batch_item(KEYS[1], ARGV[6], 'canceled', ARGV[2])
-  outbox_add(ARGV[6], KEYS[1], 'job.completed', id, ARGV[2])
-  return 'dequeued'
-end
-if st == 'running' then
-  redis.call('HSET', KEYS[1], 'cancel_requested', '1')
-  redis.call('PUBLISH', ARGV[4], id)
-end
-return st
-""")
-
-# KEYS: job. ARGV: attempt_token, refund ("1": the attempt does not count, it only waited).
-# Hands a running job back to the queue (warm shutdown, lapsed lease, an identical job generating).
-REQUEUE = define("job.requeue", """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'attempt_token', '')
-if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
-return 1
-""")
-
-
-def _end_args(keys: Keys, job: JobRecord, *, status: JobStatus, ttl: int, fields: dict[str, Any],
-              history_append: list[ChatMessage] | None, history_max_turns: int, history_ttl: int,
-              stream_ttl: int, stream_maxlen: int) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV[2..12] of the scripts built on ``_END_LUA``."""
-    encoded = {k: (v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))) for k, v in fields.items()}
-    entries = [m.model_dump_json() for m in history_append or []] if job.conversation_id else []
-    history_key = keys.history(job.owner, job.conversation_id or "-")
-    return ([keys.job(job.id), keys.tokens(job.id), history_key],
-            [status.value, time.time(), ttl, json.dumps(encoded), json.dumps(entries), history_max_turns * 2,
-             history_ttl, keys.events_channel, stream_ttl, stream_maxlen, keys.prefix])
+    script: str
+    keys: list[str]
+    args: list[Any]
 
 
 class Claim(NamedTuple):
     owned: bool  # this attempt runs the job
     status: JobStatus | None  # the job's status afterwards; None: no such job
+    ended: bool = False  # this call ended the job (it gave up after too many attempts)
+
+
+class JobStoreCore:
+    """What both shells share: the scripts' arguments and the meaning of their replies."""
+
+    SCRIPTS = (job_scripts.CLAIM, job_scripts.FINISH, job_scripts.CREATE_FINISHED, job_scripts.CANCEL,
+               job_scripts.REQUEUE, pending_scripts.ADMIT, pending_scripts.WITHDRAW)
+
+    def __init__(self, keys: Keys, *, job_ttl: int, stream_ttl: int, stream_maxlen: int, lease_seconds: float):
+        self.keys = keys
+        self.job_ttl = job_ttl
+        self.stream_ttl = stream_ttl
+        self.stream_maxlen = stream_maxlen
+        self.lease_seconds = lease_seconds
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def record_keys(self, job_id: str) -> tuple[str, str]:
+        """The job hash and its webhook deliveries list, read together by ``get``."""
+        return self.keys.job(job_id), self.keys.webhook_deliveries(job_id)
+
+    @staticmethod
+    def record(raw: dict[str, str], deliveries: list[str], owner: str | None) -> JobRecord | None:
+        """The job read, or None if it is missing or belongs to another owner than ``owner`` (None: any)."""
+        if not raw or (owner is not None and raw.get("owner") != owner):
+            return None
+        return decode_job(raw, deliveries)
+
+    @staticmethod
+    def history(raw: list[str]) -> list[ChatMessage] | None:
+        return [ChatMessage.model_validate_json(m) for m in raw] if raw else None
+
+    # -- transitions ---------------------------------------------------------------------
+
+    def create(self, job: JobRecord, max_pending: int) -> Call:
+        pairs = [item for pair in encode_job(job).items() for item in pair]
+        return Call(pending_scripts.ADMIT, [self.keys.pending(job.owner), self.keys.job(job.id)],
+                    [max_pending, self.job_ttl, self.job_ttl, *pairs])
+
+    @staticmethod
+    def created(reply: Any) -> tuple[bool, int]:
+        stored, count = reply
+        return bool(stored), int(count)
+
+    def delete(self, job_id: str) -> Call:
+        return Call(pending_scripts.WITHDRAW, [self.keys.job(job_id), self.keys.tokens(job_id)], [])
+
+    def claim(self, job_id: str, worker: str, attempt_token: str, max_attempts: int) -> Call:
+        return Call(job_scripts.CLAIM, [self.keys.job(job_id), self.keys.leases, self.keys.webhook_outbox,
+                                self.keys.active_batches],
+                    [worker, time.time(), attempt_token, self.job_ttl, max_attempts, self.keys.events_channel,
+                     self.keys.batch(""), self.lease_seconds, self.keys.batch_events_channel])
+
+    @staticmethod
+    def claimed(reply: str) -> Claim:
+        if reply == "claimed":
+            return Claim(True, JobStatus.running)
+        if reply == "gave_up":
+            return Claim(False, JobStatus.failed, ended=True)
+        return Claim(False, None if reply == "missing" else JobStatus(reply))
+
+    def _end(self, job: JobRecord, status: JobStatus, fields: dict[str, Any],
+             history_append: list[ChatMessage] | None, history_max_turns: int,
+             history_ttl: int) -> tuple[list[str], list[Any]]:
+        """KEYS and ARGV[2..13] of the scripts that end a job with an outcome (``scripts.jobs._END``)."""
+        encoded = {k: (v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))) for k, v in fields.items()}
+        entries = [m.model_dump_json() for m in history_append or []] if job.conversation_id else []
+        keys = self.keys
+        return ([keys.job(job.id), keys.tokens(job.id), keys.history(job.owner, job.conversation_id or "-"),
+                 keys.leases, keys.webhook_outbox, keys.active_batches],
+                [status.value, time.time(), self.job_ttl, json.dumps(encoded), json.dumps(entries),
+                 history_max_turns * 2, history_ttl, keys.events_channel, self.stream_ttl, self.stream_maxlen,
+                 keys.batch(""), keys.batch_events_channel])
+
+    def finish(self, job: JobRecord, attempt_token: str, status: JobStatus, fields: dict[str, Any],
+               history_append: list[ChatMessage] | None, history_max_turns: int, history_ttl: int) -> Call:
+        keys, args = self._end(job, status, fields, history_append, history_max_turns, history_ttl)
+        return Call(job_scripts.FINISH, keys, [attempt_token, *args])
+
+    def create_finished(self, job: JobRecord, fields: dict[str, Any], history_append: list[ChatMessage] | None,
+                        history_max_turns: int, history_ttl: int) -> Call:
+        keys, args = self._end(job, JobStatus.succeeded, fields, history_append, history_max_turns, history_ttl)
+        return Call(job_scripts.CREATE_FINISHED, keys,
+                    [json.dumps(encode_job(job)), *args, str(fields.get("output") or "")])
+
+    def cancel(self, job_id: str, owner: str) -> Call:
+        keys = self.keys
+        return Call(job_scripts.CANCEL, [keys.job(job_id), keys.tokens(job_id), keys.leases, keys.webhook_outbox,
+                                 keys.active_batches],
+                    [owner, time.time(), keys.events_channel, keys.cancel_channel, self.stream_ttl, keys.batch(""),
+                     keys.batch_events_channel])
+
+    @staticmethod
+    def canceled(reply: str) -> str:
+        """The cancel's outcome: "canceled" (it was queued and is now), or the status it has, or "missing"."""
+        return "canceled" if reply == "dequeued" else reply
+
+    def requeue(self, job_id: str, attempt_token: str, refund_attempt: bool) -> Call:
+        return Call(job_scripts.REQUEUE, [self.keys.job(job_id)], [attempt_token, "1" if refund_attempt else "0"])
 
 
 class JobStore:
-    """Worker-side store over a synchronous Redis client.
-
-    ``on_terminal`` (optional) is called with the job id after a call of this store moved a job
-    into a terminal state, exactly once per job; webhooks hang off it (the scripts have already
-    recorded ``job.completed`` in the webhook outbox, so a crash before the hook loses nothing).
-    """
+    """Synchronous shell (workers). ``on_terminal`` (optional) is called with the job id after a call
+    of this store moved a job into a terminal state, exactly once per job; webhooks hang off it (the
+    scripts have already recorded ``job.completed`` in the webhook outbox, so a crash before the hook
+    loses nothing)."""
 
     on_terminal: Callable[[str], None] | None = None
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, job_ttl: int, stream_ttl: int, stream_maxlen: int,
-                 lease_seconds: float = 30.0):
+    def __init__(self, client: redis.Redis, keys: Keys, *, job_ttl: int, stream_ttl: int,
+                 stream_maxlen: int = 10_000, lease_seconds: float = 30.0):
         self.r = client
         self.keys = keys
-        self.job_ttl = job_ttl
-        self.lease_seconds = lease_seconds
-        self.stream_ttl = stream_ttl
-        self.stream_maxlen = stream_maxlen
-        self._scripts = Scripts(client, CLAIM, FINISH, REQUEUE)
+        self.core = JobStoreCore(keys, job_ttl=job_ttl, stream_ttl=stream_ttl, stream_maxlen=stream_maxlen,
+                                 lease_seconds=lease_seconds)
+        self._scripts = Scripts(client, *JobStoreCore.SCRIPTS)
 
-    def get(self, job_id: str) -> JobRecord | None:
-        pipe = self.r.pipeline(transaction=False)
-        pipe.hgetall(self.keys.job(job_id))
-        pipe.lrange(self.keys.webhook_deliveries(job_id), 0, -1)
-        raw, deliveries = pipe.execute()
-        return decode_job(raw, deliveries) if raw else None
+    def _run(self, call: Call) -> Any:
+        return self._scripts[call.script](keys=call.keys, args=call.args)
 
     def _ended(self, job_id: str) -> None:
         if self.on_terminal is not None:
@@ -247,19 +223,40 @@ class JobStore:
             except Exception:  # a hook must never undo or hide the transition itself
                 log.exception("on_terminal hook failed for %s", job_id)
 
+    def get(self, job_id: str, owner: str | None = None) -> JobRecord | None:
+        """The job, if it exists and (with ``owner``) belongs to ``owner``: others see nothing."""
+        record_key, deliveries_key = self.core.record_keys(job_id)
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(record_key)
+        pipe.lrange(deliveries_key, 0, -1)
+        raw, deliveries = pipe.execute()
+        return self.core.record(raw, deliveries, owner)
+
+    def create(self, job: JobRecord, *, max_pending: int = 0) -> tuple[bool, int]:
+        """Store the job unless its owner already has ``max_pending`` unfinished jobs (0: no cap).
+        Returns whether it was stored and the owner's unfinished jobs afterwards."""
+        return self.core.created(self._run(self.core.create(job, max_pending)))
+
+    def create_finished(self, job: JobRecord, *, fields: dict[str, Any], history_append: list[ChatMessage],
+                        history_max_turns: int, history_ttl: int) -> bool:
+        """Store ``job`` already ``succeeded`` with ``fields`` (a cache hit), ending it as a worker's
+        finish would: stream, history, events, batch counts, ``on_terminal``. False: a batch item that
+        was canceled meanwhile (it keeps that outcome)."""
+        done = bool(self._run(self.core.create_finished(job, fields, history_append, history_max_turns, history_ttl)))
+        if done:
+            self._ended(job.id)
+        return done
+
+    def delete(self, job_id: str) -> None:
+        """Take back a stored job that never reached the queue (and its place under the cap)."""
+        self._run(self.core.delete(job_id))
+
     def claim(self, job_id: str, *, worker: str, attempt_token: str, max_attempts: int) -> Claim:
         """Atomically queued -> running for this attempt; says whether this attempt owns the job."""
-        result = self._scripts[CLAIM](
-            keys=[self.keys.job(job_id)],
-            args=[worker, time.time(), attempt_token, self.job_ttl, max_attempts, self.keys.events_channel,
-                  self.keys.prefix, self.lease_seconds],
-        )
-        if result == "claimed":
-            return Claim(True, JobStatus.running)
-        if result == "gave_up":
+        claim = self.core.claimed(self._run(self.core.claim(job_id, worker, attempt_token, max_attempts)))
+        if claim.ended:
             self._ended(job_id)
-            return Claim(False, JobStatus.failed)
-        return Claim(False, None if result == "missing" else JobStatus(result))
+        return claim
 
     def append_deltas(self, deltas: dict[str, str]) -> None:
         """One pipelined round trip for a decoding step's text deltas of many jobs."""
@@ -268,112 +265,135 @@ class JobStore:
         pipe = self.r.pipeline(transaction=False)
         for job_id, text in deltas.items():
             key = self.keys.tokens(job_id)
-            pipe.xadd(key, {"d": text}, maxlen=self.stream_maxlen, approximate=True)
-            pipe.expire(key, self.stream_ttl)
+            pipe.xadd(key, {"d": text}, maxlen=self.core.stream_maxlen, approximate=True)
+            pipe.expire(key, self.core.stream_ttl)
         pipe.execute()
 
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(self.keys.job(job_id), "cancel_requested") == "1"
 
-    def finish(
-        self,
-        job: JobRecord,
-        *,
-        attempt_token: str,
-        status: JobStatus,
-        fields: dict[str, Any],
-        history_append: list[ChatMessage] | None = None,
-        history_max_turns: int = 20,
-        history_ttl: int = 3600,
-    ) -> bool:
+    def finish(self, job: JobRecord, *, attempt_token: str, status: JobStatus, fields: dict[str, Any],
+               history_append: list[ChatMessage] | None = None, history_max_turns: int = 20,
+               history_ttl: int = 3600) -> bool:
         """Write the outcome (and append history) if this attempt still owns the job."""
-        keys, args = _end_args(self.keys, job, status=status, ttl=self.job_ttl, fields=fields,
-                               history_append=history_append, history_max_turns=history_max_turns,
-                               history_ttl=history_ttl, stream_ttl=self.stream_ttl, stream_maxlen=self.stream_maxlen)
-        done = self._scripts[FINISH](keys=keys, args=[attempt_token, *args])
+        done = bool(self._run(self.core.finish(job, attempt_token, status, fields, history_append,
+                                               history_max_turns, history_ttl)))
         if done:
             self._ended(job.id)
-        return bool(done)
+        return done
 
     def requeue(self, job_id: str, attempt_token: str = "", *, refund_attempt: bool = False) -> bool:
         """Hand a running job back to its queue (``refund_attempt``: the attempt only waited)."""
-        return bool(self._scripts[REQUEUE](keys=[self.keys.job(job_id)],
-                                           args=[attempt_token, "1" if refund_attempt else "0"]))
+        return bool(self._run(self.core.requeue(job_id, attempt_token, refund_attempt)))
+
+    def cancel(self, job_id: str, owner: str) -> str:
+        """Cancel the owner's job: "canceled" if it was queued (it ends now), "running" if a stop was
+        requested, else its status or "missing"."""
+        outcome = self.core.canceled(self._run(self.core.cancel(job_id, owner)))
+        if outcome == "canceled":
+            self._ended(job_id)
+        return outcome
+
+    def history(self, owner: str, conversation_id: str) -> list[ChatMessage] | None:
+        return self.core.history(self.r.lrange(self.keys.history(owner, conversation_id), 0, -1))  # type: ignore[arg-type]
+
+    def delete_history(self, owner: str, conversation_id: str) -> bool:
+        return bool(self.r.delete(self.keys.history(owner, conversation_id)))
 
 
 class AsyncJobStore:
-    """API-side store over an asyncio Redis client. ``on_terminal`` as in :class:`JobStore`."""
+    """Asyncio shell (the API): the methods of :class:`JobStore`, awaited. ``on_terminal`` likewise."""
 
     on_terminal: Callable[[str], Awaitable[None]] | None = None
 
     def __init__(self, client: aioredis.Redis, keys: Keys, *, job_ttl: int, stream_ttl: int,
-                 stream_maxlen: int = 10_000):
+                 stream_maxlen: int = 10_000, lease_seconds: float = 30.0):
         self.r = client
         self.keys = keys
-        self.job_ttl = job_ttl
-        self.stream_ttl = stream_ttl
-        self.stream_maxlen = stream_maxlen
-        self._scripts = Scripts(client, CANCEL, CREATE_FINISHED, ADMIT, WITHDRAW)
+        self.core = JobStoreCore(keys, job_ttl=job_ttl, stream_ttl=stream_ttl, stream_maxlen=stream_maxlen,
+                                 lease_seconds=lease_seconds)
+        self._scripts = Scripts(client, *JobStoreCore.SCRIPTS)
 
-    async def create(self, job: JobRecord, *, max_pending: int = 0) -> tuple[bool, int]:
-        """Store the job unless its owner already has ``max_pending`` unfinished jobs (0: no cap).
-        Returns whether it was stored and the owner's unfinished jobs afterwards."""
-        pairs = [item for pair in encode_job(job).items() for item in pair]
-        stored, count = await self._scripts[ADMIT](
-            keys=[self.keys.pending(job.owner), self.keys.job(job.id)],
-            args=[max_pending, self.job_ttl, self.job_ttl, *pairs],
-        )
-        return bool(stored), int(count)
+    async def _run(self, call: Call) -> Any:
+        return await self._scripts[call.script](keys=call.keys, args=call.args)
 
-    async def create_finished(self, job: JobRecord, *, fields: dict[str, Any], history_append: list[ChatMessage],
-                              history_max_turns: int, history_ttl: int) -> bool:
-        """Store ``job`` already ``succeeded`` with ``fields`` (a cache hit), ending it as a worker's
-        finish would: stream, history, events, batch counts, ``on_terminal``. False: a batch item that
-        was canceled meanwhile (it keeps that outcome)."""
-        keys, args = _end_args(self.keys, job, status=JobStatus.succeeded, ttl=self.job_ttl, fields=fields,
-                               history_append=history_append, history_max_turns=history_max_turns,
-                               history_ttl=history_ttl, stream_ttl=self.stream_ttl, stream_maxlen=self.stream_maxlen)
-        done = await self._scripts[CREATE_FINISHED](keys=keys, args=[json.dumps(encode_job(job)), *args,
-                                                            str(fields.get("output") or "")])
-        if done and self.on_terminal is not None:
-            try:
-                await self.on_terminal(job.id)
-            except Exception:
-                log.exception("on_terminal hook failed for %s", job.id)
-        return bool(done)
-
-    async def delete(self, job_id: str) -> None:
-        """Take back a stored job that never reached the queue (and its place under the cap)."""
-        await self._scripts[WITHDRAW](keys=[self.keys.job(job_id), self.keys.tokens(job_id)])
-
-    async def get(self, job_id: str, owner: str) -> JobRecord | None:
-        """The job if it exists and belongs to ``owner`` (others see nothing)."""
-        async with self.r.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.job(job_id))
-            pipe.lrange(self.keys.webhook_deliveries(job_id), 0, -1)
-            raw, deliveries = await pipe.execute()
-        if not raw or raw.get("owner") != owner:
-            return None
-        return decode_job(raw, deliveries)
-
-    async def cancel(self, job_id: str, owner: str) -> str:
-        outcome: str = await self._scripts[CANCEL](
-            keys=[self.keys.job(job_id), self.keys.tokens(job_id)],
-            args=[owner, time.time(), self.keys.events_channel, self.keys.cancel_channel, self.stream_ttl,
-                  self.keys.prefix],
-        )
-        if outcome != "dequeued":
-            return outcome
+    async def _ended(self, job_id: str) -> None:
         if self.on_terminal is not None:
             try:
                 await self.on_terminal(job_id)
-            except Exception:
+            except Exception:  # a hook must never undo or hide the transition itself
                 log.exception("on_terminal hook failed for %s", job_id)
-        return "canceled"
+
+    async def get(self, job_id: str, owner: str | None = None) -> JobRecord | None:
+        """As :meth:`JobStore.get`."""
+        record_key, deliveries_key = self.core.record_keys(job_id)
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(record_key)
+            pipe.lrange(deliveries_key, 0, -1)
+            raw, deliveries = await pipe.execute()
+        return self.core.record(raw, deliveries, owner)
+
+    async def create(self, job: JobRecord, *, max_pending: int = 0) -> tuple[bool, int]:
+        """As :meth:`JobStore.create`."""
+        return self.core.created(await self._run(self.core.create(job, max_pending)))
+
+    async def create_finished(self, job: JobRecord, *, fields: dict[str, Any], history_append: list[ChatMessage],
+                              history_max_turns: int, history_ttl: int) -> bool:
+        """As :meth:`JobStore.create_finished`."""
+        done = bool(await self._run(self.core.create_finished(job, fields, history_append, history_max_turns,
+                                                              history_ttl)))
+        if done:
+            await self._ended(job.id)
+        return done
+
+    async def delete(self, job_id: str) -> None:
+        """As :meth:`JobStore.delete`."""
+        await self._run(self.core.delete(job_id))
+
+    async def claim(self, job_id: str, *, worker: str, attempt_token: str, max_attempts: int) -> Claim:
+        """As :meth:`JobStore.claim`."""
+        claim = self.core.claimed(await self._run(self.core.claim(job_id, worker, attempt_token, max_attempts)))
+        if claim.ended:
+            await self._ended(job_id)
+        return claim
+
+    async def append_deltas(self, deltas: dict[str, str]) -> None:
+        """As :meth:`JobStore.append_deltas`."""
+        if not deltas:
+            return
+        async with self.r.pipeline(transaction=False) as pipe:
+            for job_id, text in deltas.items():
+                key = self.keys.tokens(job_id)
+                pipe.xadd(key, {"d": text}, maxlen=self.core.stream_maxlen, approximate=True)
+                pipe.expire(key, self.core.stream_ttl)
+            await pipe.execute()
+
+    async def cancel_requested(self, job_id: str) -> bool:
+        return await self.r.hget(self.keys.job(job_id), "cancel_requested") == "1"
+
+    async def finish(self, job: JobRecord, *, attempt_token: str, status: JobStatus, fields: dict[str, Any],
+                     history_append: list[ChatMessage] | None = None, history_max_turns: int = 20,
+                     history_ttl: int = 3600) -> bool:
+        """As :meth:`JobStore.finish`."""
+        done = bool(await self._run(self.core.finish(job, attempt_token, status, fields, history_append,
+                                                     history_max_turns, history_ttl)))
+        if done:
+            await self._ended(job.id)
+        return done
+
+    async def requeue(self, job_id: str, attempt_token: str = "", *, refund_attempt: bool = False) -> bool:
+        """As :meth:`JobStore.requeue`."""
+        return bool(await self._run(self.core.requeue(job_id, attempt_token, refund_attempt)))
+
+    async def cancel(self, job_id: str, owner: str) -> str:
+        """As :meth:`JobStore.cancel`."""
+        outcome = self.core.canceled(await self._run(self.core.cancel(job_id, owner)))
+        if outcome == "canceled":
+            await self._ended(job_id)
+        return outcome
 
     async def history(self, owner: str, conversation_id: str) -> list[ChatMessage] | None:
-        raw = await self.r.lrange(self.keys.history(owner, conversation_id), 0, -1)
-        return [ChatMessage.model_validate_json(m) for m in raw] if raw else None
+        return self.core.history(await self.r.lrange(self.keys.history(owner, conversation_id), 0, -1))
 
     async def delete_history(self, owner: str, conversation_id: str) -> bool:
         return bool(await self.r.delete(self.keys.history(owner, conversation_id)))

@@ -19,7 +19,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from textgen_core import metrics
-from textgen_core.batch_store import BatchLedger
+from textgen_core.batch_store import BatchStore
 from textgen_core.cache import ResultCache, model_profile
 from textgen_core.dispatch import Chunk, ChunkLeases
 from textgen_core.engine.batching import Engine
@@ -31,8 +31,8 @@ from textgen_core.leases import JobLeases, Reaped
 from textgen_core.messages import BulkSender, Sender, webhook_delivery
 from textgen_core.settings import ModelSpec, Settings, get_settings
 from textgen_core.store import JobStore
-from textgen_core.webhooks.events import WebhookEmitter
-from textgen_core.webhooks.job_events import JobWebhooks
+from textgen_core.webhook_events.emitter import WebhookEmitter
+from textgen_core.webhook_events.job_events import JobWebhooks
 from workers.lanes import BulkGate
 from workers.metrics import serve_metrics
 
@@ -49,7 +49,7 @@ class Runtime:
     engines: dict[str, Any]  # an Engine, or a VllmEngine for models with engine "vllm"
     executor: JobExecutor
     webhooks: JobWebhooks
-    ledger: BatchLedger
+    batches: BatchStore
     leases: JobLeases
     chunks: ChunkLeases
     gates: dict[str, BulkGate]
@@ -192,7 +192,9 @@ def start_runtime(model_ids: list[str], name: str, sender: BulkSender) -> Runtim
         for model_id, engine in engines.items()
     }
     _runtime = Runtime(name=name, settings=settings, client=client, store=store, models=models,
-                       engines=engines, executor=executor, webhooks=webhooks, ledger=BatchLedger(client, keys),
+                       engines=engines, executor=executor, webhooks=webhooks,
+                       batches=BatchStore(client, keys, ttl=settings.job_ttl_seconds,
+                                          stream_ttl=settings.stream_ttl_seconds),
                        leases=JobLeases(client, keys, lease_seconds=settings.lease_seconds,
                                         ttl=settings.job_ttl_seconds),
                        chunks=ChunkLeases(client, keys, lease_seconds=settings.lease_seconds,

@@ -52,7 +52,7 @@ def batch_dispatch(batch_id: str, model: str, start: int, stop: int) -> int:
     if not rt.chunks.take(chunk):
         return 0
     try:
-        ids = rt.ledger.job_ids(batch_id, start, stop)
+        ids = rt.batches.job_ids(batch_id, start, stop)
         delay = rt.settings.test_dispatch_item_delay_seconds
         keys = _keys()
 

@@ -1,5 +1,5 @@
 """The outbox sweeper: a thread in each webhook worker that queues completion events whose
-process died between ending a job or batch and queueing the event (see ``textgen_core.webhooks.outbox``)."""
+process died between ending a job or batch and queueing the event (see ``textgen_core.webhook_events.outbox``)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import threading
 
 import redis
 
-from textgen_core.batch_store import BatchLedger
+from textgen_core.batch_store import BatchStore
 from textgen_core.keys import Keys
 from textgen_core.messages import Sender, webhook_delivery
 from textgen_core.settings import Settings
 from textgen_core.store import JobStore
-from textgen_core.webhooks.events import WebhookEmitter
-from textgen_core.webhooks.outbox import Outbox
+from textgen_core.webhook_events.emitter import WebhookEmitter
+from textgen_core.webhook_events.outbox import Outbox
 from workers.webhook_metrics import OUTBOX_RESENT
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ def outbox(settings: Settings, sender: Sender) -> Outbox:
 
     store = JobStore(client, keys, job_ttl=settings.job_ttl_seconds, stream_ttl=settings.stream_ttl_seconds,
                      stream_maxlen=settings.stream_maxlen)
-    return Outbox(client, keys, WebhookEmitter(client, keys, send), store, BatchLedger(client, keys),
+    batches = BatchStore(client, keys, ttl=settings.job_ttl_seconds, stream_ttl=settings.stream_ttl_seconds)
+    return Outbox(client, keys, WebhookEmitter(client, keys, send), store, batches,
                   lease_seconds=settings.webhook_outbox_grace_seconds)
 
 

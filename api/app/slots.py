@@ -14,16 +14,8 @@ import time
 import redis.asyncio as aioredis
 
 from textgen_core.keys import Keys
-from textgen_core.scripts import Scripts, define
-
-# KEYS: slots. ARGV: now, lease expiry, member, limit, key ttl (s). Returns 1 if a slot was taken.
-ACQUIRE = define("slots.acquire", """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-return 1
-""")
+from textgen_core.scripts import Scripts
+from textgen_core.scripts import slots as slot_scripts
 
 
 class RequestSlots:
@@ -32,13 +24,13 @@ class RequestSlots:
         self.keys = keys
         self.limit = limit
         self.lease_seconds = lease_seconds
-        self._scripts = Scripts(client, ACQUIRE)
+        self._scripts = Scripts(client, slot_scripts.ACQUIRE)
 
     async def acquire(self, owner: str) -> str | None:
         """A slot token for ``owner``, or None when all of its slots are taken."""
         token = secrets.token_hex(8)
         now = time.time()
-        taken = await self._scripts[ACQUIRE](
+        taken = await self._scripts[slot_scripts.ACQUIRE](
             keys=[self.keys.openai_slots(owner)],
             args=[now, now + self.lease_seconds, token, self.limit, self.lease_seconds],
         )

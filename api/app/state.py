@@ -16,8 +16,8 @@ from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.keys import Keys
 from textgen_core.settings import Settings
 from textgen_core.store import AsyncJobStore
-from textgen_core.webhooks.events import AsyncWebhookEmitter
-from textgen_core.webhooks.outbox import AsyncOutbox
+from textgen_core.webhook_events.emitter import AsyncWebhookEmitter
+from textgen_core.webhook_events.outbox import AsyncOutbox
 
 
 @dataclass

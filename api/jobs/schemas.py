@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, StrictBool, field_validator, model_valida
 from api.webhooks.fields import WEBHOOK_DOC, WebhookURL, unique_events
 from textgen_core.jobs import PRIVATE_FIELDS, ChatMessage, Job, JobInput, JobRecord, SamplingParams
 from textgen_core.modes import Mode
-from textgen_core.webhooks.events import job_links
+from textgen_core.webhook_events.emitter import job_links
 from textgen_core.webhooks.models import JobWebhookEvent, default_job_events
 
 CONVERSATION_ID = r"^[A-Za-z0-9_.:-]{1,128}$"

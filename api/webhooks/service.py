@@ -8,8 +8,8 @@ import logging
 
 from api.app.errors import APIError
 from api.app.state import AppState, batch_store
-from textgen_core.webhooks.events import AsyncWebhookEmitter
-from textgen_core.webhooks.outbox import AsyncOutbox
+from textgen_core.webhook_events.emitter import AsyncWebhookEmitter
+from textgen_core.webhook_events.outbox import AsyncOutbox
 from textgen_core.webhooks.records import url_digest
 from textgen_core.webhooks.urls import UnsafeWebhookURL, resolve_async
 
@@ -25,10 +25,7 @@ def install_webhooks(state: AppState) -> None:
     state.webhook_outbox = outbox
 
     async def completed(job_id: str) -> None:
-        await outbox.flush("job.completed", job_id)
-        batch_id = await state.redis.hget(state.keys.job(job_id), "batch_id")
-        if batch_id:
-            await outbox.flush("batch.completed", batch_id)
+        await outbox.job_ended(job_id)
 
     state.store.on_terminal = completed
     settings = state.settings

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import IDLE_MODEL, KEY_A, Stack
 from tests.integration.receiver import Receiver, serve
-from textgen_core.webhooks.outbox import webhook_id_for
+from textgen_core.webhook_events.outbox import webhook_id_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

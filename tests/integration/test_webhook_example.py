@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import Stack, launch_stack
 from textgen_cli.redis_server import free_port
 from textgen_core.settings import DEFAULT_MODEL_ID
-from textgen_core.webhooks.events import make_delivery
+from textgen_core.webhook_events.emitter import make_delivery
 from textgen_core.webhooks.signing import signed_headers
 
 pytestmark = pytest.mark.integration

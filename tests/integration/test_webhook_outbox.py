@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import IDLE_MODEL, Stack
 from tests.integration.receiver import Receiver, serve
-from textgen_core.webhooks.outbox import member, webhook_id_for
+from textgen_core.webhook_events.outbox import member, webhook_id_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -23,8 +23,8 @@ from tests.conftest import (
 from tests.integration.receiver import Receiver, serve
 from textgen_cli.redis_server import free_port
 from textgen_core.settings import Settings
+from textgen_core.webhook_events.emitter import make_delivery
 from textgen_core.webhooks.delivery import Outcome, WebhookDeliverer
-from textgen_core.webhooks.events import make_delivery
 from textgen_core.webhooks.records import parse_deliveries
 
 pytestmark = pytest.mark.integration

@@ -1,11 +1,14 @@
 """The Lua script registry on a real (bundled) redis-server: every defined script compiles, and a
-store call runs each one at least once and does what its store promises."""
+store call runs each one at least once and does what its store promises; and no Lua lives outside
+``textgen_core/scripts/``."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib
 import pkgutil
+import re
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -27,7 +30,7 @@ from textgen_core.jobs import JobInput, JobRecord, JobStatus, SamplingParams
 from textgen_core.keys import Keys
 from textgen_core.leases import JobLeases
 from textgen_core.store import AsyncJobStore, JobStore, encode_job
-from textgen_core.webhooks.outbox import Outbox, member
+from textgen_core.webhook_events.outbox import Outbox, member
 
 OWNER = "owner-1"
 
@@ -81,6 +84,57 @@ def test_a_store_binding_an_undefined_script_fails_when_it_is_built(redis_url: s
     bound = scripts.Scripts(redis.Redis.from_url(redis_url), next(iter(scripts.defined())))
     with pytest.raises(scripts.MissingScript, match="not bound"):
         bound["job.requeue"]
+
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS_DIR = ROOT / "textgen_core" / "scripts"
+# What only Lua says: a Redis command call, or a Lua function or local declared in a Python string.
+LUA_MARKERS = re.compile(r"redis\.call\(|redis\.pcall\(|\blocal function\b|\bKEYS\[\d")
+
+
+def lua_outside_the_scripts_package() -> list[str]:
+    found = []
+    for path in sorted(ROOT.rglob("*.py")):
+        relative = path.relative_to(ROOT)
+        skipped = relative.parts[0] in ("tests", "build", "dist") or "site-packages" in relative.parts
+        if skipped or any(part.startswith(".") for part in relative.parts) or path.is_relative_to(SCRIPTS_DIR):
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if LUA_MARKERS.search(line):
+                found.append(f"{relative}:{number}: {line.strip()}")
+    return found
+
+
+def test_no_lua_lives_outside_the_scripts_package() -> None:
+    assert lua_outside_the_scripts_package() == []
+
+
+def test_the_lua_scan_finds_a_script_written_outside_the_package(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "textgen_core" / "scripts").mkdir(parents=True)
+    (tmp_path / "textgen_core" / "scripts" / "ok.py").write_text("X = \"redis.call('GET', KEYS[1])\"\n")
+    (tmp_path / "api").mkdir()
+    (tmp_path / "api" / "stray.py").write_text("Y = \"return redis.call('DEL', KEYS[1])\"\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    monkeypatch.setattr(sys.modules[__name__], "SCRIPTS_DIR", tmp_path / "textgen_core" / "scripts")
+    assert [hit.split(":")[0] for hit in lua_outside_the_scripts_package()] == ["api/stray.py"]
+
+
+def test_every_script_of_the_package_is_registered_by_its_family_module() -> None:
+    """Each family module's public constants are names in the registry (what stores bind), and every
+    registered script comes from one of them."""
+    fragments = importlib.import_module("textgen_core.scripts.fragments")
+    shared = {v for v in vars(fragments).values() if isinstance(v, str)}
+    names: set[str] = set()
+    for info in pkgutil.iter_modules(scripts.__path__):
+        if info.name == "fragments":
+            continue
+        module = importlib.import_module(f"textgen_core.scripts.{info.name}")
+        constants = {v for k, v in vars(module).items()
+                     if k.isupper() and not k.startswith("_") and isinstance(v, str) and v not in shared}
+        assert constants and constants <= set(scripts.defined()), info.name
+        names |= constants
+    assert names == set(scripts.defined())
 
 
 def test_every_defined_script_compiles(redis_url: str) -> None:

@@ -10,8 +10,8 @@ from pydantic import ValidationError
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from textgen_core.settings import Settings
+from textgen_core.webhook_events.emitter import make_delivery, wanted
 from textgen_core.webhooks.delivery import next_delay, parse_retry_after
-from textgen_core.webhooks.events import make_delivery, wanted
 from textgen_core.webhooks.signing import new_secret, signed_headers
 from textgen_core.webhooks.urls import UnsafeWebhookURL, choose, is_public, parse
 

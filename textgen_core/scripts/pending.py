@@ -1,4 +1,4 @@
-"""The per-key count of accepted jobs that have not finished, kept exact inside Redis.
+"""Pending-count scripts: the per-key count of accepted jobs that have not finished, kept exact inside Redis.
 
 Admission and the count change in one script, and every script that moves a job to a
 terminal state releases it in the same atomic step, so the count never drifts with crashes or
@@ -8,22 +8,13 @@ field, so a job is released at most once whichever script ends it.
 A batch counts as its items: ``RESERVE`` takes places for all of them at once (or none), each
 item record then carries ``pending_key`` like a job's, and each releases its own place when it
 ends. Places a batch reserved but never wrote (its acceptance failed) go back with ``UNRESERVE``.
+Ending scripts release a job's place with ``fragments.RELEASE_PENDING``.
 """
 
 from __future__ import annotations
 
 from textgen_core.scripts import define
-
-# A Lua function to prepend to any script that ends a job (finish, cancel, expire, give up).
-RELEASE_PENDING_LUA = """
-local function release_pending(job)
-  local counter = redis.call('HGET', job, 'pending_key')
-  if counter and counter ~= '' then
-    redis.call('HDEL', job, 'pending_key')
-    if redis.call('DECR', counter) <= 0 then redis.call('DEL', counter) end
-  end
-end
-"""
+from textgen_core.scripts.fragments import RELEASE_PENDING
 
 # KEYS: counter, job. ARGV: cap (0 = none), counter ttl, job ttl, then the job's field/value pairs.
 # Returns {1, count} when the job was stored, {0, count} when the owner is at the cap.
@@ -50,7 +41,8 @@ redis.call('EXPIRE', KEYS[1], ARGV[3])
 return {1, count}
 """)
 
-# KEYS: counter. ARGV: places. Gives back places reserved for records that were never written.
+# KEYS: counter. ARGV: places. Gives back places reserved for records that were never written;
+# returns the count afterwards.
 UNRESERVE = define("pending.unreserve", """
 if tonumber(ARGV[1]) <= 0 then return tonumber(redis.call('GET', KEYS[1]) or '0') end
 local count = redis.call('DECRBY', KEYS[1], ARGV[1])
@@ -58,8 +50,9 @@ if count <= 0 then redis.call('DEL', KEYS[1]) end
 return math.max(count, 0)
 """)
 
-# KEYS: job, tokens stream. Takes back a job that was stored but could not be enqueued.
-WITHDRAW = define("pending.withdraw", RELEASE_PENDING_LUA + """
+# KEYS: job, tokens stream. ARGV: none. Takes back a job that was stored but could not be enqueued,
+# with its place under the cap; returns how many keys went.
+WITHDRAW = define("pending.withdraw", RELEASE_PENDING + """
 release_pending(KEYS[1])
 return redis.call('DEL', KEYS[1], KEYS[2])
 """)

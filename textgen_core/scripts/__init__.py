@@ -1,10 +1,18 @@
-"""The one registry of the Lua scripts the stores run.
+"""Every Lua script textgen runs, and the one registry of them.
 
-Each module that owns a script defines it here by name (``define``) next to its KEYS/ARGV
-comment and gets the name back as a constant; a store binds the names it uses when it is built
-(``Scripts``), so a script that was never defined fails at start, not on the first call of a
-rare path, and a misspelt constant is a NameError at import. ``tests/unit/test_scripts.py``
-loads every defined script into a real Redis and runs each one.
+The sources live in this package, one module per family (``jobs``, ``batches``, ``leases``,
+``pending``, ``dispatch``, ``cache``, ``outbox``, ``slots``), each a module-level constant with
+a comment giving its KEYS and ARGV; the shared Lua functions are composed in ``fragments``.
+Key names come in through KEYS, computed by ``textgen_core/keys.py`` (the one exception, a job's
+batch, is documented in ``fragments``). No module outside this package holds Lua
+(``tests/unit/test_scripts.py`` scans the tree for it).
+
+Each family module registers its scripts here by name (``define``) and keeps the name as the
+constant a store imports and binds when it is built (``Scripts``), so a script that was never
+defined fails at start, not on the first call of a rare path, and a misspelt constant is an
+ImportError at import. This module imports nothing of the project (a package ``__init__`` stays
+light), so the family modules may import it.
+``tests/unit/test_scripts.py`` loads every defined script into a real Redis and runs each one.
 """
 
 from __future__ import annotations
@@ -59,3 +67,4 @@ class Scripts:
 
     def __contains__(self, name: object) -> bool:
         return name in self._bound
+

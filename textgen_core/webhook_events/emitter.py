@@ -1,9 +1,11 @@
 """Turning an event into a queued delivery: the one call jobs and batches both use.
 
-``WebhookEmitter.emit`` (workers, synchronous) and ``AsyncWebhookEmitter.emit`` (API) check the
-object's filter, apply an optional throttle shared by every process, build the payload (the
-object exactly as ``GET`` returns it, plus ``type``) and queue it with a fresh ``webhook_id``.
-The sending itself is injected (a Celery ``send_task``), so this module stays free of Celery.
+``emit`` checks the object's filter, applies an optional throttle shared by every process, builds
+the payload (the object exactly as ``GET`` returns it, plus ``type``) and queues it with a fresh
+``webhook_id``. The core (:class:`EmitterCore`, no I/O) decides and builds; the shells
+:class:`WebhookEmitter` (workers, synchronous) and :class:`AsyncWebhookEmitter` (API) only do the
+throttle's ``SET NX`` and the send. The sending itself is injected (a Celery ``send_task``), so this
+module stays free of Celery.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import json
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 import redis.asyncio as aioredis
@@ -59,6 +61,35 @@ def make_delivery(*, owner: str, url: str, event: str, object_id: str, payload: 
                            webhook_id=webhook_id or "msg_" + secrets.token_hex(16), body=body)
 
 
+class Throttle(NamedTuple):
+    """The ``SET key 1 NX PX px`` that lets one throttled event through per interval."""
+
+    key: str
+    px: int
+
+
+@dataclass(frozen=True)
+class EmitterCore:
+    """Whether an event goes out, its throttle, and its delivery message."""
+
+    keys: Keys
+
+    @staticmethod
+    def wanted(url: str | None, event: str, events_filter: Sequence[str] | None) -> bool:
+        return bool(url) and wanted(event, events_filter)
+
+    def throttle(self, object_id: str, event: str, seconds: float | None) -> Throttle | None:
+        if not seconds:
+            return None
+        return Throttle(self.keys.webhook_throttle(object_id, event), max(1, int(seconds * 1000)))
+
+    @staticmethod
+    def delivery(*, owner: str, url: str, event: str, object_id: str, payload: Payload,
+                 webhook_id: str | None) -> DeliveryRequest:
+        return make_delivery(owner=owner, url=url, event=event, object_id=object_id, payload=payload,
+                             webhook_id=webhook_id)
+
+
 @dataclass
 class WebhookEmitter:
     """Queues webhook events from synchronous code (workers)."""
@@ -67,6 +98,9 @@ class WebhookEmitter:
     keys: Keys
     send: Send
 
+    def __post_init__(self) -> None:
+        self.core = EmitterCore(self.keys)
+
     def emit(self, *, owner: str, url: str | None, event: str, object_id: str, payload: Payload,
              events_filter: Sequence[str] | None = None, throttle_seconds: float | None = None,
              webhook_id: str | None = None) -> str | None:
@@ -74,13 +108,13 @@ class WebhookEmitter:
 
         ``webhook_id`` fixes the id (an outbox event, the same on every re-send); by default each
         call is a new event with a fresh id."""
-        if not url or not wanted(event, events_filter):
+        if not url or not self.core.wanted(url, event, events_filter):
             return None
-        if throttle_seconds and not self.client.set(self.keys.webhook_throttle(object_id, event), "1", nx=True,
-                                                    px=max(1, int(throttle_seconds * 1000))):
+        throttle = self.core.throttle(object_id, event, throttle_seconds)
+        if throttle and not self.client.set(throttle.key, "1", nx=True, px=throttle.px):
             return None
-        request = make_delivery(owner=owner, url=url, event=event, object_id=object_id, payload=payload,
-                                webhook_id=webhook_id)
+        request = self.core.delivery(owner=owner, url=url, event=event, object_id=object_id, payload=payload,
+                                     webhook_id=webhook_id)
         self.send(request.model_dump())
         return request.webhook_id
 
@@ -93,16 +127,19 @@ class AsyncWebhookEmitter:
     keys: Keys
     send: AsyncSend
 
+    def __post_init__(self) -> None:
+        self.core = EmitterCore(self.keys)
+
     async def emit(self, *, owner: str, url: str | None, event: str, object_id: str, payload: Payload,
                    events_filter: Sequence[str] | None = None, throttle_seconds: float | None = None,
                    webhook_id: str | None = None) -> str | None:
-        """Same contract as :meth:`WebhookEmitter.emit`."""
-        if not url or not wanted(event, events_filter):
+        """As :meth:`WebhookEmitter.emit`."""
+        if not url or not self.core.wanted(url, event, events_filter):
             return None
-        if throttle_seconds and not await self.client.set(self.keys.webhook_throttle(object_id, event), "1",
-                                                          nx=True, px=max(1, int(throttle_seconds * 1000))):
+        throttle = self.core.throttle(object_id, event, throttle_seconds)
+        if throttle and not await self.client.set(throttle.key, "1", nx=True, px=throttle.px):
             return None
-        request = make_delivery(owner=owner, url=url, event=event, object_id=object_id, payload=payload,
-                                webhook_id=webhook_id)
+        request = self.core.delivery(owner=owner, url=url, event=event, object_id=object_id, payload=payload,
+                                     webhook_id=webhook_id)
         await self.send(request.model_dump())
         return request.webhook_id

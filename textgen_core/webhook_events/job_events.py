@@ -9,12 +9,12 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from textgen_core.batch_store import BatchLedger
+from textgen_core.batch_store import BatchStore
 from textgen_core.batches import BatchStatus
 from textgen_core.jobs import JobRecord
 from textgen_core.store import JobStore
-from textgen_core.webhooks.events import WebhookEmitter, batch_payload, job_payload
-from textgen_core.webhooks.outbox import Outbox
+from textgen_core.webhook_events.emitter import WebhookEmitter, batch_payload, job_payload
+from textgen_core.webhook_events.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,8 @@ class JobWebhooks:
     outbox_lease_seconds: float = 30.0
 
     def __post_init__(self) -> None:
-        self.batches = BatchLedger(self.store.r, self.store.keys)
+        self.batches = BatchStore(self.store.r, self.store.keys, ttl=self.store.core.job_ttl,
+                                  stream_ttl=self.store.core.stream_ttl)
         self.outbox = Outbox(self.store.r, self.store.keys, self.emitter, self.store, self.batches,
                              lease_seconds=self.outbox_lease_seconds)
 
@@ -47,12 +48,12 @@ class JobWebhooks:
 
     def completed(self, job_id: str) -> None:
         """Hooked to the store's terminal transitions, so it runs once per job. The scripts recorded
-        the completion events in the outbox; this queues them at once (the sweeper, if we die first)."""
+        the completion events in the outbox; this queues them at once (the sweeper, if we die first),
+        and, for an item that did not settle its batch, the batch's progress."""
         try:
-            self.outbox.flush("job.completed", job_id)
-            batch_id = self.store.r.hget(self.store.keys.job(job_id), "batch_id")
-            if batch_id and self.outbox.flush("batch.completed", str(batch_id)) is None:
-                self._batch_progress(str(batch_id))
+            ended = self.outbox.job_ended(job_id)
+            if ended.batch_id and ended.batch_event is None:
+                self._batch_progress(ended.batch_id)
         except Exception:  # the job's own outcome never depends on its webhook
             log.exception("could not queue the webhook events of %s", job_id)
 
