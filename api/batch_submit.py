@@ -26,6 +26,7 @@ from api.deps import AppState
 from api.errors import APIError
 from api.metrics import JOBS_SUBMITTED
 from api.model_check import model_not_found
+from api.priority_check import check_priority
 from api.refused_jobs import remove_batch_later
 from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.batches import BatchRecord, ItemSpec, new_batch_id
@@ -33,6 +34,7 @@ from textgen_core.dispatch import Chunk, record
 from textgen_core.jobs import JobRecord
 from textgen_core.keys import BATCH_DISPATCH_TASK
 from textgen_core.modes import Mode
+from textgen_core.priorities import send_options
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +121,7 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
                        what))
     batch = BatchRecord(id=new_batch_id(), owner=owner, model=model_id, mode=mode, total=total,
                         **fields)  # type: ignore[arg-type]
+    check_priority(settings, owner, batch.priority)
     store = batch_store(state)
     await _count_against_limits(state, owner, store, total, tokens, what)
     items = source()
@@ -128,7 +131,8 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
         await store.create(batch)
         while specs := await to_thread.run_sync(lambda: [s for _, _, s in islice(items, chunk)]):
             jobs = [JobRecord.new(owner=owner, model=model_id, mode=s.mode, lane="bulk", input=s.input,
-                                  params=s.params, batch_id=batch.id, custom_id=s.custom_id) for s in specs]
+                                  params=s.params, batch_id=batch.id, custom_id=s.custom_id, priority=batch.priority)
+                    for s in specs]
             if state.cache is not None:
                 for job in jobs:
                     state.cache.mark(state, job, cache)
@@ -136,7 +140,7 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
             written += len(jobs)
             if state.cache is not None:  # hits end now; their queued messages then find them finished
                 await state.cache.answer(state, jobs)
-            await _dispatch(state, batch.id, model_id, written - len(jobs), written)
+            await _dispatch(state, batch.id, model_id, written - len(jobs), written, batch.priority)
         await store.start(batch.id)
     except Exception as exc:  # not all enqueued means not accepted: remove what was written
         log.warning("batch %s not accepted: %s", batch.id, exc)
@@ -146,11 +150,11 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
             remove_batch_later(store, batch.id, owner, total - written)
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
-    JOBS_SUBMITTED.labels(model_id, state.keys.queue(model_id, "bulk"), "bulk").inc(written)
+    JOBS_SUBMITTED.labels(model_id, state.keys.queue(model_id, "bulk"), "bulk", str(batch.priority)).inc(written)
     return await store.get(batch.id, owner) or batch
 
 
-async def _dispatch(state: AppState, batch_id: str, model: str, start: int, stop: int) -> None:
+async def _dispatch(state: AppState, batch_id: str, model: str, start: int, stop: int, priority: int) -> None:
     """Send one chunk's message, noted first in the dispatch set: if the worker that takes it dies
     before it has sent every item, a reaper sends it again (``textgen_core/dispatch.py``)."""
     queue = state.keys.queue(model, "bulk")
@@ -159,5 +163,5 @@ async def _dispatch(state: AppState, batch_id: str, model: str, start: int, stop
                  lease_seconds=state.settings.lease_seconds, ttl=state.settings.job_ttl_seconds)
     await to_thread.run_sync(
         lambda: celery.send_task(BATCH_DISPATCH_TASK, args=[batch_id, model, start, stop], queue=queue,
-                                 retry=False)
+                                 retry=False, **send_options("bulk", priority))
     )

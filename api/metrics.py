@@ -8,6 +8,7 @@ dashboards take ``max`` over replicas; counters are per replica and summed.
 from __future__ import annotations
 
 import json
+import time
 from typing import TYPE_CHECKING
 
 from fastapi import FastAPI
@@ -15,7 +16,7 @@ from prometheus_client import Counter, Gauge, disable_created_metrics
 from prometheus_fastapi_instrumentator import Instrumentator, metrics
 from redis.exceptions import RedisError
 
-from textgen_core.queues import model_queues, queue_depths
+from textgen_core.queues import model_queues, priority_backlog, queue_depths
 
 if TYPE_CHECKING:
     from api.deps import AppState
@@ -23,12 +24,19 @@ if TYPE_CHECKING:
 disable_created_metrics()  # the *_created series only double what Prometheus stores
 
 JOBS_SUBMITTED = Counter("textgen_jobs_submitted", "Jobs accepted (202) and enqueued, batch items included.",
-                         ("model", "queue", "lane"))
+                         ("model", "queue", "lane", "priority"))
 AUTH_FAILURES = Counter("textgen_api_auth_failures", "Requests refused for a missing or unknown API key.",
                         ("reason",))
 RATE_LIMITED = Counter("textgen_api_rate_limited", "Requests refused with 429 by the rate limiter.", ("route",))
 QUEUE_DEPTH = Gauge("textgen_queue_depth", "Messages waiting on a Celery queue (all priorities).",
                     ("model", "queue", "lane"))
+QUEUE_PRIORITY_DEPTH = Gauge(
+    "textgen_queue_priority_depth", "Messages waiting on a Celery queue at one priority (0 highest), as aged.",
+    ("model", "queue", "lane", "priority"))
+QUEUE_OLDEST_AGE = Gauge(
+    "textgen_queue_oldest_age_seconds", "How long the next message of a queue at one priority has waited "
+    "since it was queued (0: none waits). With the depth, the autoscaling signal.",
+    ("model", "queue", "lane", "priority"))
 REDIS_UP = Gauge("textgen_redis_up", "1 when the last scrape could read Redis, else 0.")
 WORKERS = Gauge("textgen_workers", "Live workers (fresh heartbeat) serving a model.", ("model",))
 
@@ -67,8 +75,13 @@ async def refresh_from_redis(state: AppState) -> None:
 
 async def _read_platform(state: AppState) -> None:
     model_ids = [m.id for m in state.settings.models]
-    for queue, depth in (await queue_depths(state.redis, model_queues(state.keys, model_ids))).items():
+    queues = model_queues(state.keys, model_ids)
+    for queue, depth in (await queue_depths(state.redis, queues)).items():
         QUEUE_DEPTH.labels(queue.model, queue.name, queue.lane).set(depth)
+    for b in await priority_backlog(state.redis, queues, time.time()):
+        labels = (b.queue.model, b.queue.name, b.queue.lane, str(b.priority))
+        QUEUE_PRIORITY_DEPTH.labels(*labels).set(b.depth)
+        QUEUE_OLDEST_AGE.labels(*labels).set(round(b.oldest_age_seconds, 3))
     served = dict.fromkeys(model_ids, 0)
     async for key in state.redis.scan_iter(match=state.keys.workers_pattern(), count=100):
         raw = await state.redis.get(key)

@@ -174,6 +174,13 @@ class Settings(BaseSettings):
     bulk_rows_with_interactive: int = Field(default=1, ge=0, le=256)
     # New bulk rows an engine prefills per step: an interactive job arriving waits for that prefill.
     bulk_prefill_rows: int = Field(default=4, ge=1, le=256)
+    # Priorities (textgen_core/priorities.py): 0 highest .. 2 lowest. The best priority each API key
+    # may ask for (keys as in api_keys: plain or "sha256:<hex>"; JSON in the environment), and for
+    # every key not listed; asking better than the ceiling is a 403. A waiting job's priority improves
+    # one level per priority_aging_seconds, in the engine and on the broker.
+    priority_ceilings: dict[str, Annotated[int, Field(ge=0, le=2)]] = Field(default_factory=dict)
+    priority_ceiling_default: int = Field(default=1, ge=0, le=2)
+    priority_aging_seconds: float = Field(default=30.0, gt=0)
     # Rate limits, quotas, idempotency and input hardening (per API key; 0 turns a limit off)
     rate_limit_requests_per_minute: int = Field(default=600, ge=0)
     rate_limit_tokens_per_minute: int = Field(default=200_000, ge=0)  # counted as max_tokens on admission

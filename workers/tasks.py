@@ -8,6 +8,7 @@ from textgen_core.dispatch import Chunk
 from textgen_core.jobs import JobStatus
 from textgen_core.keys import BATCH_DISPATCH_TASK, BATCH_ITEM_TASK, GENERATE_TASK, Keys
 from textgen_core.leases import Reaped
+from textgen_core.priorities import DEFAULT_PRIORITY, send_options
 from workers.app import app
 from workers.runtime import runtime
 
@@ -20,18 +21,25 @@ def generate(job_id: str) -> str | None:
     return status.value if status else None
 
 
+def _priority_of(key: str) -> int:
+    """The priority stored on a job or batch record (1 when it has none)."""
+    return int(runtime().client.hget(key, "priority") or DEFAULT_PRIORITY)  # type: ignore[arg-type]
+
+
 def resend(job: Reaped) -> None:
-    """Send a reaped job's message again, on the lane it came from."""
+    """Send a reaped job's message again, on the lane and at the priority it came with."""
     if job.batch_id:
         send_item(job.job_id, job.batch_id, job.model)
     else:
-        queue = Keys(runtime().settings.key_prefix).queue(job.model, job.lane)
-        app.send_task(GENERATE_TASK, args=[job.job_id], queue=queue, task_id=job.job_id)
+        keys = Keys(runtime().settings.key_prefix)
+        app.send_task(GENERATE_TASK, args=[job.job_id], queue=keys.queue(job.model, job.lane), task_id=job.job_id,
+                      **send_options(job.lane, _priority_of(keys.job(job.job_id))))
 
 
 def send_item(job_id: str, batch_id: str, model: str) -> None:
-    queue = Keys(runtime().settings.key_prefix).queue(model, "bulk")
-    app.send_task(BATCH_ITEM_TASK, args=[job_id, batch_id, model], queue=queue, task_id=job_id)
+    keys = Keys(runtime().settings.key_prefix)
+    app.send_task(BATCH_ITEM_TASK, args=[job_id, batch_id, model], queue=keys.queue(model, "bulk"), task_id=job_id,
+                  **send_options("bulk", _priority_of(keys.job(job_id))))
 
 
 @app.task(name=BATCH_DISPATCH_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
@@ -46,13 +54,15 @@ def batch_dispatch(batch_id: str, model: str, start: int, stop: int) -> int:
     try:
         ids = rt.ledger.job_ids(batch_id, start, stop)
         delay = rt.settings.test_dispatch_item_delay_seconds
+        keys = Keys(rt.settings.key_prefix)
+        priority = _priority_of(keys.batch(batch_id))
         with app.producer_or_acquire() as producer:
-            queue = Keys(rt.settings.key_prefix).queue(model, "bulk")
+            queue = keys.queue(model, "bulk")
             for job_id in ids:
                 if delay:
                     time.sleep(delay)
                 app.send_task(BATCH_ITEM_TASK, args=[job_id, batch_id, model], queue=queue, task_id=job_id,
-                              producer=producer)
+                              producer=producer, **send_options("bulk", priority))
     except BaseException:
         rt.chunks.forget()  # left to lapse: a reaper sends the chunk again
         raise
@@ -62,8 +72,9 @@ def batch_dispatch(batch_id: str, model: str, start: int, stop: int) -> int:
 
 def resend_chunk(chunk: Chunk) -> None:
     """Send a reaped chunk's dispatch message again."""
-    queue = Keys(runtime().settings.key_prefix).queue(chunk.model, "bulk")
-    app.send_task(BATCH_DISPATCH_TASK, args=list(chunk), queue=queue)
+    keys = Keys(runtime().settings.key_prefix)
+    app.send_task(BATCH_DISPATCH_TASK, args=list(chunk), queue=keys.queue(chunk.model, "bulk"),
+                  **send_options("bulk", _priority_of(keys.batch(chunk.batch_id))))
 
 
 @app.task(name=BATCH_ITEM_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

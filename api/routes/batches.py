@@ -125,7 +125,8 @@ async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchOut
 
     try:
         return BatchOut.of(await accept(state, owner, source, model=body.model, mode=body.mode, what="items",
-                                        cache=body.cache, metadata=body.metadata, **_hook(body)))
+                                        cache=body.cache, metadata=body.metadata, priority=body.priority,
+                                        **_hook(body)))
     except APIError as exc:  # name the item, not a line, for inline items
         exc.body.message = exc.body.message.replace("line ", "items.", 1)
         raise
@@ -163,6 +164,7 @@ async def _from_upload(request: Request, state: AppState, owner: str, idem: Idem
         async def create() -> BatchOut:
             return BatchOut.of(await accept(state, owner, source, model=defaults.model, mode=defaults.mode,
                                             what="file", cache=defaults.cache, metadata=defaults.metadata,
+                                            priority=defaults.priority,
                                             **_hook(hook)))
 
         if idem.redis_key is None:
