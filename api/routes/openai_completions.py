@@ -33,6 +33,7 @@ from api.openai_protocol import (
     CompletionRequest,
     openai_finish_reason,
 )
+from api.priority_check import check_priority
 from api.routes.jobs import submit
 from api.schemas import JobCreate
 from api.slots import RequestSlots
@@ -101,6 +102,7 @@ async def _complete(request: Request, state: AppState, owner: str,
         first = exc.errors()[0]
         raise APIError(400, first["msg"], code="invalid_value",
                        param=".".join(str(p) for p in first["loc"]) or None) from exc
+    check_priority(settings, owner, body.priority)  # before any wait: a refusal costs nothing
     slots = RequestSlots(state.redis, state.keys, limit=settings.openai_max_concurrent_per_key,
                          lease_seconds=int(settings.generation_time_limit_seconds * 2))
     slot = await slots.acquire(owner)
