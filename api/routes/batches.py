@@ -21,7 +21,7 @@ from api.batch_results import csv_results, jsonl_results
 from api.batch_schemas import BatchCreate, BatchDefaults, BatchList, BatchOut, OpenAIBatchCreate
 from api.batch_submit import accept, batch_store
 from api.deps import AppState, OwnerDep, StateDep
-from api.errors import ERROR_RESPONSES, APIError, not_found
+from api.errors import CREATE_RESPONSES, ERROR_RESPONSES, APIError, not_found
 from api.idempotency import Idempotency, IdempotencyDep
 from api.request_guard import parsed_body
 from api.safe_json import BadJSON, loads
@@ -74,7 +74,7 @@ def _validate(model: type[Any], data: Any) -> Any:
                          "`file` with defaults as form fields; or OpenAI's `input_file_id` + `endpoint`. "
                          "Any of them may name a `webhook` for `batch.completed` (and `batch.progress`). "
                          "With an `Idempotency-Key`, a repeat of the same request returns the first batch.",
-             openapi_extra=_BODY_DOC)
+             openapi_extra=_BODY_DOC, responses=CREATE_RESPONSES)
 async def create_batch(request: Request, owner: OwnerDep, state: StateDep, response: Response,
                        idem: IdempotencyDep) -> BatchOut:
     content_type = request.headers.get("content-type", "")

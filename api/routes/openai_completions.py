@@ -67,7 +67,7 @@ class OpenAIRoute(APIRoute):
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 429, 503)
 }
 _STREAM = {"text/event-stream": {"schema": {"type": "string"},
                                  "example": 'data: {"id":"chatcmpl-…","choices":[…]}\n\ndata: [DONE]\n\n'}}
