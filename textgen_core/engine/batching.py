@@ -104,6 +104,8 @@ class _Intake:
     def take(self, limit: int) -> list[_Row]:
         with self._lock:
             n = min(max(limit, 0), len(self._rows))
+            if n == 0:
+                return []
             if n == len(self._rows):
                 out, self._rows = list(self._rows), deque()
                 return out
