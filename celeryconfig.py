@@ -1,5 +1,6 @@
 """Every Celery setting, derived from the one settings object (env ``TEXTGEN_*``)."""
 
+from textgen_core.priorities import PRIORITY_STEPS
 from textgen_core.settings import get_settings
 
 _settings = get_settings()
@@ -19,11 +20,14 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 # An unacked message comes back after this; it must exceed the longest job.
-# Lanes: "priority" polls a worker's queues in the order it added them (interactive before bulk),
-# so a waiting interactive message is always taken before the bulk backlog.
+# Lanes and priorities: kombu's BRPOP names one list per priority step, each step across all of a
+# worker's queues, so the steps carry both: interactive priorities 0-2 are steps 0-2, bulk priorities
+# 0-2 are steps 3-5 (textgen_core/priorities.py). A waiting interactive message is always taken before
+# the bulk backlog, and inside a lane the better priority first; "priority" keeps the queues' order.
 broker_transport_options = {
     "visibility_timeout": max(3600, int(_settings.generation_time_limit_seconds * 2)),
     "queue_order_strategy": "priority",
+    "priority_steps": PRIORITY_STEPS,
 }
 
 # Flower and celery-exporter see every task.

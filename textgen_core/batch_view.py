@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from textgen_core.batches import BatchRecord, BatchStatus
 from textgen_core.modes import Mode
+from textgen_core.priorities import DEFAULT_PRIORITY
 from textgen_core.webhooks.models import BatchWebhookEvent, WebhookDelivery, default_batch_events
 
 
@@ -30,6 +31,7 @@ class BatchOut(BaseModel):
     status: str
     model: str
     mode: Mode
+    priority: int = Field(default=DEFAULT_PRIORITY, description="Of every item: 0 (highest) to 2 (lowest).")
     endpoint: str | None
     input_file_id: str | None
     completion_window: str | None
@@ -68,7 +70,8 @@ class BatchOut(BaseModel):
         rate = batch.rate(now)
         base = f"/v1/batches/{batch.id}"
         return cls(
-            id=batch.id, status=status, model=batch.model, mode=batch.mode, endpoint=batch.endpoint,
+            id=batch.id, status=status, model=batch.model, mode=batch.mode, priority=batch.priority,
+            endpoint=batch.endpoint,
             input_file_id=batch.input_file_id, completion_window=batch.completion_window,
             output_file_id=output_file_id(batch.id) if terminal and batch.kind == "openai" else None,
             error_file_id=error_file_id(batch.id) if terminal and batch.kind == "openai" else None,

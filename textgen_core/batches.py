@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from textgen_core.jobs import JobInput, SamplingParams
 from textgen_core.modes import Mode
+from textgen_core.priorities import DEFAULT_PRIORITY
 from textgen_core.webhooks.models import BatchWebhookEvent, WebhookDelivery, default_batch_events
 from textgen_core.webhooks.records import parse_deliveries
 
@@ -51,6 +52,7 @@ class BatchRecord(BaseModel):
     status: BatchStatus = BatchStatus.validating
     model: str
     mode: Mode = Mode.general
+    priority: int = DEFAULT_PRIORITY  # of every item (textgen_core/priorities.py)
     kind: Literal["native", "openai"] = "native"
     endpoint: str | None = None
     input_file_id: str | None = None

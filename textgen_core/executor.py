@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class EngineLike(Protocol):
-    def submit(self, job_id: str, prompt_ids: list[int], params: Any, lane: str = ...) -> Any: ...
+    def submit(self, job_id: str, prompt_ids: list[int], params: Any, lane: str = ..., priority: int = ...) -> Any: ...
     def cancel(self, job_id: str) -> None: ...
 
 
@@ -67,6 +67,7 @@ class JobExecutor:
             return claim.status
         job = self.store.get(job_id)
         assert job is not None
+        metrics.JOBS_STARTED.labels(job.model, self.store.keys.queue(job.model, job.lane), str(job.priority)).inc()
         if self.webhooks is not None:
             self.webhooks.started(job)
         engine = self.engines.get(job.model)
@@ -85,7 +86,7 @@ class JobExecutor:
             ids = render_prompt_ids(self.tokenizers[job.model], job, self.settings.history_max_tokens)
             with self._lock:
                 self._inflight[job_id] = engine
-            future = engine.submit(job_id, ids, job.params, lane=job.lane)
+            future = engine.submit(job_id, ids, job.params, lane=job.lane, priority=job.priority)
             if self.store.cancel_requested(job_id):
                 engine.cancel(job_id)  # asked before we were listening for it
             result = self.webhooks.await_result(job, future) if self.webhooks else future.result()

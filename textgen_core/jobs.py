@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, Field, field_validator, model_validator
 
 from textgen_core.modes import Mode
+from textgen_core.priorities import DEFAULT_PRIORITY, HIGHEST, LOWEST
 from textgen_core.webhooks.models import JobWebhookEvent, WebhookDelivery, default_job_events
 
 
@@ -157,6 +158,8 @@ class Job(BaseModel):
     model: str
     mode: Mode = Mode.general
     lane: str = "interactive"
+    priority: int = Field(default=DEFAULT_PRIORITY, ge=HIGHEST, le=LOWEST,
+                          description="0 (highest) to 2 (lowest); orders work inside its lane.")
     status: JobStatus = JobStatus.queued
     input: JobInput
     params: SamplingParams

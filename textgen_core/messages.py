@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from textgen_core.dispatch import Chunk
 from textgen_core.keys import BATCH_DISPATCH_TASK, BATCH_ITEM_TASK, DELIVER_WEBHOOK_TASK, GENERATE_TASK, Keys
+from textgen_core.priorities import DEFAULT_PRIORITY, send_options
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class Message:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     task_id: str | None = None
     countdown: float | None = None  # seconds before a worker may run it (webhook retries)
+    priority: int | None = None  # the broker step of a job message (``textgen_core.priorities``)
+    headers: Mapping[str, Any] | None = None  # ``enqueued_at`` of a job message, for aging and the gauges
 
     def send_options(self) -> dict[str, Any]:
         """The keyword arguments of Celery's ``send_task`` for this message."""
@@ -36,6 +39,10 @@ class Message:
             options["task_id"] = self.task_id
         if self.countdown is not None:
             options["countdown"] = self.countdown
+        if self.priority is not None:
+            options["priority"] = self.priority
+        if self.headers is not None:
+            options["headers"] = dict(self.headers)
         return options
 
 
@@ -52,19 +59,23 @@ class BulkSender(Sender, Protocol):
     def send_many(self, messages: Iterable[Message]) -> int: ...
 
 
-def generate(keys: Keys, job_id: str, model: str, lane: str = "interactive") -> Message:
-    """Run one job (``textgen.generate``) on its model's queue for ``lane``."""
-    return Message(GENERATE_TASK, keys.queue(model, lane), args=(job_id,), task_id=job_id)
+def generate(keys: Keys, job_id: str, model: str, lane: str = "interactive",
+             priority: int = DEFAULT_PRIORITY) -> Message:
+    """Run one job (``textgen.generate``) on its model's queue for ``lane``, at its priority."""
+    return Message(GENERATE_TASK, keys.queue(model, lane), args=(job_id,), task_id=job_id,
+                   **send_options(lane, priority))
 
 
-def batch_item(keys: Keys, job_id: str, batch_id: str, model: str) -> Message:
+def batch_item(keys: Keys, job_id: str, batch_id: str, model: str, priority: int = DEFAULT_PRIORITY) -> Message:
     """Run one batch item (``textgen.batch_item``); items always travel on the bulk lane."""
-    return Message(BATCH_ITEM_TASK, keys.queue(model, "bulk"), args=(job_id, batch_id, model), task_id=job_id)
+    return Message(BATCH_ITEM_TASK, keys.queue(model, "bulk"), args=(job_id, batch_id, model), task_id=job_id,
+                   **send_options("bulk", priority))
 
 
-def batch_dispatch(keys: Keys, chunk: Chunk) -> Message:
+def batch_dispatch(keys: Keys, chunk: Chunk, priority: int = DEFAULT_PRIORITY) -> Message:
     """Turn one chunk of a batch into its item messages (``textgen.batch_dispatch``), on the bulk lane."""
-    return Message(BATCH_DISPATCH_TASK, keys.queue(chunk.model, "bulk"), args=tuple(chunk))
+    return Message(BATCH_DISPATCH_TASK, keys.queue(chunk.model, "bulk"), args=tuple(chunk),
+                   **send_options("bulk", priority))
 
 
 def webhook_delivery(keys: Keys, request: Mapping[str, Any], countdown: float | None = None) -> Message:

@@ -26,6 +26,8 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 JOB_LABELS = ("model", "queue")
 
+JOBS_STARTED = Counter(
+    "textgen_jobs_started", "Jobs a worker claimed to run (each attempt), by priority.", (*JOB_LABELS, "priority"))
 JOBS_FINISHED = Counter(
     "textgen_jobs_finished", "Jobs that reached a terminal status, by status.", (*JOB_LABELS, "status"))
 QUEUE_WAIT = Histogram(

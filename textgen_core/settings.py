@@ -231,6 +231,17 @@ class Settings(BaseSettings):
     bulk_prefill_rows: int = Field(
         default=4, ge=1, le=256,
         description="New bulk rows an engine prefills per step: an interactive job arriving waits for that prefill.")
+    # Priorities (textgen_core/priorities.py): 0 highest .. 2 lowest.
+    priority_ceilings: dict[str, Annotated[int, Field(ge=0, le=2)]] = Field(
+        default_factory=dict,
+        description="The best priority each API key may ask for (JSON; keys as in `TEXTGEN_API_KEYS`, plain or "
+                    "`sha256:<hex>`); asking better than the ceiling is a 403.")
+    priority_ceiling_default: int = Field(default=1, ge=0, le=2,
+                                          description="The best priority of every key not in `priority_ceilings`.")
+    priority_aging_seconds: float = Field(
+        default=30.0, gt=0,
+        description="A waiting job's priority improves one level per this many seconds, in the engine and on the "
+                    "broker, so the lowest is never starved.")
     # Rate limits, quotas, idempotency and input hardening (per API key; 0 turns a limit off)
     rate_limit_requests_per_minute: int = Field(default=600, ge=0,
                                                 description="Per API key, every `/v1` request; 0 = off.")

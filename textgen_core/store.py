@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.keys import Keys
+from textgen_core.priorities import DEFAULT_PRIORITY
 from textgen_core.scripts import Scripts
 from textgen_core.scripts import jobs as job_scripts
 from textgen_core.scripts import pending as pending_scripts
@@ -49,6 +50,7 @@ def encode_job(job: JobRecord) -> dict[str, str]:
     out["cancel_requested"] = "1" if job.cancel_requested else "0"
     out["cache_ttl"] = "" if job.cache_ttl is None else str(job.cache_ttl)
     out["cached"] = "1" if job.cached else "0"
+    out["priority"] = str(job.priority)
     out["cache_hit"] = "" if timings["cache_hit"] is None else repr(timings["cache_hit"])
     return out
 
@@ -81,6 +83,7 @@ def decode_job(raw: dict[str, str], deliveries: list[str] | None = None) -> JobR
     fields["cancel_requested"] = raw.get("cancel_requested") == "1"
     fields["cache_ttl"] = int(raw["cache_ttl"]) if raw.get("cache_ttl") else None
     fields["cached"] = raw.get("cached") == "1"
+    fields["priority"] = int(raw.get("priority") or DEFAULT_PRIORITY)  # records from before priorities: 1
     return JobRecord.model_validate(fields)
 
 

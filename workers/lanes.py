@@ -13,11 +13,15 @@ import threading
 
 import redis
 
+from textgen_core.queues import priority_lists
+
 
 class BulkGate:
     def __init__(self, client: redis.Redis, interactive_queue: str, slots: int, poll_s: float = 0.05):
         self.client = client
         self.interactive_queue = interactive_queue
+        # Interactive messages of every priority wait on their own list (textgen_core/priorities.py).
+        self._interactive_lists = priority_lists(interactive_queue)
         self.poll_s = poll_s
         self._slots = threading.BoundedSemaphore(slots)
 
@@ -25,7 +29,7 @@ class BulkGate:
         """Wait for a bulk slot; False if interactive work is waiting (the caller must yield)."""
         while not self._slots.acquire(timeout=self.poll_s):
             try:
-                if self.client.llen(self.interactive_queue) > 0:
+                if self.client.exists(*self._interactive_lists):
                     return False
             except redis.RedisError:
                 pass

@@ -19,6 +19,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from textgen_core import metrics
+from textgen_core.aging import BrokerAging
 from textgen_core.batch_store import BatchStore
 from textgen_core.cache import ResultCache, model_profile
 from textgen_core.dispatch import Chunk, ChunkLeases
@@ -33,6 +34,7 @@ from textgen_core.settings import ModelSpec, Settings, get_settings
 from textgen_core.store import JobStore
 from textgen_core.webhook_events.emitter import WebhookEmitter
 from textgen_core.webhook_events.job_events import JobWebhooks
+from workers.aging import start_aging
 from workers.lanes import BulkGate
 from workers.metrics import serve_metrics
 
@@ -113,6 +115,8 @@ class Runtime:
     def start_threads(self) -> None:
         for target, name in ((self._heartbeat_loop, "heartbeat"), (self._cancel_loop, "cancel-listener")):
             threading.Thread(target=target, name=f"textgen-{name}", daemon=True).start()
+        start_aging(BrokerAging(self.client, self.store.keys, list(self.engines), self.settings.priority_aging_seconds),
+                    self._stop)
 
     def start_reaper(self, resend: Callable[[Reaped], None], resend_chunk: Callable[[Chunk], None]) -> None:
         from workers.reaper import start_reaper
@@ -173,6 +177,7 @@ def start_runtime(model_ids: list[str], name: str, sender: BulkSender) -> Runtim
             interactive_headroom=settings.interactive_headroom,
             bulk_rows_with_interactive=settings.bulk_rows_with_interactive,
             bulk_prefill_rows=settings.bulk_prefill_rows,
+            priority_aging_s=settings.priority_aging_seconds,
         ).start()
     webhooks = JobWebhooks(store, webhook_emitter(client, store.keys, sender), settings.webhook_output_interval_seconds,
                            settings.webhook_batch_progress_seconds, settings.webhook_outbox_grace_seconds)

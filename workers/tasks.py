@@ -12,6 +12,7 @@ from textgen_core.dispatch import Chunk
 from textgen_core.jobs import JobStatus
 from textgen_core.keys import BATCH_DISPATCH_TASK, BATCH_ITEM_TASK, GENERATE_TASK, Keys
 from textgen_core.leases import Reaped
+from textgen_core.priorities import DEFAULT_PRIORITY
 from workers.runtime import runtime
 
 # ``shared_task``: the tasks bind to the worker's app (``workers.app`` imports this module), so this
@@ -26,16 +27,24 @@ def generate(job_id: str) -> str | None:
     return status.value if status else None
 
 
+def _priority_of(key: str) -> int:
+    """The priority stored on a job or batch record (1 when it has none)."""
+    return int(runtime().client.hget(key, "priority") or DEFAULT_PRIORITY)  # type: ignore[arg-type]
+
+
 def resend(job: Reaped) -> None:
-    """Send a reaped job's message again, on the lane it came from."""
+    """Send a reaped job's message again, on the lane and at the priority it came with."""
     if job.batch_id:
         send_item(job.job_id, job.batch_id, job.model)
     else:
-        runtime().sender.send(messages.generate(_keys(), job.job_id, job.model, job.lane))
+        keys = _keys()
+        runtime().sender.send(messages.generate(keys, job.job_id, job.model, job.lane,
+                                                _priority_of(keys.job(job.job_id))))
 
 
 def send_item(job_id: str, batch_id: str, model: str) -> None:
-    runtime().sender.send(messages.batch_item(_keys(), job_id, batch_id, model))
+    keys = _keys()
+    runtime().sender.send(messages.batch_item(keys, job_id, batch_id, model, _priority_of(keys.job(job_id))))
 
 
 def _keys() -> Keys:
@@ -55,12 +64,13 @@ def batch_dispatch(batch_id: str, model: str, start: int, stop: int) -> int:
         ids = rt.batches.job_ids(batch_id, start, stop)
         delay = rt.settings.test_dispatch_item_delay_seconds
         keys = _keys()
+        priority = _priority_of(keys.batch(batch_id))
 
         def items() -> Iterator[messages.Message]:
             for job_id in ids:
                 if delay:
                     time.sleep(delay)
-                yield messages.batch_item(keys, job_id, batch_id, model)
+                yield messages.batch_item(keys, job_id, batch_id, model, priority)
 
         rt.sender.send_many(items())
     except BaseException:
@@ -72,7 +82,8 @@ def batch_dispatch(batch_id: str, model: str, start: int, stop: int) -> int:
 
 def resend_chunk(chunk: Chunk) -> None:
     """Send a reaped chunk's dispatch message again."""
-    runtime().sender.send(messages.batch_dispatch(_keys(), chunk))
+    keys = _keys()
+    runtime().sender.send(messages.batch_dispatch(keys, chunk, _priority_of(keys.batch(chunk.batch_id))))
 
 
 @shared_task(name=BATCH_ITEM_TASK, acks_late=True, reject_on_worker_lost=True, ignore_result=True)

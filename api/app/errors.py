@@ -143,6 +143,6 @@ ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
 """Errors any authenticated route can answer (429: the key's requests-per-minute budget)."""
 
 CREATE_RESPONSES: dict[int | str, dict[str, object]] = {
-    code: {"model": ErrorResponse} for code in (409, 413)
+    code: {"model": ErrorResponse} for code in (403, 409, 413)
 }
-"""Also for routes that create (Idempotency-Key conflicts, body size limit)."""
+"""Also for routes that create (a priority above the key's ceiling, Idempotency-Key conflicts, body size limit)."""

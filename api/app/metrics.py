@@ -8,6 +8,7 @@ dashboards take ``max`` over replicas; counters are per replica and summed.
 from __future__ import annotations
 
 import json
+import time
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI
@@ -16,17 +17,24 @@ from prometheus_fastapi_instrumentator import Instrumentator, metrics
 from redis.exceptions import RedisError
 
 from textgen_core.keys import Keys
-from textgen_core.queues import model_queues, queue_depths
+from textgen_core.queues import model_queues, priority_backlog, queue_depths
 
 disable_created_metrics()  # the *_created series only double what Prometheus stores
 
 JOBS_SUBMITTED = Counter("textgen_jobs_submitted", "Jobs accepted (202) and enqueued, batch items included.",
-                         ("model", "queue", "lane"))
+                         ("model", "queue", "lane", "priority"))
 AUTH_FAILURES = Counter("textgen_api_auth_failures", "Requests refused for a missing or unknown API key.",
                         ("reason",))
 RATE_LIMITED = Counter("textgen_api_rate_limited", "Requests refused with 429 by the rate limiter.", ("route",))
 QUEUE_DEPTH = Gauge("textgen_queue_depth", "Messages waiting on a Celery queue (all priorities).",
                     ("model", "queue", "lane"))
+QUEUE_PRIORITY_DEPTH = Gauge(
+    "textgen_queue_priority_depth", "Messages waiting on a Celery queue at one priority (0 highest), as aged.",
+    ("model", "queue", "lane", "priority"))
+QUEUE_OLDEST_AGE = Gauge(
+    "textgen_queue_oldest_age_seconds", "How long the next message of a queue at one priority has waited "
+    "since it was queued (0: none waits). With the depth, the autoscaling signal.",
+    ("model", "queue", "lane", "priority"))
 REDIS_UP = Gauge("textgen_redis_up", "1 when the last scrape could read Redis, else 0.")
 WORKERS = Gauge("textgen_workers", "Live workers (fresh heartbeat) serving a model.", ("model",))
 
@@ -64,8 +72,13 @@ async def refresh_from_redis(redis: aioredis.Redis, keys: Keys, model_ids: list[
 
 
 async def _read_platform(redis: aioredis.Redis, keys: Keys, model_ids: list[str]) -> None:
-    for queue, depth in (await queue_depths(redis, model_queues(keys, model_ids))).items():
+    queues = model_queues(keys, model_ids)
+    for queue, depth in (await queue_depths(redis, queues)).items():
         QUEUE_DEPTH.labels(queue.model, queue.name, queue.lane).set(depth)
+    for b in await priority_backlog(redis, queues, time.time()):
+        labels = (b.queue.model, b.queue.name, b.queue.lane, str(b.priority))
+        QUEUE_PRIORITY_DEPTH.labels(*labels).set(b.depth)
+        QUEUE_OLDEST_AGE.labels(*labels).set(round(b.oldest_age_seconds, 3))
     served = dict.fromkeys(model_ids, 0)
     async for key in redis.scan_iter(match=keys.workers_pattern(), count=100):
         raw = await redis.get(key)

@@ -13,6 +13,7 @@ from textgen_core import messages
 from textgen_core.dispatch import Chunk
 from textgen_core.keys import Keys
 from textgen_core.messages import Message, Sender
+from textgen_core.priorities import DEFAULT_PRIORITY
 
 
 def celery_app() -> Celery:
@@ -43,12 +44,13 @@ class JobQueue:
     async def send(self, message: Message) -> None:
         await to_thread.run_sync(self.sender.send, message)
 
-    async def enqueue(self, job_id: str, model: str, lane: str = "interactive") -> None:
-        await self.send(messages.generate(self.keys, job_id, model, lane))
+    async def enqueue(self, job_id: str, model: str, lane: str = "interactive",
+                      priority: int = DEFAULT_PRIORITY) -> None:
+        await self.send(messages.generate(self.keys, job_id, model, lane, priority))
 
-    async def dispatch(self, chunk: Chunk) -> None:
+    async def dispatch(self, chunk: Chunk, priority: int = DEFAULT_PRIORITY) -> None:
         """One chunk of a batch, for a worker to turn into item messages."""
-        await self.send(messages.batch_dispatch(self.keys, chunk))
+        await self.send(messages.batch_dispatch(self.keys, chunk, priority))
 
     async def enqueue_webhook(self, request: dict[str, object]) -> None:
         """Queue one webhook delivery (built by ``AsyncWebhookEmitter``) for the webhook worker."""

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
 from api.app.deps import BatchStoreDep, OwnerDep, SettingsDep, StateDep
-from api.app.errors import ERROR_RESPONSES, APIError, not_found
+from api.app.errors import CREATE_RESPONSES, ERROR_RESPONSES, APIError, not_found
 from api.app.idempotency import Idempotency, IdempotencyDep
 from api.app.request_guard import parsed_body
 from api.app.safe_json import BadJSON, loads
@@ -76,7 +76,7 @@ def _validate(model: type[Any], data: Any) -> Any:
                          "`file` with defaults as form fields; or OpenAI's `input_file_id` + `endpoint`. "
                          "Any of them may name a `webhook` for `batch.completed` (and `batch.progress`). "
                          "With an `Idempotency-Key`, a repeat of the same request returns the first batch.",
-             openapi_extra=_BODY_DOC)
+             openapi_extra=_BODY_DOC, responses=CREATE_RESPONSES)
 async def create_batch(request: Request, owner: OwnerDep, state: StateDep, response: Response,
                        idem: IdempotencyDep) -> BatchOut:
     content_type = request.headers.get("content-type", "")
@@ -127,7 +127,8 @@ async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchOut
 
     try:
         return BatchOut.of(await accept(state, owner, source, model=body.model, mode=body.mode, what="items",
-                                        cache=body.cache, metadata=body.metadata, **_hook(body)))
+                                        cache=body.cache, metadata=body.metadata, priority=body.priority,
+                                        **_hook(body)))
     except APIError as exc:  # name the item, not a line, for inline items
         exc.body.message = exc.body.message.replace("line ", "items.", 1)
         raise
@@ -165,6 +166,7 @@ async def _from_upload(request: Request, state: AppState, owner: str, idem: Idem
         async def create() -> BatchOut:
             return BatchOut.of(await accept(state, owner, source, model=defaults.model, mode=defaults.mode,
                                             what="file", cache=defaults.cache, metadata=defaults.metadata,
+                                            priority=defaults.priority,
                                             **_hook(hook)))
 
         if idem.redis_key is None:

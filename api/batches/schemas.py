@@ -10,11 +10,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from api.jobs.schemas import PRIORITY_DOC
 from api.webhooks.fields import BatchWebhookFields
 from textgen_core.batch_view import BatchOut
 from textgen_core.batches import ItemSpec
 from textgen_core.jobs import ChatMessage, JobInput, NotBool, SamplingParams
 from textgen_core.modes import Mode, product_message
+from textgen_core.priorities import DEFAULT_PRIORITY, HIGHEST, LOWEST
 
 CUSTOM_ID = r"^[\w.:@/#+-]{1,128}$"
 OPENAI_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
@@ -82,6 +84,8 @@ class BatchDefaults(SamplingParams):
     metadata: dict[str, Any] = Field(default_factory=dict)
     cache: bool = Field(default=True, description="Answer deterministic items from the result cache "
                         "(identical items generate once); false generates every item.")
+    priority: Annotated[int, NotBool] = Field(default=DEFAULT_PRIORITY, ge=HIGHEST, le=LOWEST,
+                                              description="Of every item, among bulk work. " + PRIORITY_DOC)
 
     @field_validator("metadata")
     @classmethod

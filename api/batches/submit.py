@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 from api.app.errors import APIError
 from api.app.metrics import JOBS_SUBMITTED
 from api.app.model_check import model_not_found
+from api.app.priority_check import check_priority
 from api.app.state import AppState, batch_store
 from api.batches.input import BatchInputError
 from api.jobs.refused import remove_batch_later
@@ -113,6 +114,7 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
                        what))
     batch = BatchRecord(id=new_batch_id(), owner=owner, model=model_id, mode=mode, total=total,
                         **fields)  # type: ignore[arg-type]
+    check_priority(settings, owner, batch.priority)
     store = batch_store(state)
     await _count_against_limits(state, owner, store, total, tokens, what)
     items = source()
@@ -122,7 +124,8 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
         await store.create(batch)
         while specs := await to_thread.run_sync(lambda: [s for _, _, s in islice(items, chunk)]):
             jobs = [JobRecord.new(owner=owner, model=model_id, mode=s.mode, lane="bulk", input=s.input,
-                                  params=s.params, batch_id=batch.id, custom_id=s.custom_id) for s in specs]
+                                  params=s.params, batch_id=batch.id, custom_id=s.custom_id, priority=batch.priority)
+                    for s in specs]
             if state.cache is not None:
                 for job in jobs:
                     state.cache.mark(job, cache)
@@ -130,7 +133,7 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
             written += len(jobs)
             if state.cache is not None:  # hits end now; their queued messages then find them finished
                 await state.cache.answer(jobs)
-            await _dispatch(state, batch.id, model_id, written - len(jobs), written)
+            await _dispatch(state, batch.id, model_id, written - len(jobs), written, batch.priority)
         await store.start(batch.id)
     except Exception as exc:  # not all enqueued means not accepted: remove what was written
         log.warning("batch %s not accepted: %s", batch.id, exc)
@@ -140,14 +143,14 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
             remove_batch_later(store, batch.id, owner, total - written)
         raise APIError(503, "the job queue is unavailable; retry shortly", code="queue_unavailable",
                        headers={"Retry-After": "2"}) from exc
-    JOBS_SUBMITTED.labels(model_id, state.keys.queue(model_id, "bulk"), "bulk").inc(written)
+    JOBS_SUBMITTED.labels(model_id, state.keys.queue(model_id, "bulk"), "bulk", str(batch.priority)).inc(written)
     return await store.get(batch.id, owner) or batch
 
 
-async def _dispatch(state: AppState, batch_id: str, model: str, start: int, stop: int) -> None:
+async def _dispatch(state: AppState, batch_id: str, model: str, start: int, stop: int, priority: int) -> None:
     """Send one chunk's message, noted first in the dispatch set: if the worker that takes it dies
     before it has sent every item, a reaper sends it again (``textgen_core/dispatch.py``)."""
     chunk = Chunk(batch_id, model, start, stop)
     await record(state.redis, state.keys, chunk, lease_seconds=state.settings.lease_seconds,
                  ttl=state.settings.job_ttl_seconds)
-    await state.queue.dispatch(chunk)
+    await state.queue.dispatch(chunk, priority)

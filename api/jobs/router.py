@@ -18,6 +18,7 @@ from api.app.errors import CREATE_RESPONSES, ERROR_RESPONSES, APIError, not_foun
 from api.app.idempotency import IdempotencyDep
 from api.app.metrics import JOBS_SUBMITTED
 from api.app.model_check import model_not_found
+from api.app.priority_check import check_priority
 from api.app.state import AppState
 from api.jobs.follow import BLOCK_MS
 from api.jobs.refused import withdraw_later
@@ -58,6 +59,7 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
     model = body.model or state.settings.default_model
     if state.settings.model(model) is None:
         raise model_not_found(state.settings, model)
+    check_priority(state.settings, owner, body.priority)
     if body.webhook:
         await check_webhook_url(state, owner, body.webhook)
     job_input = JobInput(prompt=body.prompt, messages=body.messages, raw=raw)
@@ -91,7 +93,7 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
     except RedisError as exc:
         log.warning("job %s not indexed for listing: %s", job.id, exc)
     queue = state.keys.queue(model, lane)
-    JOBS_SUBMITTED.labels(model, queue, lane).inc()
+    JOBS_SUBMITTED.labels(model, queue, lane, str(job.priority)).inc()
     log.info("job accepted", extra={"job_id": job.id, "model": model, "queue": queue, "owner": owner})
     if response is not None:
         try:  # the job is accepted now: a failed header read must not turn into an error for it
@@ -114,7 +116,7 @@ async def _store_and_enqueue(state: AppState, job: JobRecord, model: str, lane: 
                        code="too_many_queued_jobs", headers={"Retry-After": "5", "x-ratelimit-limit-jobs": str(cap),
                                                             "x-ratelimit-remaining-jobs": "0"})
     try:
-        await state.queue.enqueue(job.id, model, lane)
+        await state.queue.enqueue(job.id, model, lane, job.priority)
     except Exception as exc:  # not enqueued means not accepted: leave no orphan record behind
         log.warning("enqueue of %s failed: %s", job.id, exc)
         await state.store.delete(job.id)

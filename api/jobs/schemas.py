@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, field_validator, model_validator
 
 from api.webhooks.fields import WEBHOOK_DOC, WebhookURL, unique_events
-from textgen_core.jobs import PRIVATE_FIELDS, ChatMessage, Job, JobInput, JobRecord, SamplingParams
+from textgen_core.jobs import PRIVATE_FIELDS, ChatMessage, Job, JobInput, JobRecord, NotBool, SamplingParams
 from textgen_core.modes import Mode
+from textgen_core.priorities import DEFAULT_PRIORITY, HIGHEST, LOWEST
 from textgen_core.webhook_events.emitter import job_links
 from textgen_core.webhooks.models import JobWebhookEvent, default_job_events
 
 CONVERSATION_ID = r"^[A-Za-z0-9_.:-]{1,128}$"
+PRIORITY_DOC = ("0 (highest) to 2 (lowest): orders waiting work inside its lane; a job that waits moves up "
+                "one level every TEXTGEN_PRIORITY_AGING_SECONDS. A key may not ask better than its ceiling "
+                "(TEXTGEN_PRIORITY_CEILINGS, default TEXTGEN_PRIORITY_CEILING_DEFAULT=1): 403.")
 
 
 class JobCreate(SamplingParams):
@@ -30,6 +34,7 @@ class JobCreate(SamplingParams):
     webhook_events_filter: list[JobWebhookEvent] = Field(
         default_factory=default_job_events, min_length=1, max_length=3,
         description="Events to send: any of start, output (at most every 500 ms), completed.")
+    priority: Annotated[int, NotBool] = Field(default=DEFAULT_PRIORITY, ge=HIGHEST, le=LOWEST, description=PRIORITY_DOC)
     cache: StrictBool = Field(default=True, description="Answer from (and fill) the result cache when the request "
                         "is deterministic (temperature 0 or a seed). false always generates.")
 
@@ -85,6 +90,7 @@ class JobCreate(SamplingParams):
             metadata=self.metadata,
             webhook=self.webhook,
             webhook_events_filter=self.webhook_events_filter,
+            priority=self.priority,
         )
 
 

@@ -21,6 +21,7 @@ from starlette.background import BackgroundTask
 
 from api.app.deps import OwnerDep, StateDep
 from api.app.errors import APIError, ErrorResponse, validation_error_body
+from api.app.priority_check import check_priority
 from api.app.slots import RequestSlots
 from api.app.state import AppState
 from api.jobs.router import submit
@@ -66,7 +67,7 @@ class OpenAIRoute(APIRoute):
 
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 404, 429, 503)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 429, 503)
 }
 _STREAM = {"text/event-stream": {"schema": {"type": "string"},
                                  "example": 'data: {"id":"chatcmpl-…","choices":[…]}\n\ndata: [DONE]\n\n'}}
@@ -101,6 +102,7 @@ async def _complete(request: Request, state: AppState, owner: str,
         first = exc.errors()[0]
         raise APIError(400, first["msg"], code="invalid_value",
                        param=".".join(str(p) for p in first["loc"]) or None) from exc
+    check_priority(settings, owner, body.priority)  # before any wait: a refusal costs nothing
     slots = RequestSlots(state.redis, state.keys, limit=settings.openai_max_concurrent_per_key,
                          lease_seconds=int(settings.generation_time_limit_seconds * 2))
     slot = await slots.acquire(owner)

@@ -13,9 +13,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
-from api.jobs.schemas import CONVERSATION_ID, JobCreate
+from api.jobs.schemas import CONVERSATION_ID, PRIORITY_DOC, JobCreate
 from textgen_core.jobs import ChatMessage, JobRecord, NotBool, SamplingParams, Usage
 from textgen_core.modes import Mode
+from textgen_core.priorities import DEFAULT_PRIORITY, HIGHEST, LOWEST
 
 MaxTokens = Annotated[int, *SamplingParams.model_fields["max_tokens"].metadata]
 MAX_PROMPT_CHARS = 32_000
@@ -58,6 +59,8 @@ class _CompletionRequestBase(SamplingParams):
     conversation_id: str | None = Field(default=None, pattern=CONVERSATION_ID,
                                         description="textgen extra: keep and use history (n=1 only).")
     cache: StrictBool = Field(default=True, description="textgen extra: false never answers from the result cache.")
+    priority: Annotated[int, NotBool] = Field(default=DEFAULT_PRIORITY, ge=HIGHEST, le=LOWEST,
+                                              description=f"textgen extra: {PRIORITY_DOC}")
 
     @model_validator(mode="before")
     @classmethod
@@ -100,6 +103,7 @@ class _CompletionRequestBase(SamplingParams):
     def extras(self) -> dict[str, Any]:
         return {
             "cache": self.cache,
+            "priority": self.priority,
             "model": self.model,
             "conversation_id": self.conversation_id,
             "metadata": {"user": self.user} if self.user else {},

@@ -14,10 +14,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
 from api.app.errors import APIError
-from api.jobs.schemas import JobCreate
+from api.jobs.schemas import PRIORITY_DOC, JobCreate
 from api.webhooks.fields import WEBHOOK_DOC, WebhookURL
-from textgen_core.jobs import ChatMessage, SamplingParams
+from textgen_core.jobs import ChatMessage, NotBool, SamplingParams
 from textgen_core.modes import Mode
+from textgen_core.priorities import DEFAULT_PRIORITY, HIGHEST, LOWEST
 
 MaxTokens = Annotated[int, *SamplingParams.model_fields["max_tokens"].metadata]
 Temperature = Annotated[float, *SamplingParams.model_fields["temperature"].metadata]
@@ -65,6 +66,8 @@ class ResponseCreate(BaseModel):
                                              description="Continue from that response: its turns become history.")
     webhook: WebhookURL | None = Field(default=None, description=f"textgen extra: {WEBHOOK_DOC} Receives "
                                        "response.completed, .incomplete, .failed or .cancelled once.")
+    priority: Annotated[int, NotBool] = Field(default=DEFAULT_PRIORITY, ge=HIGHEST, le=LOWEST,
+                                              description=f"textgen extra: {PRIORITY_DOC}")
     # Accepted and ignored: they change nothing about the text.
     user: str | None = Field(default=None, max_length=256)
     safety_identifier: str | None = Field(default=None, max_length=256)
@@ -162,7 +165,7 @@ class ResponseCreate(BaseModel):
         if self.instructions:
             messages = [ChatMessage(role="system", content=self.instructions), *messages]
         return JobCreate(messages=messages, model=self.model, mode=Mode.general, metadata=self.metadata or {},
-                         webhook=self.webhook, cache=True, **sampling)
+                         webhook=self.webhook, cache=True, priority=self.priority, **sampling)
 
 
 def _refuse(message: str, param: str) -> APIError:

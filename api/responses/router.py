@@ -24,7 +24,9 @@ from textgen_core.responses import ResponseMeta, response_object
 
 log = logging.getLogger(__name__)
 
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 429, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 429, 503)
+}
 _STREAM = {"text/event-stream": {"schema": {"type": "string"}, "example": 'event: response.created\n'
                                  'data: {"type":"response.created","sequence_number":0,"response":{…}}\n\n'}}
 

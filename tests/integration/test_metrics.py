@@ -14,6 +14,7 @@ import pytest
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+import celeryconfig
 from tests.binaries import require
 from tests.conftest import Stack, launch_stack, tail, wait_job
 from textgen_cli.redis_server import free_port
@@ -71,10 +72,11 @@ def test_queue_depth_rises_while_no_worker_consumes_then_worker_metrics_count_th
             resp = client.post("/v1/jobs", json={"prompt": f"Count to {i + 2}.", "max_tokens": 4, "temperature": 0})
             assert resp.status_code == 202, resp.text
             observed.jobs.append(resp.json())
-    # A redelivered copy on Celery's priority sub-queue (<queue>\x06\x169) counts too.
+    # A redelivered copy on a priority sub-queue (<queue>\x06\x162) counts too.
     celery = Celery(broker=stack.redis_url)
-    celery.send_task(GENERATE_TASK, args=[observed.jobs[0]["id"]], queue=observed.queue, priority=9)
-    assert stack.redis().llen(f"{observed.queue}\x06\x169") == 1
+    celery.conf.broker_transport_options = celeryconfig.broker_transport_options
+    celery.send_task(GENERATE_TASK, args=[observed.jobs[0]["id"]], queue=observed.queue, priority=2)
+    assert stack.redis().llen(f"{observed.queue}\x06\x162") == 1
 
     queued = scrape(api_metrics)
     assert value(queued, "textgen_queue_depth", queue=observed.queue) == JOBS + 1

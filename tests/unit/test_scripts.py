@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import pkgutil
 import re
 import sys
@@ -22,6 +23,8 @@ import api
 import textgen_core
 from textgen_cli.redis_server import start_redis
 from textgen_core import scripts
+from textgen_core.aging import BrokerAging
+from textgen_core.aging import lane_lists as aging_lane_lists
 from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.batches import BatchRecord
 from textgen_core.cache import ResultCache
@@ -205,6 +208,13 @@ def _run_worker_side(r: redis.Redis, keys: Keys) -> None:
     chunks.forget()
     r.srem(keys.active_batches, "b1")
     assert not chunks.take(lapsed_chunk) and r.zcard(keys.dispatch) == 0
+
+    # Broker aging: a priority-2 message that waited one aging period moves up to priority 1's list.
+    low = aging_lane_lists(keys, "m", "interactive")
+    r.lpush(low[2], json.dumps({"headers": {"enqueued_at": time.time() - 15}, "properties": {"priority": 2}}))
+    assert BrokerAging(r, keys, ["m"], aging_s=10).promote(time.time()) == 1
+    assert (r.llen(low[1]), r.llen(low[2])) == (1, 0)
+    r.delete(low[1])
 
     # The result cache's lead is released only by its holder.
     cache = ResultCache(r, keys, profiles={}, wait_seconds=0.1, lead_ttl=10)

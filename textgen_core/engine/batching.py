@@ -33,6 +33,7 @@ from textgen_core.engine.loader import LoadedModel
 from textgen_core.engine.sampling import choose_tokens, new_generator
 from textgen_core.engine.text import TextState
 from textgen_core.jobs import SamplingParams
+from textgen_core.priorities import DEFAULT_PRIORITY, admission_order
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,8 @@ class _Row:
     text: TextState
     generator: torch.Generator | None
     lane: str = "interactive"
+    priority: int = DEFAULT_PRIORITY
+    arrived_at: float = field(default_factory=time.monotonic)  # in the intake; kept when put back
     generated: list[int] = field(default_factory=list)
     length: int = 0  # real (unpadded) tokens in the cache for this row
     batch_size: int = 0
@@ -86,11 +89,13 @@ class _Parked:
 
 class _Intake:
     """Rows waiting for a place in the batch, oldest first. Unlike a queue, canceled rows can be
-    taken out from anywhere, so a cancel never waits for room in the batch."""
+    taken out from anywhere, so a cancel never waits for room in the batch. When fewer rows fit
+    than wait, the better (aged) priority goes first (``textgen_core/priorities.py``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, aging_s: float = 30.0) -> None:
         self._rows: deque[_Row] = deque()
         self._lock = threading.Lock()
+        self.aging_s = aging_s
 
     def put(self, row: _Row) -> None:
         with self._lock:
@@ -98,7 +103,18 @@ class _Intake:
 
     def take(self, limit: int) -> list[_Row]:
         with self._lock:
-            return [self._rows.popleft() for _ in range(min(max(limit, 0), len(self._rows)))]
+            n = min(max(limit, 0), len(self._rows))
+            if n == 0:
+                return []
+            if n == len(self._rows):
+                out, self._rows = list(self._rows), deque()
+                return out
+            waiting = [(r.priority, r.arrived_at) for r in self._rows]
+            first = admission_order(waiting, time.monotonic(), self.aging_s)[:n]
+            out = [self._rows[i] for i in first]
+            taken = set(first)
+            self._rows = deque(r for i, r in enumerate(self._rows) if i not in taken)
+            return out
 
     def take_canceled(self, job_ids: set[str]) -> list[_Row]:
         with self._lock:
@@ -128,6 +144,7 @@ class Engine:
         interactive_headroom: int = 0,
         bulk_rows_with_interactive: int | None = None,
         bulk_prefill_rows: int | None = None,
+        priority_aging_s: float = 30.0,
     ):
         self.loaded = loaded
         self.model = loaded.model
@@ -143,8 +160,8 @@ class Engine:
         # New bulk rows prefilled per step (None: as many as fit); an interactive row that arrives
         # during a prefill waits for it, and a prefill of many rows costs many steps.
         self.bulk_prefill_rows = bulk_prefill_rows
-        self._intake = _Intake()
-        self._bulk_intake = _Intake()
+        self._intake = _Intake(priority_aging_s)
+        self._bulk_intake = _Intake(priority_aging_s)
         self._parked: list[_Parked] = []  # bulk rows set aside for interactive rows, oldest first
         self._arrived = threading.Event()
         self._cancel: set[str] = set()
@@ -179,7 +196,7 @@ class Engine:
             self._thread.join(timeout)
 
     def submit(self, job_id: str, prompt_ids: list[int], params: SamplingParams,
-               lane: str = "interactive") -> Future[Result]:
+               lane: str = "interactive", priority: int = DEFAULT_PRIORITY) -> Future[Result]:
         limit = self.loaded.context_length
         if len(prompt_ids) + params.max_tokens > limit:
             raise PromptTooLong(
@@ -196,6 +213,7 @@ class Engine:
             text=TextState(stop=list(params.stop)),
             generator=new_generator(params),
             lane=lane,
+            priority=priority,
         )
         self._put(row)
         return future

@@ -8,8 +8,9 @@ sink thread, which batches what many requests produced in a step into one call (
 off the event loop) and resolves a finished request's Future only after its last delta is written,
 so a stream never ends before its text.
 
-Lanes map onto vLLM's priority scheduling: interactive requests (priority 0) are scheduled before
-bulk ones (priority 1).
+Lanes and job priorities map onto vLLM's priority scheduling with the broker's steps
+(``textgen_core/priorities.py``): interactive requests (0-2) are scheduled before bulk ones (3-5),
+and inside a lane the better job priority first (vLLM does not age them).
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ from typing import Any
 from textgen_core.engine.batching import PromptTooLong, Result
 from textgen_core.engine.loader import LoadedModel, prepare, resolve_dtype
 from textgen_core.jobs import SamplingParams
+from textgen_core.priorities import DEFAULT_PRIORITY, message_priority
 from textgen_core.settings import ModelSpec
 
 log = logging.getLogger(__name__)
 
 StepSink = Callable[[dict[str, str]], None]
 
-LANE_PRIORITY = {"interactive": 0, "bulk": 1}  # lower runs first in vLLM's priority scheduler
 FINISH_REASONS = {"stop": "stop", "length": "length"}
 
 
@@ -75,6 +76,7 @@ class _Request:
     params: SamplingParams
     future: Future[Result]
     lane: str
+    priority: int = DEFAULT_PRIORITY
     text: str = ""
     completion_tokens: int = 0
     batch_size: int = 1
@@ -146,7 +148,7 @@ class VllmEngine:
             self._watchdog.release()
 
     def submit(self, job_id: str, prompt_ids: list[int], params: SamplingParams,
-               lane: str = "interactive") -> Future[Result]:
+               lane: str = "interactive", priority: int = DEFAULT_PRIORITY) -> Future[Result]:
         limit = self.loaded.context_length
         if len(prompt_ids) + params.max_tokens > limit:
             raise PromptTooLong(
@@ -155,7 +157,8 @@ class VllmEngine:
             )
         if self._loop is None:
             raise RuntimeError("the vLLM engine is not started")
-        request = _Request(job_id=job_id, prompt_ids=list(prompt_ids), params=params, future=Future(), lane=lane)
+        request = _Request(job_id=job_id, prompt_ids=list(prompt_ids), params=params, future=Future(), lane=lane,
+                           priority=priority)
         with self._lock:
             self._requests[job_id] = request
         self._loop.call_soon_threadsafe(self._begin, request)
@@ -222,7 +225,7 @@ class VllmEngine:
         try:
             stream = self._engine.generate(TokensPrompt(prompt_token_ids=request.prompt_ids),
                                            sampling_params(request.params), request.job_id,
-                                           priority=LANE_PRIORITY.get(request.lane, 0))
+                                           priority=message_priority(request.lane, request.priority))
             async for out in stream:
                 completion = out.outputs[0]
                 if completion.token_ids and request.first_token_at is None:
