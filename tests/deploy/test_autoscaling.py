@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 from prometheus_client import REGISTRY
 
-import api.metrics  # noqa: F401  (registers the API's metrics)
+import api.app.metrics  # noqa: F401  (registers the API's metrics)
 from textgen_core.aging import lane_lists
 from textgen_core.keys import LANES, Keys
 from textgen_core.settings import DEFAULT_MODEL_ID, Settings
