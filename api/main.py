@@ -27,6 +27,7 @@ from api.routes import (
     docs,
     files,
     health,
+    job_retry,
     jobs,
     openai_completions,
     openai_models,
@@ -104,8 +105,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"])
     errors.install(app)
     metrics.instrument(app)
-    for module in (health, jobs, cache, conversations, batches, files, webhooks, metrics_route, openai_models,
-                   openai_completions, playground, docs):
+    for module in (health, jobs, job_retry, cache, conversations, batches, files, webhooks, metrics_route,
+                   openai_models, openai_completions, playground, docs):
         app.include_router(module.router)
     app.include_router(responses.router)
     return app

@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, field_validator, model_validator
 
+from api.deadline_fields import DeadlineSeconds
 from api.webhook_fields import WEBHOOK_DOC, WebhookURL, unique_events
 from textgen_core.jobs import PRIVATE_FIELDS, ChatMessage, Job, JobInput, JobRecord, SamplingParams
 from textgen_core.modes import Mode
@@ -32,6 +33,7 @@ class JobCreate(SamplingParams):
         description="Events to send: any of start, output (at most every 500 ms), completed.")
     cache: StrictBool = Field(default=True, description="Answer from (and fill) the result cache when the request "
                         "is deterministic (temperature 0 or a seed). false always generates.")
+    deadline_seconds: DeadlineSeconds = None
 
     model_config = {
         "extra": "forbid",

@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from textgen_core.batches import BatchRecord, BatchStatus
+from textgen_core.deadlines import track
 from textgen_core.job_index import index_jobs
 from textgen_core.jobs import JobRecord
 from textgen_core.keys import Keys
@@ -33,7 +34,7 @@ ITEM_FIELDS = ("id", "custom_id", "status", "output", "finish_reason", "usage", 
 START = define("batch.start", """
 if redis.call('HGET', KEYS[1], 'status') == 'validating' then redis.call('HSET', KEYS[1], 'status', 'in_progress') end
 local s = redis.call('HGET', KEYS[1], 'status')
-if s == 'completed' or s == 'canceled' or s == 'failed' then redis.call('SREM', KEYS[2], ARGV[1]) end
+if s == 'completed' or s == 'canceled' or s == 'failed' or s == 'expired' then redis.call('SREM', KEYS[2], ARGV[1]) end
 return s
 """)
 
@@ -86,6 +87,7 @@ class AsyncBatchStore:
             pipe.rpush(ids_key, *[job.id for job in jobs])
             pipe.expire(ids_key, self.ttl)
             index_jobs(pipe, self.keys, jobs, self.ttl)  # GET /v1/jobs lists batch items too
+            track(pipe, self.keys, {j.id: j.deadline_at for j in jobs if j.deadline_at is not None}, self.ttl)
             await pipe.execute()
 
     async def start(self, batch_id: str) -> None:

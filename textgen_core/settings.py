@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     # worker died) puts the job back on its queue within about lease + reap seconds.
     lease_seconds: float = Field(default=30.0, gt=0)
     lease_reap_seconds: float = Field(default=5.0, gt=0)  # how often each worker looks for lapsed leases
+    # How often each worker expires the queued jobs whose deadline passed (textgen_core/deadlines.py).
+    deadline_sweep_seconds: float = Field(default=1.0, gt=0)
 
     # Webhooks: signed deliveries (Standard Webhooks) on their own Celery queue, with retries.
     # Secrets per API key ("<key>" or "sha256:<hex>" -> "whsec_..."); keys not listed get one generated.

@@ -16,6 +16,7 @@ import redis
 import redis.asyncio as aioredis
 
 from textgen_core.batch_settle import SETTLE_LUA
+from textgen_core.deadlines import EXPIRE_LUA
 from textgen_core.jobs import ChatMessage, JobRecord, JobStatus
 from textgen_core.keys import Keys
 from textgen_core.leases import LEASE_LUA
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 # Hash fields stored as plain strings; every other field is JSON.
 _RAW = ("id", "owner", "model", "mode", "lane", "status", "worker", "conversation_id", "output",
         "finish_reason", "attempt_token", "webhook", "batch_id", "custom_id", "cache_key")
-_NUM = ("created_at", "started_at", "finished_at", "attempts", "batch_size", "cache_ttl", "cache_hit")
+_NUM = ("created_at", "started_at", "finished_at", "attempts", "batch_size", "cache_ttl", "cache_hit", "deadline_at")
 _JSON = ("input", "params", "metadata", "history", "usage", "error", "webhook_events_filter")
 
 
@@ -49,6 +50,7 @@ def encode_job(job: JobRecord) -> dict[str, str]:
     out["cache_ttl"] = "" if job.cache_ttl is None else str(job.cache_ttl)
     out["cached"] = "1" if job.cached else "0"
     out["cache_hit"] = "" if timings["cache_hit"] is None else repr(timings["cache_hit"])
+    out["deadline_at"] = "" if job.deadline_at is None else repr(job.deadline_at)
     return out
 
 
@@ -80,16 +82,23 @@ def decode_job(raw: dict[str, str], deliveries: list[str] | None = None) -> JobR
     fields["cancel_requested"] = raw.get("cancel_requested") == "1"
     fields["cache_ttl"] = int(raw["cache_ttl"]) if raw.get("cache_ttl") else None
     fields["cached"] = raw.get("cached") == "1"
+    fields["deadline_at"] = _num(raw.get("deadline_at"))
     return JobRecord.model_validate(fields)
 
 
-# KEYS: job. ARGV: worker, now, attempt_token, ttl, max_attempts, events channel, key prefix, lease seconds.
-# Returns "claimed" when this attempt now owns the job (and its lease), else the status it has (another
-# attempt may be running it: a message redelivered while the first delivery still runs must not run it twice).
-CLAIM = define("job.claim", SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + """
+# KEYS: job, tokens stream, deadlines set. ARGV: worker, now, attempt_token, ttl, max_attempts, events channel,
+# key prefix, lease seconds, stream ttl. Returns "claimed" when this attempt now owns the job (and its lease),
+# "deadline" when it expired the job instead (its deadline passed), else the status it has (another attempt
+# may be running it: a message redelivered while the first delivery still runs must not run it twice).
+CLAIM = define("job.claim", SETTLE_LUA + RELEASE_PENDING_LUA + LEASE_LUA + EXPIRE_LUA + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st ~= 'queued' then return st end
+local dl = tonumber(redis.call('HGET', KEYS[1], 'deadline_at') or '')
+if dl and dl <= tonumber(ARGV[2]) then
+  expire_job(KEYS[1], KEYS[2], KEYS[3], ARGV[7], ARGV[2], ARGV[6], ARGV[9])
+  return 'deadline'
+end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempts > tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'finish_reason', 'error',
@@ -211,6 +220,7 @@ def _end_args(keys: Keys, job: JobRecord, *, status: JobStatus, ttl: int, fields
 class Claim(NamedTuple):
     owned: bool  # this attempt runs the job
     status: JobStatus | None  # the job's status afterwards; None: no such job
+    ended: str | None = None  # the claim itself ended the job: "gave_up" (attempts used up) or "deadline"
 
 
 class JobStore:
@@ -250,15 +260,15 @@ class JobStore:
     def claim(self, job_id: str, *, worker: str, attempt_token: str, max_attempts: int) -> Claim:
         """Atomically queued -> running for this attempt; says whether this attempt owns the job."""
         result = self._scripts[CLAIM](
-            keys=[self.keys.job(job_id)],
+            keys=[self.keys.job(job_id), self.keys.tokens(job_id), self.keys.deadlines],
             args=[worker, time.time(), attempt_token, self.job_ttl, max_attempts, self.keys.events_channel,
-                  self.keys.prefix, self.lease_seconds],
+                  self.keys.prefix, self.lease_seconds, self.stream_ttl],
         )
         if result == "claimed":
             return Claim(True, JobStatus.running)
-        if result == "gave_up":
+        if result in ("gave_up", "deadline"):
             self._ended(job_id)
-            return Claim(False, JobStatus.failed)
+            return Claim(False, JobStatus.failed if result == "gave_up" else JobStatus.expired, ended=str(result))
         return Claim(False, None if result == "missing" else JobStatus(result))
 
     def append_deltas(self, deltas: dict[str, str]) -> None:

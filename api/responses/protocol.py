@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
+from api.deadline_fields import DeadlineSeconds
 from api.errors import APIError
 from api.schemas import JobCreate
 from api.webhook_fields import WEBHOOK_DOC, WebhookURL
@@ -65,6 +66,7 @@ class ResponseCreate(BaseModel):
                                              description="Continue from that response: its turns become history.")
     webhook: WebhookURL | None = Field(default=None, description=f"textgen extra: {WEBHOOK_DOC} Receives "
                                        "response.completed, .incomplete, .failed or .cancelled once.")
+    deadline_seconds: DeadlineSeconds = None  # textgen extra, as on /v1/jobs (or the Cancel-After header)
     # Accepted and ignored: they change nothing about the text.
     user: str | None = Field(default=None, max_length=256)
     safety_identifier: str | None = Field(default=None, max_length=256)
@@ -162,7 +164,7 @@ class ResponseCreate(BaseModel):
         if self.instructions:
             messages = [ChatMessage(role="system", content=self.instructions), *messages]
         return JobCreate(messages=messages, model=self.model, mode=Mode.general, metadata=self.metadata or {},
-                         webhook=self.webhook, cache=True, **sampling)
+                         webhook=self.webhook, cache=True, deadline_seconds=self.deadline_seconds, **sampling)
 
 
 def _refuse(message: str, param: str) -> APIError:

@@ -20,6 +20,7 @@ from api.batch_input import csv_items, jsonl_items
 from api.batch_results import csv_results, jsonl_results
 from api.batch_schemas import BatchCreate, BatchDefaults, BatchList, BatchOut, OpenAIBatchCreate
 from api.batch_submit import accept, batch_store
+from api.deadline_fields import cancel_after
 from api.deps import AppState, OwnerDep, StateDep
 from api.errors import ERROR_RESPONSES, APIError, not_found
 from api.idempotency import Idempotency, IdempotencyDep
@@ -28,6 +29,7 @@ from api.safe_json import BadJSON, loads
 from api.webhook_fields import BatchWebhookFields
 from api.webhooks import check_webhook_url, flush_batch_completed
 from textgen_core.batches import BatchRecord
+from textgen_core.deadlines import earliest
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=ERROR_RESPONSES)
 
@@ -48,6 +50,8 @@ _BODY_DOC: dict[str, Any] = {
                 "webhook_events_filter": {"type": "string", "description": "completed and/or progress, "
                                           "comma-separated (or the field repeated)"},
                 "cache": {"type": "boolean"},
+                "completion_window": {"type": "string", "maxLength": 32, "description": "e.g. 24h, 1h, 10m"},
+                "deadline_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 7 * 24 * 3600},
             }}},
         },
         "required": True,
@@ -78,22 +82,23 @@ def _validate(model: type[Any], data: Any) -> Any:
 async def create_batch(request: Request, owner: OwnerDep, state: StateDep, response: Response,
                        idem: IdempotencyDep) -> BatchOut:
     content_type = request.headers.get("content-type", "")
+    header = cancel_after(request.headers.get("cancel-after"))  # every item's deadline, as deadline_seconds
     if content_type.startswith("multipart/form-data"):
-        out = await _from_upload(request, state, owner, idem)
+        out = await _from_upload(request, state, owner, idem, header)
     else:
         data = parsed_body(request)  # parsed and checked by api.request_guard
         if data is None:
             raise APIError(400, "the body must be JSON, or a multipart upload with a 'file'", code="invalid_json")
         if isinstance(data, dict) and "input_file_id" in data:
             openai_body = _validate(OpenAIBatchCreate, data)
-            out = await idem.run(openai_body, lambda: _from_file(openai_body, state, owner), BatchOut)
+            out = await idem.run(openai_body, lambda: _from_file(openai_body, state, owner, header), BatchOut)
         else:
             if isinstance(data, dict) and isinstance(data.get("items"), list) \
                     and len(data["items"]) > state.settings.batch_max_items:
                 raise APIError(413, f"a batch holds at most {state.settings.batch_max_items:,} items; split the "
                                     "input into smaller batches", code="too_many_items", param="items")
             body = _validate(BatchCreate, data)
-            out = await idem.run(body, lambda: _from_json(body, state, owner), BatchOut)
+            out = await idem.run(body, lambda: _from_json(body, state, owner, header), BatchOut)
     response.headers["Location"] = f"/v1/batches/{out.id}"
     return out
 
@@ -108,7 +113,7 @@ async def _check_hook(state: AppState, owner: str, fields: BatchWebhookFields) -
         await check_webhook_url(state, owner, fields.webhook)
 
 
-async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchOut:
+async def _from_json(body: BatchCreate, state: AppState, owner: str, header: float | None) -> BatchOut:
     await _check_hook(state, owner, body)
     defaults = BatchDefaults.model_validate(body.model_dump(exclude={"items", *BatchWebhookFields.model_fields}))
     specs = []
@@ -125,13 +130,16 @@ async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchOut
 
     try:
         return BatchOut.of(await accept(state, owner, source, model=body.model, mode=body.mode, what="items",
-                                        cache=body.cache, metadata=body.metadata, **_hook(body)))
+                                        cache=body.cache, metadata=body.metadata,
+                                        deadline_seconds=earliest(header, body.deadline_seconds),
+                                        completion_window=body.completion_window, **_hook(body)))
     except APIError as exc:  # name the item, not a line, for inline items
         exc.body.message = exc.body.message.replace("line ", "items.", 1)
         raise
 
 
-async def _from_upload(request: Request, state: AppState, owner: str, idem: Idempotency) -> BatchOut:
+async def _from_upload(request: Request, state: AppState, owner: str, idem: Idempotency,
+                       header: float | None) -> BatchOut:
     async with request.form(max_part_size=state.settings.batch_file_max_bytes) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -163,7 +171,8 @@ async def _from_upload(request: Request, state: AppState, owner: str, idem: Idem
         async def create() -> BatchOut:
             return BatchOut.of(await accept(state, owner, source, model=defaults.model, mode=defaults.mode,
                                             what="file", cache=defaults.cache, metadata=defaults.metadata,
-                                            **_hook(hook)))
+                                            deadline_seconds=earliest(header, defaults.deadline_seconds),
+                                            completion_window=defaults.completion_window, **_hook(hook)))
 
         if idem.redis_key is None:
             return await create()
@@ -202,7 +211,7 @@ def _format_of(upload: UploadFile) -> Literal["csv", "jsonl"]:
                    code="invalid_file", param="file")
 
 
-async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str) -> BatchOut:
+async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str, header: float | None) -> BatchOut:
     if await file_store.get(state, body.input_file_id, owner) is None:
         raise not_found("file", "input_file_id")
     await _check_hook(state, owner, body)
@@ -215,7 +224,7 @@ async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str) -> Ba
     return BatchOut.of(await accept(state, owner, source, model=None, mode=defaults.mode, what="input_file_id",
                                     kind="openai", endpoint=body.endpoint, input_file_id=body.input_file_id,
                                     completion_window=body.completion_window, metadata=body.metadata or {},
-                                    **_hook(body)))
+                                    deadline_seconds=header, **_hook(body)))
 
 
 @router.get("", response_model=BatchList, summary="List your batches, newest first")
