@@ -7,13 +7,15 @@ The stack here has one worker with one batch row (and so two task slots): two lo
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
 import httpx
+import openai
 import pytest
 
-from tests.conftest import IDLE_MODEL, Stack, launch_stack, wait_job
+from tests.conftest import IDLE_MODEL, KEY_A, Stack, launch_stack, wait_job
 from textgen_core.settings import DEFAULT_MODEL_ID
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -141,3 +143,41 @@ def test_a_batch_whose_completion_window_passes_ends_expired_with_its_items_coun
     assert {j["status"] for j in items_now} <= {"succeeded", "expired"}
     results = api.get(f"/v1/batches/{batch['id']}/results").text.splitlines()
     assert len(results) == 4
+
+
+def test_an_openai_batch_with_a_short_window_expires_and_lists_its_items_as_batch_expired(
+        busy_stack: Stack) -> None:
+    lines = [json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions",
+                         "body": {"model": IDLE_MODEL, "max_tokens": 4,
+                                  "messages": [{"role": "user", "content": "Name a fruit."}]}}) for i in range(3)]
+    with openai.OpenAI(base_url=f"{busy_stack.url}/v1", api_key=KEY_A, max_retries=0, timeout=60) as sdk:
+        uploaded = sdk.files.create(file=("short.jsonl", "\n".join(lines).encode()), purpose="batch")
+        batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                   completion_window="2s")  # type: ignore[arg-type]
+        assert batch.completion_window == "2s" and batch.expires_at == batch.created_at + 2
+        deadline = time.monotonic() + 60
+        while batch.status not in ("completed", "failed", "cancelled", "expired") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            batch = sdk.batches.retrieve(batch.id)
+        assert batch.status == "expired" and batch.expired_at is not None
+        assert batch.request_counts is not None and batch.request_counts.total == 3
+        assert batch.request_counts.completed == 0 and batch.request_counts.model_extra["expired"] == 3
+        assert batch.error_file_id is not None
+        errors = [json.loads(x) for x in sdk.files.content(batch.error_file_id).text.splitlines()]
+        assert sorted(e["custom_id"] for e in errors) == ["r0", "r1", "r2"]
+        assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+
+
+def test_a_background_response_past_its_deadline_reads_incomplete(busy_stack: Stack) -> None:
+    with openai.OpenAI(base_url=f"{busy_stack.url}/v1", api_key=KEY_A, max_retries=0, timeout=60) as sdk:
+        created = sdk.responses.create(model=IDLE_MODEL, input="Say hi.", background=True,
+                                       extra_headers={"Cancel-After": "1s"})
+        assert created.status == "queued"
+        deadline = time.monotonic() + 30
+        response = created
+        while response.status in ("queued", "in_progress") and time.monotonic() < deadline:
+            time.sleep(0.5)
+            response = sdk.responses.retrieve(created.id)
+        assert response.status == "incomplete" and response.error is None
+        assert response.incomplete_details is not None and response.incomplete_details.reason == "deadline"
+        assert response.output_text == ""
