@@ -231,6 +231,9 @@ async def _run_api_side(url: str, keys: Keys) -> None:
         assert again is not None and (again.status, again.attempts, again.error) == (JobStatus.queued, 0, None)
         assert not await r.exists(keys.tokens(failed.id)) and int(await r.get(keys.pending(OWNER))) == pending + 1
         await store.cancel(failed.id, OWNER)
+        item = job(batch_id="batch_x", custom_id="c")
+        await r.hset(keys.job(item.id), mapping={**encode_job(item), "status": "failed"})
+        assert await letters.retry(item.id, OWNER) == "batch_item"  # its batch counted it already
 
         batches = AsyncBatchStore(r, keys, ttl=60, stream_ttl=60)
         assert await batches.reserve(OWNER, 3, cap=4) == (True, 3)
