@@ -24,6 +24,7 @@ from api.batches import router as batches
 from api.cache import router as cache
 from api.cache.answer import CacheAnswers
 from api.conversations import router as conversations
+from api.jobs import retry as job_retry
 from api.jobs import router as jobs
 from api.openai import completions as openai_completions
 from api.openai import models as openai_models
@@ -105,8 +106,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_headers=["*"])
     errors.install(app)
     metrics.instrument(app)
-    for module in (health, jobs, cache, conversations, batches, files, webhooks, metrics_route, openai_models,
-                   openai_completions, playground, docs):
+    for module in (health, jobs, job_retry, cache, conversations, batches, files, webhooks, metrics_route,
+                   openai_models, openai_completions, playground, docs):
         app.include_router(module.router)
     app.include_router(responses.router)
     return app

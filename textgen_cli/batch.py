@@ -111,7 +111,7 @@ def run_batch(
             raise typer.Exit(1) from None
     counts = batch["request_counts"]
     err.print(f"{batch['status']}: {counts['completed']} completed, {counts['failed']} failed, "
-              f"{counts['canceled']} canceled -> {output}")
+              f"{counts['canceled']} canceled, {counts.get('expired', 0)} expired -> {output}")
     if batch["status"] not in ("completed",):
         raise typer.Exit(1)
 

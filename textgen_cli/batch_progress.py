@@ -73,7 +73,7 @@ def fields(batch: dict[str, Any]) -> dict[str, Any]:
 
 def done_count(batch: dict[str, Any]) -> int:
     counts = batch["request_counts"]
-    return int(counts["completed"] + counts["failed"] + counts["canceled"])
+    return int(counts["completed"] + counts["failed"] + counts["canceled"] + counts.get("expired", 0))
 
 
 def summary(progress: Progress, task_id: Any, status: str) -> str:

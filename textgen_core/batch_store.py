@@ -19,6 +19,7 @@ import redis
 import redis.asyncio as aioredis
 
 from textgen_core.batches import BatchRecord, BatchStatus
+from textgen_core.deadlines import track
 from textgen_core.job_index import index_jobs
 from textgen_core.jobs import JobRecord
 from textgen_core.keys import Keys
@@ -63,6 +64,7 @@ class BatchStoreCore:
         pipe.rpush(ids_key, *[job.id for job in jobs])
         pipe.expire(ids_key, self.ttl)
         index_jobs(pipe, self.keys, jobs, self.ttl)  # GET /v1/jobs lists batch items too
+        track(pipe, self.keys, {j.id: j.deadline_at for j in jobs if j.deadline_at is not None}, self.ttl)
 
     def reserve(self, owner: str, places: int, cap: int) -> Call:
         return Call(pending_scripts.RESERVE, [self.keys.pending_batch_items(owner)], [cap, places, self.ttl])

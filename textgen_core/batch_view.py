@@ -23,6 +23,8 @@ class RequestCounts(BaseModel):
     completed: int
     failed: int
     canceled: int
+    expired: int = Field(default=0, description="Items that did not finish within the batch's completion "
+                         "window or their own deadline.")
 
 
 class BatchOut(BaseModel):
@@ -76,14 +78,15 @@ class BatchOut(BaseModel):
             output_file_id=output_file_id(batch.id) if terminal and batch.kind == "openai" else None,
             error_file_id=error_file_id(batch.id) if terminal and batch.kind == "openai" else None,
             request_counts=RequestCounts(total=batch.total, completed=batch.completed, failed=batch.failed,
-                                         canceled=batch.canceled),
+                                         canceled=batch.canceled, expired=batch.expired),
             created_at=int(batch.created_at),
             in_progress_at=int(batch.started_at or batch.created_at) if batch.status is not BatchStatus.validating
             else None,
             completed_at=finished if batch.status is BatchStatus.completed else None,
             cancelling_at=int(batch.cancelling_at) if batch.cancelling_at else None,
             cancelled_at=finished if batch.status is BatchStatus.canceled else None,
-            expires_at=int(batch.created_at) + 24 * 3600 if batch.completion_window else None,
+            expired_at=finished if batch.status is BatchStatus.expired else None,
+            expires_at=int(batch.expires_at) if batch.expires_at else None,
             started_at=batch.started_at, finished_at=batch.finished_at,
             items_per_second=round(rate, 3) if rate else None, eta_seconds=batch.eta_seconds(now),
             metadata=batch.metadata, webhook=batch.webhook, webhook_events_filter=batch.webhook_events_filter,

@@ -4,7 +4,8 @@ Each item is an ordinary job record on the bulk lane carrying ``batch_id`` and `
 so items use the same claim/finish scripts as interactive jobs; those scripts keep the batch's
 counts (``settle_batch_item`` in ``textgen_core/scripts/fragments.py``). A batch is ``validating``
 while its items are written, ``in_progress`` once they are all enqueued, ``cancelling`` after a
-cancel, and ends ``completed`` (every item ended, some may have failed), ``canceled`` or ``failed``.
+cancel, and ends ``completed`` (every item ended, some may have failed), ``canceled``, ``failed``, or
+``expired`` (its ``completion_window`` passed: the items it had not finished by then ended ``expired``).
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ class BatchStatus(enum.StrEnum):
     failed = "failed"
     cancelling = "cancelling"
     canceled = "canceled"
+    expired = "expired"
 
     @property
     def terminal(self) -> bool:
-        return self in (BatchStatus.completed, BatchStatus.failed, BatchStatus.canceled)
+        return self in (BatchStatus.completed, BatchStatus.failed, BatchStatus.canceled, BatchStatus.expired)
 
 
 class ItemSpec(BaseModel):
@@ -44,6 +46,7 @@ class ItemSpec(BaseModel):
     mode: Mode
     input: JobInput
     params: SamplingParams
+    deadline_seconds: float | None = None  # the item's own deadline, from the batch's creation
 
 
 class BatchRecord(BaseModel):
@@ -61,7 +64,9 @@ class BatchRecord(BaseModel):
     completed: int = 0
     failed: int = 0
     canceled: int = 0
+    expired: int = 0
     created_at: float = Field(default_factory=time.time)
+    expires_at: float | None = None  # created_at + completion_window: items unfinished then end expired
     started_at: float | None = None
     finished_at: float | None = None
     cancelling_at: float | None = None
@@ -73,7 +78,7 @@ class BatchRecord(BaseModel):
 
     @property
     def done(self) -> int:
-        return self.completed + self.failed + self.canceled
+        return self.completed + self.failed + self.canceled + self.expired
 
     def rate(self, now: float | None = None) -> float | None:
         """Items per second since the first item started."""
@@ -107,7 +112,7 @@ class BatchRecord(BaseModel):
         fields["webhook_events_filter"] = json.loads(raw.get("webhook_events_filter") or '["completed"]')
         fields["webhook_deliveries"] = parse_deliveries(deliveries or [])
         fields["cancel_requested"] = raw.get("cancel_requested") == "1"
-        for name in ("total", "completed", "failed", "canceled"):
+        for name in ("total", "completed", "failed", "canceled", "expired"):
             fields[name] = int(raw.get(name) or 0)
         return cls.model_validate(fields)
 

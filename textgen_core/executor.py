@@ -14,10 +14,11 @@ from typing import Any, Protocol
 
 from textgen_core import metrics
 from textgen_core.cache import CacheEntry, Flight, HandBack, ResultCache, hit_outcome
+from textgen_core.deadlines import FINISH_REASON, deadline_timer, stopped_by_deadline
 from textgen_core.jobs import JobRecord, JobStatus, turn_messages
 from textgen_core.prompt_render import chat_messages
 from textgen_core.settings import Settings
-from textgen_core.store import JobStore
+from textgen_core.store import Claim, JobStore
 from textgen_core.webhook_events.job_events import JobWebhooks
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,8 @@ class JobExecutor:
         )
         if not claim.owned:
             log.info("job %s not claimed: %s", job_id, claim.status or "missing")
+            if claim.ended:
+                self._observe_unclaimed(job_id, claim)
             return claim.status
         job = self.store.get(job_id)
         assert job is not None
@@ -89,7 +92,8 @@ class JobExecutor:
             future = engine.submit(job_id, ids, job.params, lane=job.lane, priority=job.priority)
             if self.store.cancel_requested(job_id):
                 engine.cancel(job_id)  # asked before we were listening for it
-            result = self.webhooks.await_result(job, future) if self.webhooks else future.result()
+            with deadline_timer(job, engine):
+                result = self.webhooks.await_result(job, future) if self.webhooks else future.result()
         except Exception as exc:
             log.warning("job %s failed: %s", job_id, exc)
             if flight is not None:
@@ -99,6 +103,9 @@ class JobExecutor:
             with self._lock:
                 self._inflight.pop(job_id, None)
         final = JobStatus.canceled if result.finish_reason == "canceled" else JobStatus.succeeded
+        finish_reason = result.finish_reason
+        if final is JobStatus.canceled and stopped_by_deadline(job) and not self.store.cancel_requested(job_id):
+            final, finish_reason = JobStatus.expired, FINISH_REASON
         usage = {
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
@@ -110,7 +117,7 @@ class JobExecutor:
             job,
             attempt_token=attempt,
             status=final,
-            fields={"output": result.text, "finish_reason": result.finish_reason, "usage": usage,
+            fields={"output": result.text, "finish_reason": finish_reason, "usage": usage,
                     "batch_size": str(result.batch_size)},
             history_append=turn_messages(job, result.text) if final is JobStatus.succeeded else None,
             history_max_turns=self.settings.history_max_turns,
@@ -150,8 +157,18 @@ class JobExecutor:
             status=JobStatus.failed,
             fields={"finish_reason": "error", "error": {"message": message, "type": error_type}},
         ):
+            metrics.DEAD_LETTERS.labels(job.model, self.store.keys.queue(job.model, job.lane), "error").inc()
             self._observe(job, JobStatus.failed, error=error_type)
         return JobStatus.failed
+
+    def _observe_unclaimed(self, job_id: str, claim: Claim) -> None:
+        """Count a job that the claim itself ended (attempts used up, deadline passed)."""
+        job = self.store.get(job_id)
+        if job is None or claim.status is None:
+            return
+        if claim.status is JobStatus.failed:
+            metrics.DEAD_LETTERS.labels(job.model, self.store.keys.queue(job.model, job.lane), "max_attempts").inc()
+        self._observe(job, claim.status, error="max_attempts_exceeded" if claim.status is JobStatus.failed else None)
 
     def _observe(self, job: JobRecord, status: JobStatus, *, first_token_at: float | None = None,
                  prompt_tokens: int = 0, completion_tokens: int = 0, batch_size: int | None = None,

@@ -36,12 +36,14 @@ TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.canceled,
 # The allowed transitions; JobStore's Lua scripts enforce the same table.
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.canceled, JobStatus.expired, JobStatus.failed}),
-    # running -> queued: a lapsed lease is handed back to the queue.
+    # running -> queued: a lapsed lease is handed back to the queue. running -> expired: its deadline
+    # stopped it at an engine step (textgen_core/deadlines.py).
     JobStatus.running: frozenset(
-        {JobStatus.succeeded, JobStatus.failed, JobStatus.canceled, JobStatus.queued}
+        {JobStatus.succeeded, JobStatus.failed, JobStatus.canceled, JobStatus.expired, JobStatus.queued}
     ),
     JobStatus.succeeded: frozenset(),
-    JobStatus.failed: frozenset(),
+    # failed -> queued: POST /v1/jobs/{id}/retry, a new attempt under the same id (textgen_core/dead_letters.py).
+    JobStatus.failed: frozenset({JobStatus.queued}),
     JobStatus.canceled: frozenset(),
     JobStatus.expired: frozenset(),
 }
@@ -51,7 +53,8 @@ def can_transition(current: JobStatus, new: JobStatus) -> bool:
     return new in TRANSITIONS[current]
 
 
-FinishReason = Literal["stop", "length", "canceled", "time_limit", "error"]
+# "deadline": the job's deadline passed (queued: it never ran; running: stopped with its text so far).
+FinishReason = Literal["stop", "length", "canceled", "time_limit", "deadline", "error"]
 
 
 class ChatMessage(BaseModel):
@@ -174,6 +177,8 @@ class Job(BaseModel):
     worker: str | None = None
     batch_size: int | None = Field(default=None, description="Most rows that shared a forward pass with it.")
     cancel_requested: bool = False
+    deadline_at: float | None = Field(default=None, description="Epoch seconds: a job not started by then ends "
+                                      "expired without running; one running then stops with its text so far.")
     webhook: str | None = Field(default=None, description="URL that receives signed events of this job.")
     webhook_events_filter: list[JobWebhookEvent] = Field(default_factory=default_job_events)
     webhook_deliveries: list[WebhookDelivery] = Field(default_factory=list,

@@ -57,6 +57,13 @@ class Keys:
         return f"{self.prefix}:dispatch:resends"
 
     @property
+    def deadlines(self) -> str:
+        """Sorted set: job id -> deadline (epoch seconds) of jobs that carry one (``textgen_core/deadlines.py``).
+        Owner: the worker's deadline sweeper removes each member once its job has ended; TTL:
+        settings.job_ttl_seconds, refreshed on every add."""
+        return f"{self.prefix}:deadlines"
+
+    @property
     def events_channel(self) -> str:
         """Pub/sub: job id and status on every terminal transition (wakes long-polls)."""
         return f"{self.prefix}:events"

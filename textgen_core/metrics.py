@@ -60,6 +60,13 @@ CACHE_HITS = Counter("textgen_cache_hits", "Jobs answered from the result cache.
 CACHE_MISSES = Counter("textgen_cache_misses", "Cacheable jobs that generated and filled the cache.", ("model",))
 CACHE_BYTES = Counter("textgen_cache_bytes", "Bytes of result-cache entries written.", ("model",))
 
+# Dead letters: jobs that ended failed, by why (``max_attempts``: they stopped their worker each time;
+# ``error``: the generation failed on them). They are listed by GET /v1/jobs?status=failed and can be
+# retried with POST /v1/jobs/{id}/retry.
+DEAD_LETTERS = Counter(
+    "textgen_dead_letters", "Jobs that ended failed (dead letters), by reason.", (*JOB_LABELS, "reason"))
+
+
 def observe_finished(job: JobRecord, queue: str, status: str, *, started_at: float | None, finished_at: float,
                      first_token_at: float | None = None, prompt_tokens: int = 0,
                      completion_tokens: int = 0) -> None:

@@ -56,7 +56,9 @@ def response_status(job: JobRecord) -> ResponseStatus:
         return "incomplete" if job.finish_reason in ("length", "time_limit") else "completed"
     if job.status is JobStatus.canceled:
         return "cancelled"
-    return "failed"  # failed, or expired before a worker took it
+    if job.status is JobStatus.expired:  # its deadline passed: text so far (maybe none), reason "deadline"
+        return "incomplete"
+    return "failed"
 
 
 def history_after(job: JobRecord, max_turns: int) -> list[ChatMessage]:
@@ -95,8 +97,6 @@ def usage_of(job: JobRecord) -> dict[str, Any] | None:
 
 
 def _error_of(job: JobRecord) -> dict[str, Any] | None:
-    if job.status is JobStatus.expired:
-        return {"code": "server_error", "message": "the response expired before a worker could take it"}
     if job.status is not JobStatus.failed:
         return None
     return {"code": "server_error", "message": job.error.message if job.error else "generation failed"}
@@ -108,7 +108,8 @@ def response_object(job: JobRecord, meta: ResponseMeta, *, status: ResponseStatu
     terminal = status in TERMINAL_STATUSES
     incomplete = None
     if status == "incomplete":
-        incomplete = {"reason": "max_output_tokens" if job.finish_reason == "length" else None}
+        reasons = {"length": "max_output_tokens", "deadline": "deadline"}
+        incomplete = {"reason": reasons.get(job.finish_reason or "")}
     return {
         "id": job.id,
         "object": "response",

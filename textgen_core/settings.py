@@ -144,6 +144,9 @@ class Settings(BaseSettings):
                                         "a lapsed lease (the worker died) puts the job back on its queue within "
                                         "about lease + reap seconds. At least two heartbeats.")
     lease_reap_seconds: float = Field(default=5.0, gt=0, description="How often each worker looks for lapsed leases.")
+    deadline_sweep_seconds: float = Field(
+        default=1.0, gt=0, description="How often each worker expires the queued jobs whose deadline passed "
+                                       "(`textgen_core/deadlines.py`).")
 
     # Webhooks: signed deliveries (Standard Webhooks) on their own Celery queue, with retries.
     webhook_secrets: dict[str, str] = Field(

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 # Hash fields stored as plain strings; every other field is JSON.
 _RAW = ("id", "owner", "model", "mode", "lane", "status", "worker", "conversation_id", "output",
         "finish_reason", "attempt_token", "webhook", "batch_id", "custom_id", "cache_key")
-_NUM = ("created_at", "started_at", "finished_at", "attempts", "batch_size", "cache_ttl", "cache_hit")
+_NUM = ("created_at", "started_at", "finished_at", "attempts", "batch_size", "cache_ttl", "cache_hit", "deadline_at")
 _JSON = ("input", "params", "metadata", "history", "usage", "error", "webhook_events_filter")
 
 
@@ -52,6 +52,7 @@ def encode_job(job: JobRecord) -> dict[str, str]:
     out["cached"] = "1" if job.cached else "0"
     out["priority"] = str(job.priority)
     out["cache_hit"] = "" if timings["cache_hit"] is None else repr(timings["cache_hit"])
+    out["deadline_at"] = "" if job.deadline_at is None else repr(job.deadline_at)
     return out
 
 
@@ -84,6 +85,7 @@ def decode_job(raw: dict[str, str], deliveries: list[str] | None = None) -> JobR
     fields["cache_ttl"] = int(raw["cache_ttl"]) if raw.get("cache_ttl") else None
     fields["cached"] = raw.get("cached") == "1"
     fields["priority"] = int(raw.get("priority") or DEFAULT_PRIORITY)  # records from before priorities: 1
+    fields["deadline_at"] = _num(raw.get("deadline_at"))
     return JobRecord.model_validate(fields)
 
 
@@ -98,7 +100,7 @@ class Call(NamedTuple):
 class Claim(NamedTuple):
     owned: bool  # this attempt runs the job
     status: JobStatus | None  # the job's status afterwards; None: no such job
-    ended: bool = False  # this call ended the job (it gave up after too many attempts)
+    ended: str | None = None  # the claim itself ended the job: "gave_up" (attempts used up) or "deadline"
 
 
 class JobStoreCore:
@@ -147,17 +149,20 @@ class JobStoreCore:
         return Call(pending_scripts.WITHDRAW, [self.keys.job(job_id), self.keys.tokens(job_id)], [])
 
     def claim(self, job_id: str, worker: str, attempt_token: str, max_attempts: int) -> Call:
-        return Call(job_scripts.CLAIM, [self.keys.job(job_id), self.keys.leases, self.keys.webhook_outbox,
-                                self.keys.active_batches],
-                    [worker, time.time(), attempt_token, self.job_ttl, max_attempts, self.keys.events_channel,
-                     self.keys.batch(""), self.lease_seconds, self.keys.batch_events_channel])
+        keys = self.keys
+        return Call(job_scripts.CLAIM, [keys.job(job_id), keys.leases, keys.webhook_outbox, keys.active_batches,
+                                        keys.tokens(job_id), keys.deadlines],
+                    [worker, time.time(), attempt_token, self.job_ttl, max_attempts, keys.events_channel,
+                     keys.batch(""), self.lease_seconds, keys.batch_events_channel, self.stream_ttl])
 
     @staticmethod
     def claimed(reply: str) -> Claim:
         if reply == "claimed":
             return Claim(True, JobStatus.running)
         if reply == "gave_up":
-            return Claim(False, JobStatus.failed, ended=True)
+            return Claim(False, JobStatus.failed, ended="gave_up")
+        if reply == "deadline":
+            return Claim(False, JobStatus.expired, ended="deadline")
         return Claim(False, None if reply == "missing" else JobStatus(reply))
 
     def _end(self, job: JobRecord, status: JobStatus, fields: dict[str, Any],

@@ -46,11 +46,13 @@ def _consume_model_queues(sender: str, instance: Any, **_: Any) -> None:
 @worker_init.connect
 def _boot(sender: Any = None, **_: Any) -> None:
     # Imported here: loading torch is the worker's business, not the app module's.
+    from workers.deadline_sweeper import start_deadline_sweeper
     from workers.runtime import start_runtime
     from workers.tasks import resend, resend_chunk
 
     rt = start_runtime(served_models(), name=getattr(sender, "hostname", None) or "worker", sender=CelerySender(app))
     rt.start_reaper(resend, resend_chunk)
+    start_deadline_sweeper(rt)
 
 
 @worker_shutdown.connect

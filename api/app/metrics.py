@@ -23,6 +23,8 @@ disable_created_metrics()  # the *_created series only double what Prometheus st
 
 JOBS_SUBMITTED = Counter("textgen_jobs_submitted", "Jobs accepted (202) and enqueued, batch items included.",
                          ("model", "queue", "lane", "priority"))
+JOBS_RETRIED = Counter("textgen_jobs_retried", "Failed jobs (dead letters) given a new attempt by POST "
+                       "/v1/jobs/{id}/retry.", ("model", "queue"))
 AUTH_FAILURES = Counter("textgen_api_auth_failures", "Requests refused for a missing or unknown API key.",
                         ("reason",))
 RATE_LIMITED = Counter("textgen_api_rate_limited", "Requests refused with 429 by the rate limiter.", ("route",))

@@ -95,7 +95,7 @@ def _first_error(exc: ValidationError) -> str:
     return f"{where}: {err['msg']}" if where else err["msg"]
 
 
-_FINISH = {"stop": "stop", "length": "length", "time_limit": "length"}
+_FINISH = {"stop": "stop", "length": "length", "time_limit": "length", "deadline": "length"}
 
 
 def output_line(item: dict[str, Any], endpoint: str) -> str:
@@ -126,6 +126,8 @@ def error_line(item: dict[str, Any]) -> str:
     error = item["error"] or {}
     if item["status"] == "canceled":
         code, message = "batch_cancelled", "the batch was cancelled before this request finished"
+    elif item["status"] == "expired":
+        code, message = "batch_expired", "this request did not finish within the batch's completion window"
     else:
         code, message = error.get("type", "generation_error"), error.get("message", "the request failed")
     return json.dumps({"id": f"batch_req_{item['id']}", "custom_id": item["custom_id"], "response": None,

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 
+from api.app.deadline_fields import cancel_after
 from api.app.deps import BatchStoreDep, OwnerDep, SettingsDep, StateDep
 from api.app.errors import CREATE_RESPONSES, ERROR_RESPONSES, APIError, not_found
 from api.app.idempotency import Idempotency, IdempotencyDep
@@ -30,6 +31,7 @@ from api.webhooks.fields import BatchWebhookFields
 from api.webhooks.service import check_webhook_url, flush_batch_completed
 from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.batches import BatchRecord
+from textgen_core.deadlines import earliest
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"], responses=ERROR_RESPONSES)
 
@@ -50,6 +52,8 @@ _BODY_DOC: dict[str, Any] = {
                 "webhook_events_filter": {"type": "string", "description": "completed and/or progress, "
                                           "comma-separated (or the field repeated)"},
                 "cache": {"type": "boolean"},
+                "completion_window": {"type": "string", "maxLength": 32, "description": "e.g. 24h, 1h, 10m"},
+                "deadline_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 7 * 24 * 3600},
             }}},
         },
         "required": True,
@@ -80,22 +84,23 @@ def _validate(model: type[Any], data: Any) -> Any:
 async def create_batch(request: Request, owner: OwnerDep, state: StateDep, response: Response,
                        idem: IdempotencyDep) -> BatchOut:
     content_type = request.headers.get("content-type", "")
+    header = cancel_after(request.headers.get("cancel-after"))  # every item's deadline, as deadline_seconds
     if content_type.startswith("multipart/form-data"):
-        out = await _from_upload(request, state, owner, idem)
+        out = await _from_upload(request, state, owner, idem, header)
     else:
         data = parsed_body(request)  # parsed and checked by api.app.request_guard
         if data is None:
             raise APIError(400, "the body must be JSON, or a multipart upload with a 'file'", code="invalid_json")
         if isinstance(data, dict) and "input_file_id" in data:
             openai_body = _validate(OpenAIBatchCreate, data)
-            out = await idem.run(openai_body, lambda: _from_file(openai_body, state, owner), BatchOut)
+            out = await idem.run(openai_body, lambda: _from_file(openai_body, state, owner, header), BatchOut)
         else:
             if isinstance(data, dict) and isinstance(data.get("items"), list) \
                     and len(data["items"]) > state.settings.batch_max_items:
                 raise APIError(413, f"a batch holds at most {state.settings.batch_max_items:,} items; split the "
                                     "input into smaller batches", code="too_many_items", param="items")
             body = _validate(BatchCreate, data)
-            out = await idem.run(body, lambda: _from_json(body, state, owner), BatchOut)
+            out = await idem.run(body, lambda: _from_json(body, state, owner, header), BatchOut)
     response.headers["Location"] = f"/v1/batches/{out.id}"
     return out
 
@@ -110,7 +115,7 @@ async def _check_hook(state: AppState, owner: str, fields: BatchWebhookFields) -
         await check_webhook_url(state, owner, fields.webhook)
 
 
-async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchOut:
+async def _from_json(body: BatchCreate, state: AppState, owner: str, header: float | None) -> BatchOut:
     await _check_hook(state, owner, body)
     defaults = BatchDefaults.model_validate(body.model_dump(exclude={"items", *BatchWebhookFields.model_fields}))
     specs = []
@@ -128,13 +133,15 @@ async def _from_json(body: BatchCreate, state: AppState, owner: str) -> BatchOut
     try:
         return BatchOut.of(await accept(state, owner, source, model=body.model, mode=body.mode, what="items",
                                         cache=body.cache, metadata=body.metadata, priority=body.priority,
-                                        **_hook(body)))
+                                        deadline_seconds=earliest(header, body.deadline_seconds),
+                                        completion_window=body.completion_window, **_hook(body)))
     except APIError as exc:  # name the item, not a line, for inline items
         exc.body.message = exc.body.message.replace("line ", "items.", 1)
         raise
 
 
-async def _from_upload(request: Request, state: AppState, owner: str, idem: Idempotency) -> BatchOut:
+async def _from_upload(request: Request, state: AppState, owner: str, idem: Idempotency,
+                       header: float | None) -> BatchOut:
     async with request.form(max_part_size=state.settings.batch_file_max_bytes) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -167,7 +174,8 @@ async def _from_upload(request: Request, state: AppState, owner: str, idem: Idem
             return BatchOut.of(await accept(state, owner, source, model=defaults.model, mode=defaults.mode,
                                             what="file", cache=defaults.cache, metadata=defaults.metadata,
                                             priority=defaults.priority,
-                                            **_hook(hook)))
+                                            deadline_seconds=earliest(header, defaults.deadline_seconds),
+                                            completion_window=defaults.completion_window, **_hook(hook)))
 
         if idem.redis_key is None:
             return await create()
@@ -206,7 +214,7 @@ def _format_of(upload: UploadFile) -> Literal["csv", "jsonl"]:
                    code="invalid_file", param="file")
 
 
-async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str) -> BatchOut:
+async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str, header: float | None) -> BatchOut:
     if await file_store.get(state, body.input_file_id, owner) is None:
         raise not_found("file", "input_file_id")
     await _check_hook(state, owner, body)
@@ -219,7 +227,7 @@ async def _from_file(body: OpenAIBatchCreate, state: AppState, owner: str) -> Ba
     return BatchOut.of(await accept(state, owner, source, model=None, mode=defaults.mode, what="input_file_id",
                                     kind="openai", endpoint=body.endpoint, input_file_id=body.input_file_id,
                                     completion_window=body.completion_window, metadata=body.metadata or {},
-                                    **_hook(body)))
+                                    deadline_seconds=header, **_hook(body)))
 
 
 @router.get("", response_model=BatchList, summary="List your batches, newest first")

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from api.app.deadline_fields import CompletionWindow, DeadlineSeconds
 from api.jobs.schemas import PRIORITY_DOC
 from api.webhooks.fields import BatchWebhookFields
 from textgen_core.batch_view import BatchOut
@@ -46,6 +47,7 @@ class ItemOverrides(BaseModel):
 
 
 class BatchItem(ItemOverrides):
+    deadline_seconds: DeadlineSeconds = None
     custom_id: str = Field(pattern=CUSTOM_ID)
     prompt: str | None = Field(default=None, min_length=1, max_length=32_000)
     messages: list[ChatMessage] | None = Field(default=None, min_length=1, max_length=64)
@@ -73,7 +75,7 @@ class BatchItem(ItemOverrides):
             mode = self.mode or defaults.mode
             source = JobInput(prompt=self.prompt, messages=self.messages)
         return ItemSpec(custom_id=self.custom_id, mode=mode, input=source,
-                        params=SamplingParams.model_validate(params))
+                        params=SamplingParams.model_validate(params), deadline_seconds=self.deadline_seconds)
 
 
 class BatchDefaults(SamplingParams):
@@ -86,6 +88,8 @@ class BatchDefaults(SamplingParams):
                         "(identical items generate once); false generates every item.")
     priority: Annotated[int, NotBool] = Field(default=DEFAULT_PRIORITY, ge=HIGHEST, le=LOWEST,
                                               description="Of every item, among bulk work. " + PRIORITY_DOC)
+    completion_window: CompletionWindow | None = None
+    deadline_seconds: DeadlineSeconds = None  # every item's, unless the item sets a shorter one
 
     @field_validator("metadata")
     @classmethod
@@ -121,7 +125,7 @@ class OpenAIBatchCreate(BatchWebhookFields):
 
     input_file_id: str
     endpoint: Literal["/v1/chat/completions", "/v1/completions"]
-    completion_window: Literal["24h"] = "24h"
+    completion_window: CompletionWindow = "24h"
     metadata: dict[str, str] | None = None
 
     model_config = {"extra": "forbid"}

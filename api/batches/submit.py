@@ -15,12 +15,14 @@ is a 413.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 from itertools import islice
 
 from anyio import to_thread
 from redis.exceptions import RedisError
 
+from api.app.deadline_fields import window_seconds
 from api.app.errors import APIError
 from api.app.metrics import JOBS_SUBMITTED
 from api.app.model_check import model_not_found
@@ -30,6 +32,7 @@ from api.batches.input import BatchInputError
 from api.jobs.refused import remove_batch_later
 from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.batches import BatchRecord, ItemSpec, new_batch_id
+from textgen_core.deadlines import deadline_at, earliest
 from textgen_core.dispatch import Chunk, record
 from textgen_core.jobs import JobRecord
 from textgen_core.modes import Mode
@@ -103,8 +106,19 @@ async def _count_against_limits(state: AppState, owner: str, store: AsyncBatchSt
         raise
 
 
+def _item_deadline(batch: BatchRecord, spec: ItemSpec, deadline_seconds: float | None) -> float | None:
+    """When an item must be done by: the earliest of its own deadline, the batch-wide one and the end
+    of the batch's completion window (all counted from the batch's creation)."""
+    seconds = earliest(spec.deadline_seconds, deadline_seconds)
+    at = [t for t in (deadline_at(batch.created_at, seconds), batch.expires_at) if t is not None]
+    return min(at) if at else None
+
+
 async def accept(state: AppState, owner: str, source: ItemSource, *, model: str | None, mode: Mode,
-                 what: str, cache: bool = True, **fields: object) -> BatchRecord:
+                 what: str, cache: bool = True, deadline_seconds: float | None = None,
+                 **fields: object) -> BatchRecord:
+    """``deadline_seconds``: every item's deadline (the body field or the ``Cancel-After`` header); a
+    ``completion_window`` among ``fields`` sets the batch's ``expires_at``."""
     settings = state.settings
     default_model = model or settings.default_model
     if settings.model(default_model) is None:
@@ -112,8 +126,10 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
     total, model_id, tokens = await to_thread.run_sync(
         lambda: _check(source, settings.batch_max_items, default_model, lambda m: settings.model(m) is not None,
                        what))
-    batch = BatchRecord(id=new_batch_id(), owner=owner, model=model_id, mode=mode, total=total,
-                        **fields)  # type: ignore[arg-type]
+    created = time.time()
+    window = window_seconds(fields.get("completion_window"))  # type: ignore[arg-type]
+    batch = BatchRecord(id=new_batch_id(), owner=owner, model=model_id, mode=mode, total=total, created_at=created,
+                        expires_at=deadline_at(created, window), **fields)  # type: ignore[arg-type]
     check_priority(settings, owner, batch.priority)
     store = batch_store(state)
     await _count_against_limits(state, owner, store, total, tokens, what)
@@ -124,8 +140,8 @@ async def accept(state: AppState, owner: str, source: ItemSource, *, model: str 
         await store.create(batch)
         while specs := await to_thread.run_sync(lambda: [s for _, _, s in islice(items, chunk)]):
             jobs = [JobRecord.new(owner=owner, model=model_id, mode=s.mode, lane="bulk", input=s.input,
-                                  params=s.params, batch_id=batch.id, custom_id=s.custom_id, priority=batch.priority)
-                    for s in specs]
+                                  params=s.params, batch_id=batch.id, custom_id=s.custom_id, priority=batch.priority,
+                                  deadline_at=_item_deadline(batch, s, deadline_seconds)) for s in specs]
             if state.cache is not None:
                 for job in jobs:
                     state.cache.mark(job, cache)

@@ -13,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from api.app.deadline_fields import CancelAfterHeader, cancel_after, deadline_seconds
 from api.app.deps import HubDep, KeysDep, OwnerDep, RedisDep, SettingsDep, StateDep, StoreDep
 from api.app.errors import CREATE_RESPONSES, ERROR_RESPONSES, APIError, not_found
 from api.app.idempotency import IdempotencyDep
@@ -25,6 +26,7 @@ from api.jobs.refused import withdraw_later
 from api.jobs.schemas import JobCreate, JobList, JobOut
 from api.webhooks.service import check_webhook_url
 from textgen_core import metrics
+from textgen_core.deadlines import deadline_at, track
 from textgen_core.job_index import AsyncJobIndex, CursorNotFound
 from textgen_core.jobs import ChatMessage, JobInput, JobRecord, JobStatus
 from textgen_core.keys import Keys
@@ -49,13 +51,15 @@ async def _owned(store: AsyncJobStore, job_id: str, owner: str) -> JobRecord:
 
 async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "interactive",
                  raw: bool = False, response: Response | None = None, *, job_id: str | None = None,
-                 history: list[ChatMessage] | None = None) -> JobRecord:
+                 history: list[ChatMessage] | None = None, cancel_after: str | None = None) -> JobRecord:
     """Validate the model and the prompt's length, take from the key's token budget, attach
     conversation history, store the job under the key's queued-jobs cap, then enqueue it.
 
     ``raw``: continue the prompt as plain text, without mode or chat template (OpenAI completions).
     ``job_id`` and ``history``: the id and history of a job that is a response (``api/responses``).
+    ``cancel_after``: the ``Cancel-After`` header, a deadline as ``body.deadline_seconds`` is one.
     """
+    deadline = deadline_seconds(cancel_after, body.deadline_seconds)
     model = body.model or state.settings.default_model
     if state.settings.model(model) is None:
         raise model_not_found(state.settings, model)
@@ -74,6 +78,7 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
             job.id = job_id
         job.lane = lane
         job.input.raw = raw
+        job.deadline_at = deadline_at(job.timings.created_at, deadline)
         hit = False
         if state.cache is not None:
             state.cache.mark(job, body.cache)
@@ -92,6 +97,13 @@ async def submit(state: AppState, body: JobCreate, owner: str, lane: str = "inte
         await job_index(state.redis, state.keys, state.settings).add([job])
     except RedisError as exc:
         log.warning("job %s not indexed for listing: %s", job.id, exc)
+    if job.deadline_at is not None:  # a failed write leaves its deadline to the claim, which refuses it too
+        try:
+            async with state.redis.pipeline(transaction=False) as pipe:
+                track(pipe, state.keys, {job.id: job.deadline_at}, state.settings.job_ttl_seconds)
+                await pipe.execute()
+        except RedisError as exc:
+            log.warning("deadline of job %s not tracked for the sweeper: %s", job.id, exc)
     queue = state.keys.queue(model, lane)
     JOBS_SUBMITTED.labels(model, queue, lane, str(job.priority)).inc()
     log.info("job accepted", extra={"job_id": job.id, "model": model, "queue": queue, "owner": owner})
@@ -134,9 +146,11 @@ async def _refund(state: AppState, owner: str, tokens: int) -> None:
 @router.post("", status_code=202, response_model=JobOut, summary="Submit a generation job",
              responses=CREATE_RESPONSES)
 async def create_job(body: JobCreate, owner: OwnerDep, state: StateDep, response: Response,
-                     idem: IdempotencyDep) -> JobOut:
+                     idem: IdempotencyDep, cancel_after_header: CancelAfterHeader = None) -> JobOut:
+    cancel_after(cancel_after_header)  # a bad header is a 400 before anything is stored
+
     async def create() -> JobOut:
-        return JobOut.of(await submit(state, body, owner, response=response))
+        return JobOut.of(await submit(state, body, owner, response=response, cancel_after=cancel_after_header))
 
     out = await idem.run(body, create, JobOut)
     response.headers["Location"] = f"/v1/jobs/{out.id}"

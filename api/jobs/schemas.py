@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, field_validator, model_validator
 
+from api.app.deadline_fields import DeadlineSeconds
 from api.webhooks.fields import WEBHOOK_DOC, WebhookURL, unique_events
 from textgen_core.jobs import PRIVATE_FIELDS, ChatMessage, Job, JobInput, JobRecord, NotBool, SamplingParams
 from textgen_core.modes import Mode
@@ -37,6 +38,7 @@ class JobCreate(SamplingParams):
     priority: Annotated[int, NotBool] = Field(default=DEFAULT_PRIORITY, ge=HIGHEST, le=LOWEST, description=PRIORITY_DOC)
     cache: StrictBool = Field(default=True, description="Answer from (and fill) the result cache when the request "
                         "is deterministic (temperature 0 or a seed). false always generates.")
+    deadline_seconds: DeadlineSeconds = None
 
     model_config = {
         "extra": "forbid",

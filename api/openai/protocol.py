@@ -26,7 +26,7 @@ SEED_SPACE = 2**53  # the largest seed the job schema accepts, plus one
 # was canceled (POST /v1/jobs/{id}/cancel): saying "stop" would pass a cut-off text as complete.
 # The SDKs keep a finish_reason they do not know as a plain string.
 OpenAIFinishReason = Literal["stop", "length", "canceled"]
-FINISH_REASONS: dict[str, OpenAIFinishReason] = {"length": "length", "time_limit": "length",
+FINISH_REASONS: dict[str, OpenAIFinishReason] = {"length": "length", "time_limit": "length", "deadline": "length",
                                                  "canceled": "canceled"}
 
 

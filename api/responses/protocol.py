@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StrictBool, ValidationInfo, field_validator, model_validator
 
+from api.app.deadline_fields import DeadlineSeconds
 from api.app.errors import APIError
 from api.jobs.schemas import PRIORITY_DOC, JobCreate
 from api.webhooks.fields import WEBHOOK_DOC, WebhookURL
@@ -68,6 +69,7 @@ class ResponseCreate(BaseModel):
                                        "response.completed, .incomplete, .failed or .cancelled once.")
     priority: Annotated[int, NotBool] = Field(default=DEFAULT_PRIORITY, ge=HIGHEST, le=LOWEST,
                                               description=f"textgen extra: {PRIORITY_DOC}")
+    deadline_seconds: DeadlineSeconds = None  # textgen extra, as on /v1/jobs (or the Cancel-After header)
     # Accepted and ignored: they change nothing about the text.
     user: str | None = Field(default=None, max_length=256)
     safety_identifier: str | None = Field(default=None, max_length=256)
@@ -165,7 +167,8 @@ class ResponseCreate(BaseModel):
         if self.instructions:
             messages = [ChatMessage(role="system", content=self.instructions), *messages]
         return JobCreate(messages=messages, model=self.model, mode=Mode.general, metadata=self.metadata or {},
-                         webhook=self.webhook, cache=True, priority=self.priority, **sampling)
+                         webhook=self.webhook, cache=True, priority=self.priority,
+                         deadline_seconds=self.deadline_seconds, **sampling)
 
 
 def _refuse(message: str, param: str) -> APIError:

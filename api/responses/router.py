@@ -12,6 +12,7 @@ from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
+from api.app.deadline_fields import CancelAfterHeader, cancel_after
 from api.app.deps import OwnerDep, StateDep
 from api.app.errors import ErrorResponse
 from api.app.state import AppState
@@ -35,8 +36,9 @@ router = APIRouter(prefix="/v1/responses", tags=["openai"], route_class=OpenAIRo
 
 @router.post("", summary="Create a response (OpenAI Responses API)", responses={200: {"content": _STREAM}})
 async def create_response(body: ResponseCreate, owner: OwnerDep, state: StateDep, request: Request,
-                          response: Response) -> Any:
-    job, meta, held = await service.create(state, body, owner, response)
+                          response: Response, cancel_after_header: CancelAfterHeader = None) -> Any:
+    cancel_after(cancel_after_header)  # a bad header is a 400 before anything is stored
+    job, meta, held = await service.create(state, body, owner, response, cancel_after=cancel_after_header)
     headers = {"X-Job-Ids": job.id}
     if body.stream:  # held or not, the same events; a held response is cancelled if the client leaves
         return EventSourceResponse(_events(state, job, meta, owner, held=held), sep="\n", ping=15,

@@ -111,8 +111,8 @@ class Held:
 
 
 
-async def create(state: AppState, body: ResponseCreate, owner: str, response: Response) -> tuple[
-        JobRecord, ResponseMeta, Held | None]:
+async def create(state: AppState, body: ResponseCreate, owner: str, response: Response,
+                 cancel_after: str | None = None) -> tuple[JobRecord, ResponseMeta, Held | None]:
     """Submit the response's job. Unless it is a background response, take a request slot and make
     sure a worker serves the model first (a held request must not wait on nobody)."""
     settings = state.settings
@@ -143,7 +143,8 @@ async def create(state: AppState, body: ResponseCreate, owner: str, response: Re
         if slots is not None and not await state.fleet.wait_for_worker(model, settings.openai_worker_wait_seconds):
             raise APIError(503, f"no worker is serving the model '{model}' right now; retry shortly, or use "
                            "background=true", code="model_unavailable", headers={"Retry-After": "5"})
-        job = await submit(state, job_create, owner, response=response, job_id=new_response_id(), history=history)
+        job = await submit(state, job_create, owner, response=response, job_id=new_response_id(), history=history,
+                           cancel_after=cancel_after)
         await state.redis.hset(state.keys.job(job.id), META_FIELD, meta.model_dump_json())
     except BaseException:
         if slots is not None and slot is not None:

@@ -107,3 +107,10 @@ def test_images_run_as_a_non_root_user(path: str) -> None:
     lines = [line.split() for line in (ROOT / path).read_text().splitlines() if line.strip()]
     users = [words[1] for words in lines if words[0] == "USER"]
     assert users and users[-1] not in ("root", "0")
+
+
+def test_the_dashboard_shows_dead_letters_per_queue() -> None:
+    dashboard = json.loads((MONITORING / "grafana/dashboards/textgen.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert any("textgen_dead_letters_total" in e and "by (queue" in e for e in exprs)
+    assert any("textgen_jobs_retried_total" in e for e in exprs)

@@ -94,7 +94,7 @@ def test_a_csv_upload_takes_the_webhook_as_form_fields(client: httpx.Client, rec
     assert batch["webhook"] == receiver.url and batch["webhook_events_filter"] == ["completed"]
     [(_, done)] = events_of(receiver, secret, batch["id"])
     assert done["type"] == "batch.completed" and done["mode"] == "ecommerce"
-    assert done["request_counts"] == {"total": 2, "completed": 2, "failed": 0, "canceled": 0}
+    assert done["request_counts"] == {"total": 2, "completed": 2, "failed": 0, "canceled": 0, "expired": 0}
     bad = client.post("/v1/batches", files={"file": ("products.csv", text, "text/csv")},
                       data={"webhook": receiver.url, "webhook_events_filter": "completed,started"})
     assert bad.status_code == 422 and bad.json()["error"]["param"].startswith("webhook_events_filter")

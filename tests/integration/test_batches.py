@@ -52,10 +52,10 @@ def test_json_batch_completes_with_every_item_once_in_input_order(client: httpx.
     batch = submit_batch(client, items)
     assert batch["status"] in ("in_progress", "completed")
     assert batch["request_counts"] == {"total": 6, "completed": batch["request_counts"]["completed"],
-                                       "failed": 0, "canceled": 0}
+                                       "failed": 0, "canceled": 0, "expired": 0}
     done = wait_batch(client, batch["id"])
     assert done["status"] == "completed", done
-    assert done["request_counts"] == {"total": 6, "completed": 6, "failed": 0, "canceled": 0}
+    assert done["request_counts"] == {"total": 6, "completed": 6, "failed": 0, "canceled": 0, "expired": 0}
     assert done["created_at"] <= done["started_at"] <= done["finished_at"]
     assert done["eta_seconds"] == 0 and done["items_per_second"] > 0
     rows = results(client, batch["id"])
@@ -94,7 +94,7 @@ def test_jsonl_upload_completes(client: httpx.Client) -> None:
                        data={"max_tokens": "6", "temperature": "0"})
     assert resp.status_code == 202, resp.text
     batch = wait_batch(client, resp.json()["id"])
-    assert batch["request_counts"] == {"total": 2, "completed": 2, "failed": 0, "canceled": 0}
+    assert batch["request_counts"] == {"total": 2, "completed": 2, "failed": 0, "canceled": 0, "expired": 0}
     assert sorted(r["custom_id"] for r in results(client, batch["id"])) == ["a", "b"]
 
 
@@ -141,7 +141,7 @@ def test_one_failing_item_fails_alone(client: httpx.Client) -> None:
              {"custom_id": "ok-2", "prompt": "Say bye."}]
     batch = wait_batch(client, submit_batch(client, items)["id"])
     assert batch["status"] == "completed"
-    assert batch["request_counts"] == {"total": 3, "completed": 2, "failed": 1, "canceled": 0}
+    assert batch["request_counts"] == {"total": 3, "completed": 2, "failed": 1, "canceled": 0, "expired": 0}
     by_id = {r["custom_id"]: r for r in results(client, batch["id"])}
     assert by_id["too-long"]["status"] == "failed"
     assert "context" in by_id["too-long"]["error"]["message"]
@@ -254,6 +254,6 @@ def test_a_worker_killed_mid_batch_loses_no_item(stack: Stack, client: httpx.Cli
     final = wait_batch(client, batch["id"])
     print(f"\nkilled with {killed_at} done; finished with {final['request_counts']}")
     assert final["status"] == "completed"
-    assert final["request_counts"] == {"total": 16, "completed": 16, "failed": 0, "canceled": 0}
+    assert final["request_counts"] == {"total": 16, "completed": 16, "failed": 0, "canceled": 0, "expired": 0}
     rows = results(client, batch["id"])
     assert [r["custom_id"] for r in rows] == [i["custom_id"] for i in items]

@@ -73,7 +73,7 @@ def test_a_chunk_whose_dispatcher_was_killed_is_sent_again_and_each_item_runs_on
           f"{redispatched or -1:.1f} s after the kill, every item done after {finished:.1f} s "
           f"(lease 10 s, reaper every 1 s here)")
     assert deadline_at_kill is not None and redispatched is not None  # held while sent, then re-sent
-    assert batch["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0, "canceled": 0}
+    assert batch["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0, "canceled": 0, "expired": 0}
     assert Counter(row["custom_id"] for row in rows) == Counter(item["custom_id"] for item in items)
     assert all(rec["status"] == "succeeded" for rec in records.values())
     # The re-sent chunk sent every item message again; those already done did nothing.

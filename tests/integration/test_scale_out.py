@@ -67,7 +67,7 @@ def test_two_workers_and_two_apis_share_the_work_and_a_kill_loses_nothing(tmp_pa
         records = item_records(st, batch_id)  # read while Redis is up
     print(f"\n{done_at_kill}/{ITEMS} items done when a worker and an API were killed; "
           f"final counts {batch['request_counts']}")
-    assert batch["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0, "canceled": 0}
+    assert batch["request_counts"] == {"total": ITEMS, "completed": ITEMS, "failed": 0, "canceled": 0, "expired": 0}
     ids = Counter(__import__("json").loads(row)["custom_id"] for row in rows)
     assert ids == Counter(item["custom_id"] for item in items)  # each custom_id exactly once
     assert job_states == ["succeeded"] * JOBS

@@ -173,7 +173,7 @@ def test_a_batch_completes_every_item(api: httpx.Client) -> None:
     while (batch := api.get(f"/v1/batches/{batch_id}").json())["status"] not in ("completed", "failed", "canceled"):
         assert time.monotonic() < deadline, batch
         time.sleep(0.5)
-    assert batch["request_counts"] == {"total": 4, "completed": 4, "failed": 0, "canceled": 0}, batch
+    assert batch["request_counts"] == {"total": 4, "completed": 4, "failed": 0, "canceled": 0, "expired": 0}, batch
     lines = [json.loads(line) for line in api.get(f"/v1/batches/{batch_id}/results").text.splitlines() if line]
     assert [line["custom_id"] for line in lines] == [f"f-{c}" for c in "ABCD"]
 

@@ -4,10 +4,11 @@ from textgen_core.jobs import TERMINAL, JobInput, JobRecord, JobStatus, Sampling
 from textgen_core.store import decode_job, encode_job
 
 
-def test_terminal_states_have_no_way_out() -> None:
+def test_terminal_states_have_no_way_out_but_the_retry_of_a_failed_job() -> None:
     for status in TERMINAL:
         assert status.terminal
-        assert not any(can_transition(status, new) for new in JobStatus)
+        ways_out = {new for new in JobStatus if can_transition(status, new)}
+        assert ways_out == ({JobStatus.queued} if status is JobStatus.failed else set())
 
 
 @pytest.mark.parametrize(
@@ -19,6 +20,10 @@ def test_terminal_states_have_no_way_out() -> None:
         ("running", "succeeded", True),
         ("running", "canceled", True),
         ("running", "queued", True),  # lapsed lease: back to the queue
+        ("queued", "expired", True),  # its deadline passed before a worker started it
+        ("running", "expired", True),  # its deadline stopped it
+        ("failed", "queued", True),  # POST /v1/jobs/{id}/retry
+        ("expired", "queued", False),
         ("succeeded", "running", False),
         ("canceled", "queued", False),
     ],
@@ -29,7 +34,8 @@ def test_transitions(current: str, new: str, allowed: bool) -> None:
 
 def test_record_round_trips_through_the_redis_encoding() -> None:
     job = JobRecord.new(owner="o1", model="m", input=JobInput(prompt="hé \x00 ☃"),
-                        params=SamplingParams(stop=["\n"], seed=3), metadata={"a": [1, 2]}, conversation_id="c")
+                        params=SamplingParams(stop=["\n"], seed=3), metadata={"a": [1, 2]}, conversation_id="c",
+                        deadline_at=1_700_000_000.25)
     back = decode_job(encode_job(job))
     assert back.model_dump() == job.model_dump()
     assert back.public().model_dump().keys() == job.public().model_dump().keys()

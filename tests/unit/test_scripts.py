@@ -28,6 +28,8 @@ from textgen_core.aging import lane_lists as aging_lane_lists
 from textgen_core.batch_store import AsyncBatchStore
 from textgen_core.batches import BatchRecord
 from textgen_core.cache import ResultCache
+from textgen_core.dead_letters import AsyncDeadLetters
+from textgen_core.deadlines import DeadlineSweeper
 from textgen_core.dispatch import Chunk, ChunkLeases, record
 from textgen_core.jobs import JobInput, JobRecord, JobStatus, SamplingParams
 from textgen_core.keys import Keys
@@ -188,6 +190,25 @@ def _run_worker_side(r: redis.Redis, keys: Keys) -> None:
     assert [x.job_id for x in reaped] == [lapsed.id]
     assert store.get(lapsed.id).status is JobStatus.queued  # type: ignore[union-attr]
 
+    # Deadlines: the claim refuses a job past its deadline; the sweeper expires a queued one, looks again
+    # later at a running one, and forgets an ended one.
+    late = job(deadline_at=time.time() - 1)
+    r.hset(keys.job(late.id), mapping=encode_job(late))
+    claim = store.claim(late.id, worker="w", attempt_token="t3", max_attempts=3)
+    assert not claim.owned and claim.status is JobStatus.expired and claim.ended == "deadline"
+    assert store.get(late.id).finish_reason == "deadline"  # type: ignore[union-attr]
+    sweeper = DeadlineSweeper(r, keys, stream_ttl=60, recheck_seconds=30)
+    waiting, running = job(deadline_at=time.time() - 1), job(deadline_at=time.time() - 1)
+    for record_ in (waiting, running):
+        r.hset(keys.job(record_.id), mapping=encode_job(record_))
+    assert store.claim(running.id, worker="w", attempt_token="t4", max_attempts=3).status is JobStatus.expired
+    r.hset(keys.job(running.id), "status", "running")  # as if claimed a moment before its deadline
+    r.zadd(keys.deadlines, {waiting.id: time.time() - 1, running.id: time.time() - 1, record.id: time.time() - 1})
+    assert [e.job_id for e in sweeper.sweep()] == [waiting.id]
+    assert store.get(waiting.id).status is JobStatus.expired  # type: ignore[union-attr]
+    assert r.zrange(keys.deadlines, 0, -1) == [running.id]  # looked at again later; the ended ones dropped
+    assert r.zscore(keys.deadlines, running.id) > time.time() + 20
+
     # Batch chunks: taken over and done; one whose deadline passed is re-sent once, later re-sends spaced
     # out until a dispatcher takes it over; an ended batch's chunks are dropped.
     chunks = ChunkLeases(r, keys, lease_seconds=30, ttl=60)
@@ -257,6 +278,26 @@ async def _run_api_side(url: str, keys: Keys) -> None:
         assert await store.create_finished(hit, fields={"output": "cached"}, history_append=[],
                                            history_max_turns=5, history_ttl=60)
         assert (await store.get(hit.id, OWNER)).status is JobStatus.succeeded  # type: ignore[union-attr]
+
+        # A failed job is retried once: queued again with its attempt counter and stream reset.
+        failed = job()
+        await store.create(failed)
+        await r.hset(keys.job(failed.id), mapping={"status": "failed", "attempts": "3", "error": '{"message":"x"}'})
+        await r.hdel(keys.job(failed.id), "pending_key")
+        await r.decr(keys.pending(OWNER))  # released as the failing script would
+        pending = int(await r.get(keys.pending(OWNER)) or 0)
+        await r.xadd(keys.tokens(failed.id), {"end": "failed"})
+        letters = AsyncDeadLetters(r, keys, lease_seconds=30, ttl=60)
+        assert await letters.retry(failed.id, "someone-else") == "missing"
+        assert await letters.retry(failed.id, OWNER) == "retried"
+        assert await letters.retry(failed.id, OWNER) == "queued"
+        again = await store.get(failed.id, OWNER)
+        assert again is not None and (again.status, again.attempts, again.error) == (JobStatus.queued, 0, None)
+        assert not await r.exists(keys.tokens(failed.id)) and int(await r.get(keys.pending(OWNER))) == pending + 1
+        await store.cancel(failed.id, OWNER)
+        item = job(batch_id="batch_x", custom_id="c")
+        await r.hset(keys.job(item.id), mapping={**encode_job(item), "status": "failed"})
+        assert await letters.retry(item.id, OWNER) == "batch_item"  # its batch counted it already
 
         batches = AsyncBatchStore(r, keys, ttl=60, stream_ttl=60)
         assert await batches.reserve(OWNER, 3, cap=4) == (True, 3)

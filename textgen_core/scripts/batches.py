@@ -11,7 +11,9 @@ from textgen_core.scripts import define
 START = define("batch.start", """
 if redis.call('HGET', KEYS[1], 'status') == 'validating' then redis.call('HSET', KEYS[1], 'status', 'in_progress') end
 local s = redis.call('HGET', KEYS[1], 'status')
-if s == 'completed' or s == 'canceled' or s == 'failed' then redis.call('SREM', KEYS[2], ARGV[1]) end
+if s == 'completed' or s == 'canceled' or s == 'failed' or s == 'expired' then
+  redis.call('SREM', KEYS[2], ARGV[1])
+end
 return s
 """)
 

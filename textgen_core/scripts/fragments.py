@@ -72,13 +72,19 @@ local function settle_batch_item(jobkey, batch_prefix, active, channel, outbox, 
   local bkey = batch_key(batch_prefix, bid)
   if redis.call('EXISTS', bkey) == 0 then return end
   local field = 'failed'
-  if status == 'succeeded' then field = 'completed' elseif status == 'canceled' then field = 'canceled' end
+  if status == 'succeeded' then field = 'completed' elseif status == 'canceled' then field = 'canceled'
+  elseif status == 'expired' then field = 'expired' end
   redis.call('HINCRBY', bkey, field, 1)
-  local b = redis.call('HMGET', bkey, 'completed', 'failed', 'canceled', 'total', 'status', 'cancel_requested')
-  local done = tonumber(b[1] or 0) + tonumber(b[2] or 0) + tonumber(b[3] or 0)
-  if done >= tonumber(b[4] or 0) and b[5] ~= 'completed' and b[5] ~= 'canceled' and b[5] ~= 'failed' then
+  local b = redis.call('HMGET', bkey, 'completed', 'failed', 'canceled', 'total', 'status', 'cancel_requested',
+    'expired', 'expires_at')
+  local done = tonumber(b[1] or 0) + tonumber(b[2] or 0) + tonumber(b[3] or 0) + tonumber(b[7] or 0)
+  if done >= tonumber(b[4] or 0) and b[5] ~= 'completed' and b[5] ~= 'canceled' and b[5] ~= 'failed'
+      and b[5] ~= 'expired' then
     local final = 'completed'
-    if b[6] == '1' then final = 'canceled' end
+    if b[6] == '1' then final = 'canceled'
+    -- items ran out of the batch's completion window: the batch expired (items that ended before it keep
+    -- their results; an item's own shorter deadline leaves the batch completed)
+    elseif tonumber(b[7] or 0) > 0 and b[8] and tonumber(now) >= tonumber(b[8]) then final = 'expired' end
     redis.call('HSET', bkey, 'status', final, 'finished_at', now)
     redis.call('SREM', active, bid)
     redis.call('PUBLISH', channel, cjson.encode({id = bid, status = final}))
@@ -90,3 +96,28 @@ end
 # Everything a script that ends a job calls: release_pending, take_lease/drop_lease, outbox_add,
 # batch_key and settle_batch_item.
 JOB_END = RELEASE_PENDING + LEASE + OUTBOX + BATCH_KEY + SETTLE
+
+# ``expire_job(job, tokens, deadlines, leases, outbox, active, batch_prefix, batch_channel, events, now,
+# stream_ttl)``: end a queued job ``expired`` (its deadline passed before it started) as any terminal
+# transition does: pending place, lease, stream end, event, batch counts, webhook outbox; and drop it
+# from the deadlines set (``Keys.deadlines``). Needs JOB_END.
+EXPIRE = """
+local function expire_job(job, tokens, deadlines, leases, outbox, active, batch_prefix, batch_channel, events,
+                          now, stream_ttl)
+  local id = redis.call('HGET', job, 'id')
+  redis.call('HSET', job, 'status', 'expired', 'finished_at', now, 'finish_reason', 'deadline', 'output', '',
+    'error', cjson.encode({message = 'the job reached its deadline before a worker started it',
+      type = 'deadline_exceeded'}))
+  release_pending(job)
+  drop_lease(job, leases)
+  redis.call('ZREM', deadlines, id)
+  redis.call('XADD', tokens, '*', 'end', 'expired')
+  redis.call('EXPIRE', tokens, stream_ttl)
+  redis.call('PUBLISH', events, cjson.encode({id = id, status = 'expired'}))
+  settle_batch_item(job, batch_prefix, active, batch_channel, outbox, 'expired', now)
+  outbox_add(outbox, job, 'job.completed', id, now)
+end
+"""
+
+# What a script that may expire a job calls: JOB_END and expire_job.
+JOB_EXPIRE = JOB_END + EXPIRE

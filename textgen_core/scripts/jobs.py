@@ -7,17 +7,23 @@ pending place, drop its lease, settle its batch item and record ``job.completed`
 from __future__ import annotations
 
 from textgen_core.scripts import define
-from textgen_core.scripts.fragments import JOB_END
+from textgen_core.scripts.fragments import JOB_END, JOB_EXPIRE
 
-# KEYS: job, leases, webhook outbox, active batches. ARGV: worker, now, attempt_token, job ttl,
-# max attempts, events channel, batch key prefix (``Keys.batch("")``), lease seconds, batch events
-# channel. Atomically queued -> running for this attempt (taking its lease), or gives up after
-# max_attempts (a job that keeps stopping its worker), else the status it has (another attempt may be
-# running it: a message redelivered while the first delivery still runs must not run it twice).
-CLAIM = define("job.claim", JOB_END + """
+# KEYS: job, leases, webhook outbox, active batches, tokens stream, deadlines. ARGV: worker, now,
+# attempt_token, job ttl, max attempts, events channel, batch key prefix (``Keys.batch("")``), lease
+# seconds, batch events channel, stream ttl. Atomically queued -> running for this attempt (taking its
+# lease); or expires a job whose deadline passed ("deadline"); or gives up after max_attempts (a job
+# that keeps stopping its worker, "gave_up"); else the status it has (another attempt may be running
+# it: a message redelivered while the first delivery still runs must not run it twice).
+CLAIM = define("job.claim", JOB_EXPIRE + """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'missing' end
 if st ~= 'queued' then return st end
+local dl = tonumber(redis.call('HGET', KEYS[1], 'deadline_at') or '')
+if dl and dl <= tonumber(ARGV[2]) then
+  expire_job(KEYS[1], KEYS[5], KEYS[6], KEYS[2], KEYS[3], KEYS[4], ARGV[7], ARGV[9], ARGV[6], ARGV[2], ARGV[10])
+  return 'deadline'
+end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
 if attempts > tonumber(ARGV[5]) then
   redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[2], 'finish_reason', 'error',
@@ -126,4 +132,28 @@ if ARGV[1] ~= '' and redis.call('HGET', KEYS[1], 'attempt_token') ~= ARGV[1] the
 redis.call('HSET', KEYS[1], 'status', 'queued', 'worker', '', 'attempt_token', '')
 if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
 return 1
+""")
+
+# KEYS: job, tokens stream, leases, the owner's unfinished-jobs counter. ARGV: owner, now, lease
+# seconds, ttl. A failed job back to ``queued`` under the same id (``POST /v1/jobs/{id}/retry``, so two
+# retries at once make one attempt). Returns "retried", "missing" (no such job, or another key's),
+# "batch_item", or the status of a job that is not failed. The job is armed with a lease that no task
+# holds: if the message the caller sends next is lost, the lease lapses and a reaper sends it again.
+RETRY = define("job.retry", """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'missing' end
+if st ~= 'failed' then return st end
+local bid = redis.call('HGET', KEYS[1], 'batch_id')
+if bid and bid ~= '' then return 'batch_item' end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', '0', 'worker', '', 'attempt_token', '', 'error', '',
+  'finish_reason', '', 'output', '', 'usage', '', 'batch_size', '', 'started_at', '', 'finished_at', '',
+  'cancel_requested', '0', 'deadline_at', '', 'pending_key', KEYS[4], 'lease', '')
+redis.call('HINCRBY', KEYS[1], 'retries', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+redis.call('DEL', KEYS[2])
+redis.call('INCR', KEYS[4])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[3]), redis.call('HGET', KEYS[1], 'id'))
+redis.call('EXPIRE', KEYS[3], ARGV[4])
+return 'retried'
 """)
