@@ -144,7 +144,7 @@ def _serve(cmd: list[str], health: str, log: Path, timeout: float, env: dict[str
            ) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
     try:
-        wait_http(health, log, timeout)
+        wait_http(health, log, timeout, proc)
     except BaseException:
         _stop(proc)
         raise
@@ -159,12 +159,18 @@ def vllm_python(path: Path) -> Path | None:
     return path if path.exists() else None
 
 
+def _cuda() -> bool:
+    return bool(os.environ.get("CUDA_VISIBLE_DEVICES")) or Path("/dev/nvidia0").exists()
+
+
 def run_vllm(python: Path, model_dir: Path, texts: list[str], single: int, max_tokens: int, dtype: str,
              logs: Path) -> Figures:
     port = free_port()
     cmd = [str(python), "-m", "vllm.entrypoints.openai.api_server", "--host", "127.0.0.1", "--port", str(port),
            "--model", str(model_dir), "--served-model-name", "peer", "--dtype", dtype,
            "--max-num-seqs", str(len(texts)), "--max-model-len", "2048"]
+    if not _cuda():  # on a CPU the memory fraction is of the machine's RAM: a KV cache of its own size instead
+        cmd += ["--kv-cache-memory-bytes", str(1 << 30), "--gpu-memory-utilization", "0.5"]
     proc = _serve(cmd, f"http://127.0.0.1:{port}/v1/models", logs / "vllm.log", 900)
     try:
         return asyncio.run(_measure(Server(f"http://127.0.0.1:{port}", "peer"), texts, single, max_tokens))
@@ -202,7 +208,7 @@ def main() -> None:
     assert spec is not None
     model_dir = Path(prepare(spec, settings.cache_dir))  # the safetensors folder textgen loads
     texts = prompts(args.concurrent)
-    cuda = bool(os.environ.get("CUDA_VISIBLE_DEVICES")) or Path("/dev/nvidia0").exists()
+    cuda = _cuda()
     logs = Path(tempfile.mkdtemp(prefix="peers-"))
     print(f"{args.concurrent} concurrent then {args.single} one at a time, max_tokens {args.max_tokens}, greedy; "
           f"load average {os.getloadavg()[0]:.2f}; server logs in {logs}", flush=True)

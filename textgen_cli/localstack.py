@@ -30,8 +30,9 @@ def tail(path: Path, lines: int = 60) -> str:
         return "(no log)"
 
 
-def wait_http(url: str, log: Path, timeout: float = 60) -> None:
-    """Poll ``url`` until it answers 200; on time-out, raise with the tail of ``log``."""
+def wait_http(url: str, log: Path, timeout: float = 60, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Poll ``url`` until it answers 200; on time-out, or as soon as ``proc`` (the server) exits,
+    raise with the tail of ``log``."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -39,6 +40,8 @@ def wait_http(url: str, log: Path, timeout: float = 60) -> None:
                 return
         except httpx.HTTPError:
             pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the server for {url} exited with status {proc.returncode}:\n{tail(log)}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{url} not up:\n{tail(log)}")
         time.sleep(0.1)

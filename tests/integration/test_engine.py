@@ -15,6 +15,7 @@ import torch
 from tests.conftest import Stack, launch_stack
 from textgen_core.engine.batching import Engine, PromptTooLong
 from textgen_core.engine.loader import LoadedModel, load
+from textgen_core.engine.slots import MIN_WIDTH
 from textgen_core.jobs import SamplingParams
 from textgen_core.modes import Mode, build_messages
 from textgen_core.settings import DEFAULT_MODEL_ID, Settings
@@ -63,9 +64,12 @@ def test_greedy_text_is_the_same_alone_and_in_a_batch(model: LoadedModel, engine
 
 
 def test_rows_joining_and_leaving_do_not_change_a_greedy_row(model: LoadedModel, engine: Engine) -> None:
-    long = SamplingParams(temperature=0, max_tokens=48)
-    alone = engine.submit("long-alone", ids(model, "Write a story about a fox."), long).result(WAIT)
-    running = engine.submit("long", ids(model, "Write a story about a fox."), long)
+    long = SamplingParams(temperature=0, max_tokens=112)
+    prompt = ids(model, "Write a long story about a fox.")
+    alone = engine.submit("long-alone", prompt, long).result(WAIT)
+    # The row outgrows the KV slots' first width while visitors come and go, so they grow under it.
+    assert len(prompt) + alone.completion_tokens > MIN_WIDTH
+    running = engine.submit("long", prompt, long)
     visitors = []
     for i, prompt in enumerate(OTHERS * 2):  # rows of several lengths join at different steps, then leave
         start = engine.steps

@@ -3,14 +3,16 @@
 Callers on any thread ``submit`` a tokenized prompt and get a Future. Between two decoding
 steps the engine admits waiting requests (prefilled together, then merged into the running
 batch's KV cache), samples one token for every row with that row's own parameters, streams
-text deltas, and drops rows that finished, were canceled or ran out of time. Rows are
-left-padded; each keeps its own positions, so its text does not depend on its batchmates.
+text deltas, and drops rows that finished, were canceled or ran out of time. The batch's KV
+cache is a set of preallocated slots (``slots.py``): a row joins or leaves by copying its own
+keys and values, never the batch's. Each row keeps its own positions and mask, so its text does
+not depend on its batchmates.
 
 Lanes: interactive rows are admitted before waiting bulk rows, and may use
 ``interactive_headroom`` rows beyond ``max_batch`` that bulk rows never take, so a bulk backlog
 delays an interactive job by at most one decoding step. On a CPU a step costs about as much per
 row, so while interactive rows run at most ``bulk_rows_with_interactive`` bulk rows share their
-steps: the others are parked with their slice of the KV cache and merged back, without
+steps: the others are parked with a copy of their KV slots and put back, without
 recomputing anything, before any new bulk row is prefilled; and new bulk rows are prefilled
 ``bulk_prefill_rows`` at a time, so an interactive row never waits behind one long prefill.
 """
@@ -31,6 +33,7 @@ from transformers import DynamicCache
 from textgen_core import metrics
 from textgen_core.engine.loader import LoadedModel
 from textgen_core.engine.sampling import choose_tokens, new_generator
+from textgen_core.engine.slots import RowsKV, SlotCache
 from textgen_core.engine.text import TextState
 from textgen_core.jobs import SamplingParams
 from textgen_core.priorities import DEFAULT_PRIORITY, admission_order
@@ -66,7 +69,6 @@ class _Row:
     priority: int = DEFAULT_PRIORITY
     arrived_at: float = field(default_factory=time.monotonic)  # in the intake; kept when put back
     generated: list[int] = field(default_factory=list)
-    length: int = 0  # real (unpadded) tokens in the cache for this row
     batch_size: int = 0
     first_token_at: float | None = None
 
@@ -76,15 +78,15 @@ class _Row:
 
 @dataclass(eq=False)
 class _Parked:
-    """Bulk rows out of the running batch, with everything needed to merge them back as they were."""
+    """Bulk rows out of the running batch, with everything needed to put them back as they were."""
 
     rows: list[_Row]
     logits: torch.Tensor
-    cache: DynamicCache
-    mask: torch.Tensor
+    kv: RowsKV
 
     def take(self, index: list[int]) -> _Parked:
-        return _slice_rows(self.rows, self.logits, self.cache, self.mask, index)
+        at = torch.tensor(index, device=self.logits.device)
+        return _Parked([self.rows[i] for i in index], self.logits[at], self.kv.take(index))
 
 
 class _Intake:
@@ -169,9 +171,8 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         # The running batch.
-        self._rows: list[_Row] = []
-        self._cache: DynamicCache | None = None
-        self._mask: torch.Tensor | None = None  # [rows, width] 1 = real token, 0 = left pad
+        self._rows: list[_Row] = []  # row i holds slot i of the cache
+        self._cache: SlotCache | None = None
         self._logits: torch.Tensor | None = None  # [rows, vocab] next-token logits
         # Rows allowed at once: max_batch, lowered after running out of device memory and
         # raised again by one row every RECOVER_STEPS clean steps.
@@ -276,18 +277,13 @@ class Engine:
 
     def _park_bulk(self, count: int) -> None:
         """Set aside ``count`` bulk rows, those with the fewest tokens first (the rest finish sooner)."""
-        assert self._cache is not None and self._mask is not None and self._logits is not None
+        assert self._cache is not None and self._logits is not None
         bulk = sorted((i for i, r in enumerate(self._rows) if r.lane == "bulk"),
                       key=lambda i: len(self._rows[i].generated))
         out = sorted(bulk[:count])
-        self._parked.append(_slice_rows(self._rows, self._logits, self._cache, self._mask, out))
-        parked = set(out)
-        keep = [i for i in range(len(self._rows)) if i not in parked]
-        if keep:
-            self._select(keep)
-        else:
-            self._rows, self._cache, self._mask, self._logits = [], None, None, None
-            self._last_step_at = None
+        at = torch.tensor(out, device=self.device)
+        self._parked.append(_Parked([self._rows[i] for i in out], self._logits[at], self._cache.take(out)))
+        self._remove(out)
 
     def _cancel_waiting(self) -> None:
         """A canceled row that waits (in an intake, or parked) ends now, not when it would have
@@ -330,7 +326,7 @@ class Engine:
             if n < len(group.rows):
                 self._parked.insert(0, group.take(list(range(n, len(group.rows)))))
                 group = group.take(list(range(n)))
-            self._merge(group.rows, group.logits, group.cache, group.mask)
+            self._merge(group.rows, group.logits, group.kv)
             back += n
         return back
 
@@ -339,7 +335,8 @@ class Engine:
         if not rows:
             return
         try:
-            logits, cache, mask = self._prefill(rows)
+            logits, kv = self._prefill(rows)
+            self._merge(rows, logits, kv)  # may grow the slots: out of memory there is handled alike
         except torch.OutOfMemoryError as exc:
             _empty_device_cache()
             if len(rows) == 1:  # this row alone does not fit: it fails, the batch goes on
@@ -350,10 +347,9 @@ class Engine:
             for r in rows[half:]:  # over the lowered cap: back to the intake
                 self._put(r)
             self._admit(rows[:half])
-            return
-        self._merge(rows, logits, cache, mask)
 
-    def _prefill(self, rows: list[_Row]) -> tuple[torch.Tensor, DynamicCache, torch.Tensor]:
+    def _prefill(self, rows: list[_Row]) -> tuple[torch.Tensor, RowsKV]:
+        """The rows' prompts (and tokens so far) through the model at once, left-padded."""
         seqs = [r.context_ids() for r in rows]
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id or 0
@@ -363,28 +359,27 @@ class Engine:
         cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1, **{self.loaded.cache_kwarg: cache})
-        for r, s in zip(rows, seqs, strict=True):
-            r.length = len(s)
-        return out.logits[:, -1, :].float(), cache, mask  # the model filled ``cache`` in place
+        # The model filled ``cache`` in place.
+        kv = RowsKV([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
+                    [len(s) for s in seqs], [width - len(s) for s in seqs])
+        return out.logits[:, -1, :].float(), kv
 
-    def _merge(self, rows: list[_Row], logits: torch.Tensor, cache: DynamicCache, mask: torch.Tensor) -> None:
-        if self._cache is None or self._mask is None or self._logits is None:
-            self._rows, self._cache, self._mask, self._logits = rows, cache, mask, logits
+    def _merge(self, rows: list[_Row], logits: torch.Tensor, kv: RowsKV) -> None:
+        """Rows join the batch: their keys and values go into free slots, the batch's stay put."""
+        if self._cache is None or self._logits is None:
+            self._cache = SlotCache()
+            self._cache.add(kv)
+            self._rows, self._logits = rows, logits
         else:
-            old_w, new_w = self._mask.shape[1], mask.shape[1]
-            width = max(old_w, new_w)
-            self._mask = torch.cat([_left_pad(self._mask, width, -1), _left_pad(mask, width, -1)], dim=0)
-            for old, new in zip(self._cache.layers, cache.layers, strict=True):
-                old.keys = torch.cat([_left_pad(old.keys, width, -2), _left_pad(new.keys, width, -2)], dim=0)
-                old.values = torch.cat([_left_pad(old.values, width, -2), _left_pad(new.values, width, -2)], dim=0)
-            self._logits = torch.cat([self._logits, logits], dim=0)
+            self._cache.add(kv)
+            self._logits = torch.cat([self._logits, logits], dim=0)  # [rows, vocab]: small beside the cache
             self._rows = self._rows + rows
         size = len(self._rows)
         for r in self._rows:
             r.batch_size = max(r.batch_size, size)
 
     def _step(self) -> None:
-        assert self._logits is not None and self._mask is not None and self._cache is not None
+        assert self._logits is not None and self._cache is not None
         now = time.monotonic()
         if self._last_step_at is not None:
             self._inter_token.observe(now - self._last_step_at)
@@ -427,46 +422,45 @@ class Engine:
                 log.exception("delta sink failed")
         self.steps += 1
         finished = {id(r) for r, _ in done}
-        keep = [i for i, r in enumerate(self._rows) if id(r) not in finished]
         for row, reason in done:
             self._resolve(row, reason)
-        if not keep:
-            self._rows, self._cache, self._mask, self._logits = [], None, None, None
-            self._last_step_at = None
-            return
-        if len(keep) < len(self._rows):
-            self._select(keep)
-        next_ids = torch.tensor([[tokens[i]] for i in keep], device=self.device)
-        self._forward(next_ids)
+        if finished:
+            self._remove([i for i, r in enumerate(self._rows) if id(r) in finished])
+        if self._rows:  # every row left has just chosen a token
+            self._forward(torch.tensor([[r.generated[-1]] for r in self._rows], device=self.device))
 
-    def _select(self, keep: list[int]) -> None:
-        assert self._cache is not None and self._mask is not None and self._logits is not None
-        index = torch.tensor(keep, device=self.device)
-        self._rows = [self._rows[i] for i in keep]
-        self._mask = self._mask[index]
-        self._logits = self._logits[index]
-        # Drop leading columns that are padding for every remaining row.
-        lead = int((self._mask.sum(0) == 0).long().cumprod(0).sum())
-        self._mask = self._mask[:, lead:]
-        for layer in self._cache.layers:
-            layer.keys = layer.keys[index, :, lead:]
-            layer.values = layer.values[index, :, lead:]
+    def _remove(self, index: list[int]) -> None:
+        """Rows leave the batch (finished, or parked): their slots are freed and the last rows move
+        into them, so rows, logits and slots keep one order."""
+        assert self._cache is not None and self._logits is not None
+        moves = self._cache.remove(index)
+        n = self._cache.rows
+        if not n:
+            self._clear()
+            return
+        if moves:
+            src = torch.tensor([i for i, _ in moves], device=self.device)
+            dst = torch.tensor([j for _, j in moves], device=self.device)
+            self._logits[dst] = self._logits[src]
+            for i, j in moves:
+                self._rows[j] = self._rows[i]
+        self._rows, self._logits = self._rows[:n], self._logits[:n]
+
+    def _clear(self) -> None:
+        self._rows, self._cache, self._logits = [], None, None
+        self._last_step_at = None
 
     def _forward(self, next_ids: torch.Tensor) -> None:
-        assert self._mask is not None
-        ones = torch.ones((len(self._rows), 1), dtype=self._mask.dtype, device=self.device)
-        mask = torch.cat([self._mask, ones], dim=1)
-        positions = torch.tensor([[r.length] for r in self._rows], device=self.device)
+        assert self._cache is not None
+        mask, positions = self._cache.step_inputs()
         try:
             out = self.model(input_ids=next_ids, attention_mask=mask, position_ids=positions, use_cache=True,
                              **{self.loaded.cache_kwarg: self._cache})
         except torch.OutOfMemoryError as exc:
             self._preempt_half(exc)
             return
-        self._mask = mask
+        self._cache.advance()
         self._logits = out.logits[:, -1, :].float()
-        for r in self._rows:
-            r.length += 1
         if self._cap < self.max_batch:
             self._clean_steps += 1
             if self._clean_steps >= RECOVER_STEPS:
@@ -477,7 +471,7 @@ class Engine:
         half is prefilled again from its tokens so far; both resume where they were."""
         _empty_device_cache()
         rows = self._rows
-        self._rows, self._cache, self._mask, self._logits = [], None, None, None
+        self._rows, self._cache, self._logits = [], None, None
         if len(rows) == 1:
             rows[0].future.set_exception(exc)
             return
@@ -514,30 +508,9 @@ class Engine:
         for row in self._rows:
             if not row.future.done():
                 row.future.set_exception(exc)
-        self._rows, self._cache, self._mask, self._logits = [], None, None, None
-        self._last_step_at = None
+        self._clear()
 
 
 def _empty_device_cache() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _slice_rows(rows: list[_Row], logits: torch.Tensor, cache: DynamicCache, mask: torch.Tensor,
-                index: list[int]) -> _Parked:
-    """The given rows of a batch, with copies of their logits, mask and KV cache, trimmed of the
-    leading columns that are padding for all of them."""
-    at = torch.tensor(index, device=mask.device)
-    mask = mask[at]
-    lead = int((mask.sum(0) == 0).long().cumprod(0).sum())
-    layers = [(layer.keys[at, :, lead:], layer.values[at, :, lead:]) for layer in cache.layers]
-    return _Parked([rows[i] for i in index], logits[at], DynamicCache(layers), mask[:, lead:])
-
-
-def _left_pad(t: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - t.shape[dim]
-    if missing <= 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim=dim)
