@@ -27,7 +27,8 @@ JOBS_RETRIED = Counter("textgen_jobs_retried", "Failed jobs (dead letters) given
                        "/v1/jobs/{id}/retry.", ("model", "queue"))
 AUTH_FAILURES = Counter("textgen_api_auth_failures", "Requests refused for a missing or unknown API key.",
                         ("reason",))
-RATE_LIMITED = Counter("textgen_api_rate_limited", "Requests refused with 429 by the rate limiter.", ("route",))
+RATE_LIMITED = Counter("textgen_api_rate_limited", "Requests refused with 429 by a rate limit (requests, tokens or "
+                       "batch-tokens).", ("limit",))
 QUEUE_DEPTH = Gauge("textgen_queue_depth", "Messages waiting on a Celery queue (all priorities).",
                     ("model", "queue", "lane"))
 QUEUE_PRIORITY_DEPTH = Gauge(

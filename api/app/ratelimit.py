@@ -19,6 +19,7 @@ from limits.aio.storage import RedisStorage
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 
 from api.app.errors import APIError
+from api.app.metrics import RATE_LIMITED
 from textgen_core.settings import Settings
 
 
@@ -78,6 +79,7 @@ class RateLimits:
         return _window_headers(item, what, stats.remaining, stats.reset_time)
 
     async def _refusal(self, item: RateLimitItem, owner: str, what: str) -> APIError:
+        RATE_LIMITED.labels(what).inc()
         stats = await self._limiter.get_window_stats(item, owner)
         headers = _window_headers(item, what, stats.remaining, stats.reset_time)
         headers["Retry-After"] = str(math.ceil(_seconds_to_reset(item, stats.reset_time)))

@@ -65,6 +65,7 @@ def test_requests_per_minute_then_429_with_retry_after(rpm_client: httpx.Client)
     assert error["type"] == "rate_limit_error" and error["code"] == "rate_limit_exceeded"
     assert 1 <= int(refused.headers["Retry-After"]) <= 60
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+    assert 'textgen_api_rate_limited_total{limit="requests"}' in httpx.get(f"{rpm_client.base_url}/metrics").text
     # Another key is not affected; neither are the probes without a key.
     with client_for(str(rpm_client.base_url), KEY_TPM) as other:
         assert other.get("/v1/conversations/none").status_code == 404
