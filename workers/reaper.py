@@ -8,7 +8,9 @@ dead worker's own message, redelivered after the broker's visibility timeout, fi
 claimed or done and does nothing.
 
 The same loop re-sends the ``textgen.batch_dispatch`` message of a batch chunk whose deadline
-passed (its dispatcher died before it sent every item message; ``textgen_core/dispatch.py``).
+passed (its dispatcher died before it sent every item message; ``textgen_core/dispatch.py``), and
+the message of a batch item the broker lost between a worker's take and its record of it
+(``textgen_core/orphans.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import redis
 
 from textgen_core.dispatch import Chunk, ChunkLeases
 from textgen_core.leases import JobLeases, Reaped
+from textgen_core.orphans import OrphanItems
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +48,25 @@ def reap_chunks_once(chunks: ChunkLeases, resend: Callable[[Chunk], None]) -> in
     return len(reaped)
 
 
-def start_reaper(leases: JobLeases, chunks: ChunkLeases, period: float, resend: Callable[[Reaped], None],
-                 resend_chunk: Callable[[Chunk], None], stop: threading.Event) -> threading.Thread:
+def resend_orphans_once(orphans: OrphanItems, resend: Callable[[Reaped], None]) -> int:
+    found = orphans.find()
+    for item in found:
+        resend(item)
+    if found:
+        log.warning("re-sent %d batch items whose message the broker lost: %s", len(found),
+                    ", ".join(i.job_id for i in found), extra={"job_ids": [i.job_id for i in found]})
+    return len(found)
+
+
+def start_reaper(leases: JobLeases, chunks: ChunkLeases, orphans: OrphanItems, period: float,
+                 resend: Callable[[Reaped], None], resend_chunk: Callable[[Chunk], None],
+                 stop: threading.Event) -> threading.Thread:
     def loop() -> None:
         while not stop.wait(period):
             try:
                 reap_once(leases, resend)
                 reap_chunks_once(chunks, resend_chunk)
+                resend_orphans_once(orphans, resend)
             except redis.RedisError as exc:
                 log.warning("lease reaper: %s", exc)
             except Exception:  # a bad record must not end the loop that saves every other job

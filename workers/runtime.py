@@ -30,6 +30,7 @@ from textgen_core.executor import JobExecutor
 from textgen_core.keys import Keys
 from textgen_core.leases import JobLeases, Reaped
 from textgen_core.messages import BulkSender, Sender, webhook_delivery
+from textgen_core.orphans import OrphanItems
 from textgen_core.settings import ModelSpec, Settings, get_settings
 from textgen_core.store import JobStore
 from textgen_core.webhook_events.emitter import WebhookEmitter
@@ -121,7 +122,9 @@ class Runtime:
     def start_reaper(self, resend: Callable[[Reaped], None], resend_chunk: Callable[[Chunk], None]) -> None:
         from workers.reaper import start_reaper
 
-        start_reaper(self.leases, self.chunks, self.settings.lease_reap_seconds, resend, resend_chunk, self._stop)
+        orphans = OrphanItems(self.client, self.store.keys, list(self.engines))
+        start_reaper(self.leases, self.chunks, orphans, self.settings.lease_reap_seconds, resend, resend_chunk,
+                     self._stop)
 
     def stop(self) -> None:
         self._stop.set()
