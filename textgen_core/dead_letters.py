@@ -23,14 +23,15 @@ from textgen_core.scripts.jobs import RETRY
 class AsyncDeadLetters:
     """API side: retry a failed job."""
 
-    def __init__(self, client: aioredis.Redis, keys: Keys, *, lease_seconds: float, ttl: int):
+    def __init__(self, client: aioredis.Redis, keys: Keys, *, lease_seconds: float, ttl: int, max_pending: int = 0):
         self.keys = keys
         self.lease_seconds = lease_seconds
         self.ttl = ttl
+        self.max_pending = max_pending  # the owner's unfinished-jobs cap, as a new job meets it (0: none)
         self._scripts = Scripts(client, RETRY)
 
     async def retry(self, job_id: str, owner: str) -> str:
         """Move the owner's failed job back to ``queued`` (see ``RETRY`` for the outcomes)."""
         return str(await self._scripts[RETRY](
             keys=[self.keys.job(job_id), self.keys.tokens(job_id), self.keys.leases, self.keys.pending(owner)],
-            args=[owner, time.time(), self.lease_seconds, self.ttl]))
+            args=[owner, time.time(), self.lease_seconds, self.ttl, self.max_pending]))

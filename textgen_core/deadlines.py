@@ -38,8 +38,9 @@ MAX_DEADLINE_SECONDS = 7 * 24 * 3600  # no deadline outlives the job record's de
 FINISH_REASON = "deadline"  # the finish_reason of a job that its deadline stopped
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_PLAIN = re.compile(r"\d+(?:\.\d+)?")
+# ASCII digits only: ``\d`` would take other scripts' digits (``٢٤h``), which float() reads as numbers.
+_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d)")
+_PLAIN = re.compile(r"[0-9]+(?:\.[0-9]+)?")
 
 
 def parse_duration(text: str, *, maximum: float = MAX_DEADLINE_SECONDS) -> float:

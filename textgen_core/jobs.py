@@ -204,6 +204,7 @@ class JobRecord(Job):
     history: list[ChatMessage] = Field(default_factory=list)
     cache_key: str | None = None
     cache_ttl: int | None = None
+    retries: int = 0  # times ``POST /v1/jobs/{id}/retry`` gave it a new attempt: each ends with its own event
 
     @classmethod
     def new(cls, **fields: Any) -> JobRecord:
@@ -223,7 +224,7 @@ def turn_messages(job: JobRecord, output: str) -> list[ChatMessage]:
 
 
 # Fields that only the platform sees: never in an API response or a webhook payload.
-PRIVATE_FIELDS: set[str] = {"owner", "history", "cache_key", "cache_ttl"}
+PRIVATE_FIELDS: set[str] = {"owner", "history", "cache_key", "cache_ttl", "retries"}
 
 
 def new_job_id() -> str:

@@ -80,6 +80,7 @@ def decode_job(raw: dict[str, str], deliveries: list[str] | None = None) -> JobR
         "cache_hit": _num(raw.get("cache_hit")),
     }
     fields["attempts"] = int(raw.get("attempts") or 0)
+    fields["retries"] = int(raw.get("retries") or 0)
     fields["batch_size"] = int(raw["batch_size"]) if raw.get("batch_size") else None
     fields["cancel_requested"] = raw.get("cancel_requested") == "1"
     fields["cache_ttl"] = int(raw["cache_ttl"]) if raw.get("cache_ttl") else None

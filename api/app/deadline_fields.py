@@ -11,14 +11,17 @@ from pydantic import AfterValidator, Field
 
 from api.app.errors import APIError
 from textgen_core.deadlines import MAX_DEADLINE_SECONDS, earliest, parse_duration
+from textgen_core.jobs import NotBool
 
 DEADLINE_DOC = ("Seconds from submission: a job not started by then ends `expired` without running; one running "
                 "then stops at its next step and ends `expired` with its text so far (finish_reason "
                 "`deadline`). The `Cancel-After` header (`30s`, `5m`, `1h`) does the same; given both, the "
                 "earlier wins.")
 
-DeadlineSeconds = Annotated[float | None, Field(default=None, gt=0, le=MAX_DEADLINE_SECONDS,
-                                                description=DEADLINE_DOC)]
+# The bounds on the number, NotBool on the field (JSON ``true`` is not one second); a bound on the
+# optional field would also be applied to ``None``.
+DeadlineSeconds = Annotated[Annotated[float, Field(gt=0, le=MAX_DEADLINE_SECONDS)] | None, NotBool,
+                            Field(default=None, description=DEADLINE_DOC)]
 
 CancelAfterHeader = Annotated[str | None, Header(alias="Cancel-After", max_length=64,
                                                  description="A deadline as a duration: `30s`, `5m`, `1h`, or "

@@ -1,9 +1,10 @@
 """``Idempotency-Key`` on creating requests: a retry gets the original answer, never a second job.
 
-The first request with a key reserves it (SET NX) with a fingerprint of its method, path and
-body, runs, and stores its response for ``idempotency_ttl_seconds`` (24 h by default). A
-repeat with the same body gets that stored response (header ``Idempotent-Replayed: true``);
-the same key with a different body, or while the first is still running, is a 409. A first
+The first request with a key reserves it (SET NX) with a fingerprint of its method, path,
+``Cancel-After`` header and body, runs, and stores its response for ``idempotency_ttl_seconds``
+(24 h by default). A repeat of the same request gets that stored response (header
+``Idempotent-Replayed: true``); the same key with a different body or deadline, or while the
+first is still running, is a 409. A first
 request that fails frees the key, so the client can retry it.
 
 A route takes ``idem: IdempotencyDep`` and wraps its creating call in one line::
@@ -100,8 +101,10 @@ def idempotency(
     redis_key = None
     if key is not None:
         redis_key = keys.idempotency(owner, hashlib.sha256(key.encode()).hexdigest()[:32])
-    return Idempotency(redis_key, f"{request.method} {request.url.path}\n", settings.idempotency_ttl_seconds,
-                       redis, response)
+    # The Cancel-After header is part of the request as its body is (it sets the deadline): a repeat
+    # with another deadline is another request, a 409, not a replay of the first.
+    fingerprint = f"{request.method} {request.url.path}\n{request.headers.get('cancel-after', '')}\n"
+    return Idempotency(redis_key, fingerprint, settings.idempotency_ttl_seconds, redis, response)
 
 
 IdempotencyDep = Annotated[Idempotency, Depends(idempotency)]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -18,7 +19,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import KEY_B, Stack, launch_stack, wait_job
 from textgen_cli.redis_server import free_port
+from textgen_core.jobs import JobStatus
 from textgen_core.settings import DEFAULT_MODEL_ID
+from textgen_core.store import JobStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
@@ -103,3 +106,33 @@ def test_a_job_that_used_up_its_attempts_is_listed_and_retried_once_to_success(l
     assert f'textgen_jobs_retried_total{{model="{DEFAULT_MODEL_ID}",queue="{queue}"}} 1.0' in api_metrics
     # Its place among the key's unfinished jobs was taken again by the retry and given back at the end.
     assert list(letters.redis().scan_iter(match=f"{letters.keys.prefix}:pending:*")) == []
+
+
+def test_a_retry_takes_from_the_token_budget_and_meets_the_unfinished_jobs_cap(tmp_path: Path) -> None:
+    """A retry is new work: it must not carry a key past its unfinished-jobs cap or its tokens per
+    minute, which a new job with the same body would meet. No worker runs: jobs stay queued."""
+    with launch_stack(tmp_path, [{"id": DEFAULT_MODEL_ID}], DEFAULT_MODEL_ID, worker=False,
+                      TEXTGEN_MAX_QUEUED_JOBS_PER_KEY="2", TEXTGEN_RATE_LIMIT_TOKENS_PER_MINUTE="16") as st, \
+            st.client() as api:
+        def submit() -> str:
+            resp = api.post("/v1/jobs", json={"prompt": "Say hi.", "max_tokens": 4})
+            assert resp.status_code == 202, resp.text
+            return resp.json()["id"]
+
+        dead = submit()
+        # The claim of a job that used up its attempts (the worker's own script) makes it a dead letter.
+        store = JobStore(st.redis(), st.keys, job_ttl=3600, stream_ttl=3600, stream_maxlen=100, lease_seconds=10)
+        assert store.claim(dead, worker="gone@test", attempt_token="t", max_attempts=0).status is JobStatus.failed
+        second, third = submit(), submit()  # 12 of the 16 tokens; the cap of 2 unfinished jobs is reached
+
+        resp = api.post(f"/v1/jobs/{dead}/retry")
+        assert resp.status_code == 429 and resp.json()["error"]["code"] == "too_many_queued_jobs", resp.text
+        assert api.get(f"/v1/jobs/{dead}").json()["status"] == "failed"
+
+        assert api.post(f"/v1/jobs/{third}/cancel").json()["status"] == "canceled"
+        resp = api.post(f"/v1/jobs/{dead}/retry")  # the refusal gave its tokens back: 16 of 16 now
+        assert resp.status_code == 200 and resp.json()["status"] == "queued", resp.text
+
+        assert api.post(f"/v1/jobs/{second}/cancel").json()["status"] == "canceled"
+        resp = api.post("/v1/jobs", json={"prompt": "Say hi.", "max_tokens": 4})
+        assert resp.status_code == 429 and resp.json()["error"]["code"] == "rate_limit_exceeded", resp.text

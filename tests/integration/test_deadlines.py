@@ -118,8 +118,18 @@ def test_bad_deadlines_are_refused_in_the_error_envelope(api: httpx.Client) -> N
     assert resp.status_code == 400 and resp.json()["error"]["param"] == "Cancel-After"
     resp = api.post("/v1/jobs", json={"prompt": "hi", "deadline_seconds": 0})
     assert resp.status_code == 422 and resp.json()["error"]["param"] == "deadline_seconds"
+    for flag in (True, False):  # JSON true is not one second
+        resp = api.post("/v1/jobs", json={"prompt": "hi", "deadline_seconds": flag})
+        assert resp.status_code == 422 and resp.json()["error"]["param"] == "deadline_seconds", resp.text
+        resp = api.post("/v1/batches", json={"items": [{"custom_id": "a", "prompt": "hi"}], "deadline_seconds": flag})
+        assert resp.status_code == 422 and resp.json()["error"]["param"] == "deadline_seconds", resp.text
     resp = api.post("/v1/batches", json={"items": [{"custom_id": "a", "prompt": "hi"}], "completion_window": "1y"})
     assert resp.status_code == 422 and resp.json()["error"]["param"] == "completion_window"
+    # Digits of other scripts are not durations (Python's float() would read "٢٤" as 24).
+    for window in ("\u0662\u0664h", "\uff11\uff10m", "\u0969\u0966"):
+        resp = api.post("/v1/batches", json={"items": [{"custom_id": "a", "prompt": "hi"}],
+                                             "completion_window": window})
+        assert resp.status_code == 422 and resp.json()["error"]["param"] == "completion_window", resp.text
     assert api.get("/v1/jobs", params={"limit": 1}).status_code == 200
 
 

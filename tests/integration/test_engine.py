@@ -142,6 +142,22 @@ def test_prompt_longer_than_the_context_is_refused(model: LoadedModel, engine: E
         engine.submit("big", [1] * (model.context_length - 10), SamplingParams(max_tokens=64))
 
 
+def test_a_prompt_the_model_cannot_take_fails_alone_and_never_hangs(model: LoadedModel, engine: Engine) -> None:
+    """A prefill that raises (here: no tokens at all) fails its own rows; rows already running go on."""
+    running = engine.submit("long", ids(model, "Write a long story about a dragon."),
+                            SamplingParams(temperature=0, max_tokens=40))
+    deadline = time.monotonic() + WAIT
+    while not engine.running:
+        assert time.monotonic() < deadline, "the first row never started"
+        time.sleep(0.01)
+    bad = engine.submit("empty", [], GREEDY)
+    assert bad.exception(timeout=120) is not None  # a TimeoutError here: the row was lost, its job would hang
+    result = running.result(WAIT)  # raised before: its batch was failed with the bad row's error
+    assert result.finish_reason in ("length", "stop") and result.completion_tokens > 0
+    again = engine.submit("after", ids(model, "Say hi."), SamplingParams(temperature=0, max_tokens=4)).result(WAIT)
+    assert again.completion_tokens > 0
+
+
 class OutOfMemoryAbove:
     """The real model, on a device that runs out of memory above ``rows`` rows per forward."""
 

@@ -47,6 +47,21 @@ def test_same_key_with_another_body_is_a_conflict(client: httpx.Client) -> None:
     client.post(f"/v1/jobs/{first.json()['id']}/cancel")
 
 
+def test_same_key_with_another_cancel_after_is_a_conflict(client: httpx.Client) -> None:
+    """The header sets the job's deadline as the body field does: another deadline is another request."""
+    key = str(uuid.uuid4())
+    body = {**BODY, "model": IDLE_MODEL}
+    first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key, "Cancel-After": "1h"})
+    assert first.status_code == 202, first.text
+    again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key, "Cancel-After": "1h"})
+    assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+    for headers in ({"Cancel-After": "5s"}, {}):
+        conflict = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key, **headers})
+        assert conflict.status_code == 409, conflict.text
+        assert conflict.json()["error"]["code"] == "idempotency_key_reused"
+    client.post(f"/v1/jobs/{first.json()['id']}/cancel")
+
+
 def test_keys_are_per_api_key(stack: Stack, client: httpx.Client) -> None:
     key = str(uuid.uuid4())
     body = {**BODY, "model": IDLE_MODEL}

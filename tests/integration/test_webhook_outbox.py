@@ -16,6 +16,8 @@ import pytest
 
 from tests.conftest import IDLE_MODEL, Stack
 from tests.integration.receiver import Receiver, serve
+from textgen_core.jobs import JobStatus
+from textgen_core.store import JobStore
 from textgen_core.webhook_events.outbox import member, webhook_id_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -101,3 +103,26 @@ def test_a_batch_settled_by_a_killed_process_still_delivers_batch_completed(
     assert request.headers["webhook-id"] == webhook_id_for("batch.completed", batch["id"])
     time.sleep(1.5)
     assert len(receiver.requests) == 1
+
+
+def test_a_retried_job_ends_with_a_job_completed_of_its_own_webhook_id(
+        stack: Stack, client: httpx.Client, receiver: Receiver) -> None:
+    """Receivers drop a webhook-id they have seen (the outbox relies on it): the end of a retried job
+    is a new event, and must not carry the webhook-id of the failure it was retried from."""
+    secret = client.get("/v1/webhooks/secret").json()["secret"]
+    job = client.post("/v1/jobs", json={"prompt": "hi", "model": IDLE_MODEL, "webhook": receiver.url}).json()
+    store = JobStore(stack.redis(), stack.keys, job_ttl=3600, stream_ttl=600, stream_maxlen=1000)
+    # The claim of a job that used up its attempts (the worker's own script) makes it a dead letter.
+    assert store.claim(job["id"], worker="gone", attempt_token="t1", max_attempts=0).status is JobStatus.failed
+    [failed] = receiver.wait_for(1, timeout=60)
+    assert failed.verify(secret)["status"] == "failed"
+    assert failed.headers["webhook-id"] == webhook_id_for("job.completed", job["id"])
+
+    assert client.post(f"/v1/jobs/{job['id']}/retry").json()["status"] == "queued"
+    assert store.claim(job["id"], worker="second", attempt_token="t2", max_attempts=3).owned
+    assert store.finish(store.get(job["id"]), attempt_token="t2", status=JobStatus.succeeded,
+                        fields={"output": "the second attempt", "finish_reason": "stop"})
+    requests = receiver.wait_for(2, timeout=60)
+    succeeded = requests[-1]
+    assert succeeded.verify(secret)["output"] == "the second attempt"
+    assert succeeded.headers["webhook-id"] != failed.headers["webhook-id"]

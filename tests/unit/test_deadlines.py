@@ -18,7 +18,7 @@ def test_durations_in_replicates_and_openais_notation_are_read_as_seconds(text: 
 
 
 @pytest.mark.parametrize("text", ["", "soon", "5 m", "-5s", "0", "0s", "1x", "s", "5m5", "m5", "1e3", "nan",
-                                  "inf", "1h-30m", "8d"])
+                                  "inf", "1h-30m", "8d", "\u0662\u0664h", "\uff15m", "\u0969\u0966"])
 def test_anything_else_is_refused_with_a_reason(text: str) -> None:
     with pytest.raises(ValueError, match="duration|more than zero|longer than"):
         parse_duration(text)

@@ -335,7 +335,16 @@ class Engine:
         if not rows:
             return
         try:
-            logits, kv = self._prefill(rows)
+            try:
+                logits, kv = self._prefill(rows)
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:  # the model refused these prompts: they fail, the running batch goes on
+                # (they are in no list the engine's own handler fails, so they would wait forever)
+                log.exception("prefill of %d rows failed", len(rows))
+                for r in rows:
+                    r.future.set_exception(exc)
+                return
             self._merge(rows, logits, kv)  # may grow the slots: out of memory there is handled alike
         except torch.OutOfMemoryError as exc:
             _empty_device_cache()

@@ -135,9 +135,10 @@ return 1
 """)
 
 # KEYS: job, tokens stream, leases, the owner's unfinished-jobs counter. ARGV: owner, now, lease
-# seconds, ttl. A failed job back to ``queued`` under the same id (``POST /v1/jobs/{id}/retry``, so two
-# retries at once make one attempt). Returns "retried", "missing" (no such job, or another key's),
-# "batch_item", or the status of a job that is not failed. The job is armed with a lease that no task
+# seconds, ttl, the owner's unfinished-jobs cap (0 = none). A failed job back to ``queued`` under the
+# same id (``POST /v1/jobs/{id}/retry``, so two retries at once make one attempt). Returns "retried",
+# "missing" (no such job, or another key's), "batch_item", "full" (the owner is at the cap, as a new
+# job would be refused), or the status of a job that is not failed. The job is armed with a lease that no task
 # holds: if the message the caller sends next is lost, the lease lapses and a reaper sends it again.
 RETRY = define("job.retry", """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -145,6 +146,8 @@ if not st or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'missin
 if st ~= 'failed' then return st end
 local bid = redis.call('HGET', KEYS[1], 'batch_id')
 if bid and bid ~= '' then return 'batch_item' end
+local cap = tonumber(ARGV[5] or '0')
+if cap > 0 and tonumber(redis.call('GET', KEYS[4]) or '0') >= cap then return 'full' end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'attempts', '0', 'worker', '', 'attempt_token', '', 'error', '',
   'finish_reason', '', 'output', '', 'usage', '', 'batch_size', '', 'started_at', '', 'finished_at', '',
   'cancel_requested', '0', 'deadline_at', '', 'pending_key', KEYS[4], 'lease', '')

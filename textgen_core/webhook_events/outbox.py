@@ -46,11 +46,15 @@ class Subject(NamedTuple):
     events_filter: list[str]
     payload: dict[str, Any]
     event: str | None = None  # the event sent in place of the recorded one (a response's end)
+    retries: int = 0  # a retried job ends again: its new end is a new event, with a webhook-id of its own
 
 
-def webhook_id_for(event: str, object_id: str) -> str:
-    """The one ``webhook-id`` of a completion event, the same on every send of it."""
-    return "msg_" + hashlib.sha256(f"{event}:{object_id}".encode()).hexdigest()[:32]
+def webhook_id_for(event: str, object_id: str, retries: int = 0) -> str:
+    """The one ``webhook-id`` of a completion event, the same on every send of it. A job's end after
+    its ``retries``-th retry is another event than its first end (a receiver that drops a webhook-id
+    it has seen must not drop it), so the retry count is part of the id."""
+    material = f"{event}:{object_id}" + (f":{retries}" if retries else "")
+    return "msg_" + hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
 def member(event: str, object_id: str) -> str:
@@ -62,8 +66,9 @@ def job_subject(job: JobRecord | None) -> Subject | None:
         return None
     if is_response(job.id):  # a response is a job, but its end speaks the Responses API's events
         event = webhook_event(job)
-        return Subject(job.owner, job.webhook, list(job.webhook_events_filter), webhook_payload(job, event), event)
-    return Subject(job.owner, job.webhook, list(job.webhook_events_filter), job_payload(job))
+        return Subject(job.owner, job.webhook, list(job.webhook_events_filter), webhook_payload(job, event), event,
+                       job.retries)
+    return Subject(job.owner, job.webhook, list(job.webhook_events_filter), job_payload(job), retries=job.retries)
 
 
 def batch_subject(batch: BatchRecord | None) -> Subject | None:
@@ -125,7 +130,7 @@ class OutboxCore:
         name = subject.event or event
         return {"owner": subject.owner, "url": subject.url, "event": name, "object_id": object_id,
                 "payload": subject.payload, "events_filter": subject.events_filter,
-                "webhook_id": webhook_id_for(name, object_id)}
+                "webhook_id": webhook_id_for(name, object_id, subject.retries)}
 
 
 class Outbox:
