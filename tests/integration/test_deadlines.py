@@ -100,9 +100,15 @@ def test_a_job_no_worker_serves_still_expires_at_its_deadline(busy_stack: Stack,
 
 
 def test_a_running_job_is_stopped_at_its_deadline_with_its_text_so_far(busy_stack: Stack, api: httpx.Client) -> None:
-    job = submit(api, **LONG, deadline_seconds=8)
-    wait_status(busy_stack, job["id"], "running", deltas=1, timeout=60)
-    ended = wait_job(api, job["id"], timeout=60)
+    # A sampled "never stop" job usually runs for minutes, but it may meet an end-of-text token before
+    # its deadline; such a run proves nothing about deadlines, so another seed is tried.
+    for seed in (3, 11, 29, 41):
+        job = submit(api, **{**LONG, "seed": seed}, deadline_seconds=8)
+        wait_status(busy_stack, job["id"], "running", deltas=1, timeout=60)
+        ended = wait_job(api, job["id"], timeout=60)
+        if ended["status"] != "succeeded":
+            break
+        assert ended["timings"]["finished_at"] < ended["deadline_at"], ended  # it ended by itself, in time
     assert ended["status"] == "expired", ended
     assert ended["finish_reason"] == "deadline" and ended["error"] is None
     assert ended["output"] and ended["usage"]["completion_tokens"] > 0  # the text it had
@@ -135,7 +141,9 @@ def test_bad_deadlines_are_refused_in_the_error_envelope(api: httpx.Client) -> N
 
 def test_a_batch_whose_completion_window_passes_ends_expired_with_its_items_counted(
         busy_stack: Stack, api: httpx.Client) -> None:
-    items = [{"custom_id": f"item-{i}", "prompt": LONG["prompt"]} for i in range(4)]
+    # One row at a time: some of the six are still running or waiting when the window ends (a sampled
+    # item may also end by itself early, so how many expire varies).
+    items = [{"custom_id": f"item-{i}", "prompt": LONG["prompt"]} for i in range(6)]
     resp = api.post("/v1/batches", json={"items": items, "max_tokens": 1024, "temperature": 0.8,
                                          "completion_window": "6s"})
     assert resp.status_code == 202, resp.text
@@ -147,12 +155,12 @@ def test_a_batch_whose_completion_window_passes_ends_expired_with_its_items_coun
         batch = api.get(f"/v1/batches/{batch['id']}").json()
     counts = batch["request_counts"]
     assert batch["status"] == "expired", batch
-    assert counts["expired"] >= 3 and counts["completed"] + counts["failed"] + counts["expired"] == 4, counts
+    assert counts["expired"] >= 1 and counts["completed"] + counts["failed"] + counts["expired"] == 6, counts
     assert batch["expired_at"] is not None and batch["expired_at"] >= batch["expires_at"]
     items_now = api.get("/v1/jobs", params={"batch_id": batch["id"], "limit": 10}).json()["data"]
     assert {j["status"] for j in items_now} <= {"succeeded", "expired"}
     results = api.get(f"/v1/batches/{batch['id']}/results").text.splitlines()
-    assert len(results) == 4
+    assert len(results) == 6
 
 
 def test_an_openai_batch_with_a_short_window_expires_and_lists_its_items_as_batch_expired(
