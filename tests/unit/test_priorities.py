@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from concurrent.futures import Future
-from pathlib import Path
 
 import pytest
 import redis
@@ -17,7 +15,6 @@ from celery import Celery
 from kombu import Consumer, Queue
 
 import celeryconfig
-from textgen_cli.redis_server import start_redis
 from textgen_core.aging import BrokerAging
 from textgen_core.engine.batching import _Intake, _Row
 from textgen_core.engine.text import TextState
@@ -92,23 +89,6 @@ def test_the_engine_intake_admits_by_aged_priority_when_fewer_rows_fit_than_wait
     assert [r.job_id for r in intake.take(1)] == ["p1"]
     assert [r.job_id for r in intake.take(5)] == ["p2-new"]
     assert intake.take(1) == [] and len(intake) == 0
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url, proc = start_redis(Path(tmp_path_factory.mktemp("redis")), appendonly=False)
-    try:
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def _celery(url: str) -> Celery:

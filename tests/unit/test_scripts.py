@@ -12,7 +12,6 @@ import re
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ import redis.asyncio as aioredis
 
 import api
 import textgen_core
-from textgen_cli.redis_server import start_redis
 from textgen_core import scripts
 from textgen_core.aging import BrokerAging
 from textgen_core.aging import lane_lists as aging_lane_lists
@@ -46,23 +44,6 @@ def _import_all() -> None:
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
             if not info.name.startswith("textgen_core.engine"):
                 importlib.import_module(info.name)
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url, proc = start_redis(Path(tmp_path_factory.mktemp("redis")), appendonly=False)
-    try:
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture

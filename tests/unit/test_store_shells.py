@@ -8,15 +8,12 @@ import asyncio
 import inspect
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import redis.asyncio as aioredis
 
-from textgen_cli.redis_server import start_redis
 from textgen_core.batch_store import AsyncBatchStore, BatchStore
 from textgen_core.batches import BatchRecord, BatchStatus
 from textgen_core.cache import AsyncResultCache, CacheEntry, ResultCache
@@ -46,23 +43,6 @@ def test_the_shells_have_the_same_methods_and_signatures(sync: type, asynchronou
         assert list(signature.parameters) == list(theirs[name].parameters), name
         method = getattr(asynchronous, name)
         assert inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method), name
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    url, proc = start_redis(Path(tmp_path_factory.mktemp("redis")), appendonly=False)
-    try:
-        client = redis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 async def done(value: Any) -> Any:
