@@ -76,15 +76,18 @@ def test_a_queued_job_behind_a_busy_worker_expires_at_its_deadline_without_runni
         assert ended["finish_reason"] == "deadline" and ended["error"]["type"] == "deadline_exceeded"
         assert ended["timings"]["started_at"] is None and ended["attempts"] == 0 and ended["worker"] is None
         assert late < 5  # the sweeper, not the worker that is busy for minutes yet
-        for job_id in blockers:  # the busy worker is still at it
-            assert api.get(f"/v1/jobs/{job_id}").json()["status"] == "running"
+        for job_id in blockers:  # the worker was busy with both when the sweeper expired the job
+            blocker = api.get(f"/v1/jobs/{job_id}").json()  # (a sampled one may since have met end-of-text)
+            assert blocker["status"] == "running" or (
+                blocker["status"] == "succeeded"
+                and blocker["timings"]["finished_at"] > ended["timings"]["finished_at"]), blocker
         events = api.get(f"/v1/jobs/{job['id']}/stream").text
         assert "event: done" in events and '"status":"expired"' in events
     finally:
         for job_id in blockers:
             api.post(f"/v1/jobs/{job_id}/cancel")
     for job_id in blockers:
-        assert wait_job(api, job_id)["status"] == "canceled"
+        assert wait_job(api, job_id)["status"] in ("canceled", "succeeded")
     time.sleep(2)  # its message, taken now that a slot is free, finds it ended and runs nothing
     again = api.get(f"/v1/jobs/{job['id']}").json()
     assert again["status"] == "expired" and again["attempts"] == 0
