@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ import torch
 from tests.conftest import Stack, launch_stack
 from textgen_core.engine.batching import Engine, PromptTooLong
 from textgen_core.engine.loader import LoadedModel, load
-from textgen_core.engine.slots import MIN_WIDTH
+from textgen_core.engine.slots import MIN_WIDTH, RowsKV, SlotCache
 from textgen_core.jobs import SamplingParams
 from textgen_core.modes import Mode, build_messages
 from textgen_core.settings import DEFAULT_MODEL_ID, Settings
@@ -156,6 +156,107 @@ def test_a_prompt_the_model_cannot_take_fails_alone_and_never_hangs(model: Loade
     assert result.finish_reason in ("length", "stop") and result.completion_tokens > 0
     again = engine.submit("after", ids(model, "Say hi."), SamplingParams(temperature=0, max_tokens=4)).result(WAIT)
     assert again.completion_tokens > 0
+
+
+class FailingAdd:
+    """``SlotCache.add`` that raises ``exc`` on its next call once armed, then works again."""
+
+    def __init__(self, exc: Exception):
+        self.exc, self.armed, self.raised = exc, False, 0
+        self.real = SlotCache.add
+
+    @classmethod
+    def install(cls, monkeypatch: pytest.MonkeyPatch, exc: Exception) -> FailingAdd:
+        add = cls(exc)
+
+        def failing_add(cache: SlotCache, kv: RowsKV) -> None:  # a function: it binds as a method
+            if add.armed:
+                add.armed, add.raised = False, add.raised + 1
+                raise add.exc
+            add.real(cache, kv)
+
+        monkeypatch.setattr(SlotCache, "add", failing_add)
+        return add
+
+
+def wait_until(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_a_row_that_cannot_join_the_batch_fails_alone_and_never_hangs(
+        model: LoadedModel, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A join into the running slots that raises (not for memory) fails the joining row; the
+    batch's slots are left as they were, so the running row goes on and writes its own text."""
+    story = ids(model, "Write a long story about a dragon.")
+    params = SamplingParams(temperature=0, max_tokens=40)
+    expected = engine.submit("story-alone", story, params).result(WAIT)
+    add = FailingAdd.install(monkeypatch, RuntimeError("simulated: slots refused the rows"))
+    running = engine.submit("story", story, params)
+    wait_until(lambda: engine.running == 1, "the first row never started")
+    add.armed = True
+    joiner = engine.submit("joiner", ids(model, "Say hi."), GREEDY)
+    assert isinstance(joiner.exception(timeout=120), RuntimeError)  # a TimeoutError: the row was lost
+    assert add.raised == 1
+    result = running.result(WAIT)
+    assert result.text == expected.text and result.finish_reason == expected.finish_reason
+    again = engine.submit("after", ids(model, "Say hi."), SamplingParams(temperature=0, max_tokens=4)).result(WAIT)
+    assert again.completion_tokens > 0
+
+
+def fail_parked_rows_coming_back(monkeypatch: pytest.MonkeyPatch, exc: Exception) -> FailingAdd:
+    """Arms ``add`` (once) on the engine's thread just before parked rows are merged back."""
+    add = FailingAdd.install(monkeypatch, exc)
+    unpark = Engine._unpark
+
+    def arming(eng: Engine, room: int) -> int:
+        if room > 0 and eng._parked and not add.raised:
+            add.armed = True
+        return unpark(eng, room)
+
+    monkeypatch.setattr(Engine, "_unpark", arming)
+    return add
+
+
+def test_parked_rows_that_run_out_of_memory_coming_back_wait_and_then_resume(
+        model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    prompts = OTHERS[:3]
+    plain = Engine(model, max_batch=4).start()
+    try:
+        alone = [plain.submit(f"a{i}", ids(model, p), GREEDY, lane="bulk").result(WAIT) for i, p in enumerate(prompts)]
+    finally:
+        plain.stop()
+    add = fail_parked_rows_coming_back(monkeypatch, torch.OutOfMemoryError("simulated: CUDA out of memory"))
+    eng = Engine(model, max_batch=4, batch_wait_s=0.2, interactive_headroom=1, bulk_rows_with_interactive=1).start()
+    try:
+        bulk = [eng.submit(f"b{i}", ids(model, p), GREEDY, lane="bulk") for i, p in enumerate(prompts)]
+        wait_until(lambda: eng.running == 3 and eng.steps >= 2, "the bulk rows never started")
+        question = eng.submit("q", ids(model, "Say hi."), SamplingParams(temperature=0, max_tokens=3))
+        assert question.result(WAIT).completion_tokens > 0
+        results = [f.result(WAIT) for f in bulk]
+    finally:
+        eng.stop()
+    assert add.raised == 1
+    assert [r.text for r in results] == [r.text for r in alone]
+
+
+def test_parked_rows_that_do_not_fit_even_alone_fail_and_never_hang(
+        model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    add = fail_parked_rows_coming_back(monkeypatch, torch.OutOfMemoryError("simulated: CUDA out of memory"))
+    eng = Engine(model, max_batch=4, batch_wait_s=0.2, interactive_headroom=1, bulk_rows_with_interactive=0).start()
+    try:
+        bulk = eng.submit("b", ids(model, OTHERS[0]), SamplingParams(temperature=0, max_tokens=200), lane="bulk")
+        wait_until(lambda: eng.running == 1 and eng.steps >= 2, "the bulk row never started")
+        question = eng.submit("q", ids(model, "Say hi."), SamplingParams(temperature=0, max_tokens=3))
+        assert question.result(WAIT).completion_tokens > 0
+        assert isinstance(bulk.exception(timeout=120), torch.OutOfMemoryError)
+        after = eng.submit("after", ids(model, "Say hi."), SamplingParams(temperature=0, max_tokens=3)).result(WAIT)
+        assert after.completion_tokens > 0
+    finally:
+        eng.stop()
+    assert add.raised == 1
 
 
 class OutOfMemoryAbove:

@@ -326,7 +326,17 @@ class Engine:
             if n < len(group.rows):
                 self._parked.insert(0, group.take(list(range(n, len(group.rows)))))
                 group = group.take(list(range(n)))
-            self._merge(group.rows, group.logits, group.kv)
+            try:
+                self._merge(group.rows, group.logits, group.kv)
+            except torch.OutOfMemoryError as exc:
+                _empty_device_cache()
+                if not self._rows:  # they do not fit even alone: they fail rather than retry forever
+                    for r in group.rows:
+                        if not r.future.done():
+                            r.future.set_exception(exc)
+                else:  # they wait, parked, until running rows finish and give memory back
+                    self._parked.insert(0, group)
+                return back
             back += n
         return back
 
@@ -374,15 +384,33 @@ class Engine:
         return out.logits[:, -1, :].float(), kv
 
     def _merge(self, rows: list[_Row], logits: torch.Tensor, kv: RowsKV) -> None:
-        """Rows join the batch: their keys and values go into free slots, the batch's stay put."""
+        """Rows join the batch: their keys and values go into free slots, the batch's stay put.
+
+        A join that fails leaves the batch as it was. Out of memory is raised for the caller to
+        split the rows; any other error fails the joining rows alone, since they are in no list
+        the engine's own handler fails and would otherwise wait forever."""
         if self._cache is None or self._logits is None:
-            self._cache = SlotCache()
-            self._cache.add(kv)
-            self._rows, self._logits = rows, logits
+            self._cache, self._logits = SlotCache(), logits
+            before = 0
         else:
+            before = self._cache.rows
+        try:
             self._cache.add(kv)
-            self._logits = torch.cat([self._logits, logits], dim=0)  # [rows, vocab]: small beside the cache
-            self._rows = self._rows + rows
+            if before:
+                self._logits = torch.cat([self._logits, logits], dim=0)  # [rows, vocab]: small beside the cache
+        except Exception as exc:
+            if not before:
+                self._clear()
+            elif self._cache.rows > before:
+                self._cache.remove(range(before, self._cache.rows))  # the tail: nothing moves
+            if isinstance(exc, torch.OutOfMemoryError):
+                raise
+            log.exception("merging %d rows into the batch failed", len(rows))
+            for r in rows:
+                if not r.future.done():
+                    r.future.set_exception(exc)
+            return
+        self._rows = self._rows + rows
         size = len(self._rows)
         for r in self._rows:
             r.batch_size = max(r.batch_size, size)
