@@ -33,5 +33,6 @@ class AsyncDeadLetters:
     async def retry(self, job_id: str, owner: str) -> str:
         """Move the owner's failed job back to ``queued`` (see ``RETRY`` for the outcomes)."""
         return str(await self._scripts[RETRY](
-            keys=[self.keys.job(job_id), self.keys.tokens(job_id), self.keys.leases, self.keys.pending(owner)],
+            keys=[self.keys.job(job_id), self.keys.tokens(job_id), self.keys.leases, self.keys.pending(owner),
+                  self.keys.owner_jobs(owner)],
             args=[owner, time.time(), self.lease_seconds, self.ttl, self.max_pending]))

@@ -29,6 +29,7 @@ from textgen_core.cache import ResultCache
 from textgen_core.dead_letters import AsyncDeadLetters
 from textgen_core.deadlines import DeadlineSweeper
 from textgen_core.dispatch import Chunk, ChunkLeases, record
+from textgen_core.job_index import AsyncJobIndex
 from textgen_core.jobs import JobInput, JobRecord, JobStatus, SamplingParams
 from textgen_core.keys import Keys
 from textgen_core.leases import JobLeases
@@ -275,6 +276,16 @@ async def _run_api_side(url: str, keys: Keys) -> None:
         again = await store.get(failed.id, OWNER)
         assert again is not None and (again.status, again.attempts, again.error) == (JobStatus.queued, 0, None)
         assert not await r.exists(keys.tokens(failed.id)) and int(await r.get(keys.pending(OWNER))) == pending + 1
+        # Listed as long as its record lives: indexed again at the retry, not left at its creation time
+        # (which the index drops once a ttl has passed, while the retried record lives on).
+        await r.zadd(keys.owner_jobs(OWNER), {failed.id: time.time() - 3600})
+        await r.hset(keys.job(failed.id), "status", "failed")
+        assert await letters.retry(failed.id, OWNER) == "retried"
+        assert await r.zscore(keys.owner_jobs(OWNER), failed.id) == pytest.approx(time.time(), abs=5)
+        index = AsyncJobIndex(r, keys, ttl=60)
+        await index.add([job()])  # an add drops members older than the ttl
+        listed, _, _ = await index.page(OWNER, 100, None, lambda j: True)
+        assert failed.id in [j.id for j in listed]
         await store.cancel(failed.id, OWNER)
         item = job(batch_id="batch_x", custom_id="c")
         await r.hset(keys.job(item.id), mapping={**encode_job(item), "status": "failed"})

@@ -134,12 +134,14 @@ if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'attempts', -1) end
 return 1
 """)
 
-# KEYS: job, tokens stream, leases, the owner's unfinished-jobs counter. ARGV: owner, now, lease
-# seconds, ttl, the owner's unfinished-jobs cap (0 = none). A failed job back to ``queued`` under the
-# same id (``POST /v1/jobs/{id}/retry``, so two retries at once make one attempt). Returns "retried",
-# "missing" (no such job, or another key's), "batch_item", "full" (the owner is at the cap, as a new
-# job would be refused), or the status of a job that is not failed. The job is armed with a lease that no task
-# holds: if the message the caller sends next is lost, the lease lapses and a reaper sends it again.
+# KEYS: job, tokens stream, leases, the owner's unfinished-jobs counter, the owner's job index
+# (``Keys.owner_jobs``). ARGV: owner, now, lease seconds, ttl, the owner's unfinished-jobs cap (0 = none).
+# A failed job back to ``queued`` under the same id (``POST /v1/jobs/{id}/retry``, so two retries at once
+# make one attempt). Returns "retried", "missing" (no such job, or another key's), "batch_item", "full"
+# (the owner is at the cap, as a new job would be refused), or the status of a job that is not failed.
+# The job is armed with a lease that no task holds: if the message the caller sends next is lost, the
+# lease lapses and a reaper sends it again. It is indexed again at the retry's time: its record lives
+# another ttl, and so does its place in ``GET /v1/jobs`` (the index drops members older than the ttl).
 RETRY = define("job.retry", """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st or redis.call('HGET', KEYS[1], 'owner') ~= ARGV[1] then return 'missing' end
@@ -158,5 +160,7 @@ redis.call('INCR', KEYS[4])
 redis.call('EXPIRE', KEYS[4], ARGV[4])
 redis.call('ZADD', KEYS[3], tonumber(ARGV[2]) + tonumber(ARGV[3]), redis.call('HGET', KEYS[1], 'id'))
 redis.call('EXPIRE', KEYS[3], ARGV[4])
+redis.call('ZADD', KEYS[5], ARGV[2], redis.call('HGET', KEYS[1], 'id'))
+redis.call('EXPIRE', KEYS[5], ARGV[4])
 return 'retried'
 """)
