@@ -84,6 +84,34 @@ def test_rows_joining_and_leaving_do_not_change_a_greedy_row(model: LoadedModel,
     assert result.completion_tokens == alone.completion_tokens
 
 
+def test_in_bfloat16_too_greedy_text_is_the_same_alone_admitted_together_and_joining_later() -> None:
+    """bf16 rounds every layer's activations to 8 bits, so any difference in how a row's sums are
+    grouped shows in its text within a few dozen tokens: what fp32's margin hides, this finds."""
+    settings = Settings(_env_file=None)
+    half = load(settings.models[0].model_copy(update={"dtype": "bfloat16"}), settings.cache_dir)
+    assert half.dtype == "bfloat16"
+    params = SamplingParams(temperature=0, max_tokens=64)
+    prompts = OTHERS + ["Describe a red apple.", "Name three rivers and say something about each of them, please."]
+    eng = Engine(half, max_batch=8, batch_wait_s=0.1).start()
+    try:
+        alone = [eng.submit(f"a{i}", ids(half, p), params).result(WAIT) for i, p in enumerate(prompts)]
+        together = [eng.submit(f"t{i}", ids(half, p), params) for i, p in enumerate(prompts)]
+        joining = []
+        for i, p in enumerate(prompts):  # rows join a running batch at different steps and widths
+            start = eng.steps
+            while eng.steps < start + 3 and not all(f.done() for f in together):
+                time.sleep(0.005)
+            joining.append(eng.submit(f"j{i}", ids(half, p), params))
+        together_results = [f.result(WAIT) for f in together]
+        joining_results = [f.result(WAIT) for f in joining]
+    finally:
+        eng.stop()
+    assert max(r.batch_size for r in together_results) >= 4
+    assert [r.text for r in together_results] == [r.text for r in alone]
+    assert [r.text for r in joining_results] == [r.text for r in alone]
+    assert all(r.completion_tokens > 8 for r in alone)
+
+
 def test_seeded_sampling_is_reproducible_across_batches(model: LoadedModel, engine: Engine) -> None:
     params = SamplingParams(temperature=1.0, top_p=0.9, top_k=40, seed=1234, max_tokens=24)
     first = engine.submit("s1", ids(model, "Invent a name for a cat."), params).result(WAIT)

@@ -341,31 +341,35 @@ class Engine:
         return back
 
     def _admit(self, rows: list[_Row]) -> None:
+        """Prefill each row alone, then merge it into the batch.
+
+        Alone, not left-padded beside others: padding moves a row's tokens within the attention's
+        width and changes how its sums are grouped, so its text would depend on the rows it was
+        admitted with. The cost is one forward per row, each as wide as the prompt."""
         rows = [r for r in rows if not self._resolve_if_canceled(r)]
-        if not rows:
-            return
-        try:
+        for i, row in enumerate(rows):
             try:
-                logits, kv = self._prefill(rows)
-            except torch.OutOfMemoryError:
-                raise
-            except Exception as exc:  # the model refused these prompts: they fail, the running batch goes on
-                # (they are in no list the engine's own handler fails, so they would wait forever)
-                log.exception("prefill of %d rows failed", len(rows))
-                for r in rows:
-                    r.future.set_exception(exc)
+                try:
+                    logits, kv = self._prefill([row])
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as exc:  # the model refused this prompt: it fails, the running batch goes on
+                    # (it is in no list the engine's own handler fails, so it would wait forever)
+                    log.exception("prefill of job %s failed", row.job_id)
+                    row.future.set_exception(exc)
+                    continue
+                self._merge([row], logits, kv)  # may grow the slots: out of memory there is handled alike
+            except torch.OutOfMemoryError as exc:
+                _empty_device_cache()
+                waiting = rows[i:]
+                if not self._rows:  # this row alone does not fit: it fails, the others wait their turn
+                    row.future.set_exception(exc)
+                    waiting = rows[i + 1:]
+                else:  # no more rows until some finish and give memory back
+                    self._cap, self._clean_steps = max(1, len(self._rows)), 0
+                for r in waiting:
+                    self._put(r)
                 return
-            self._merge(rows, logits, kv)  # may grow the slots: out of memory there is handled alike
-        except torch.OutOfMemoryError as exc:
-            _empty_device_cache()
-            if len(rows) == 1:  # this row alone does not fit: it fails, the batch goes on
-                rows[0].future.set_exception(exc)
-                return
-            half = len(rows) // 2
-            self._cap, self._clean_steps = max(1, len(self._rows) + half), 0
-            for r in rows[half:]:  # over the lowered cap: back to the intake
-                self._put(r)
-            self._admit(rows[:half])
 
     def _prefill(self, rows: list[_Row]) -> tuple[torch.Tensor, RowsKV]:
         """The rows' prompts (and tokens so far) through the model at once, left-padded."""

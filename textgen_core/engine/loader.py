@@ -130,7 +130,11 @@ def load(spec: ModelSpec, cache_dir: Path, device: str | None = None, *, cpu_bf1
     dtype = resolve_dtype(spec.dtype, device, cpu_bf16=cpu_bf16)
     kwargs: dict[str, Any] = {"revision": spec.revision} if spec.revision else {}
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype), **kwargs)
+    from textgen_core.engine import attention
+
+    # Decode steps attend in blocks, so a row's numbers do not depend on its batchmates (attention.py).
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype),
+                                                 attn_implementation=attention.register(), **kwargs)
     model.to(device).eval()
     eos: set[int] = set()
     for candidate in (model.generation_config.eos_token_id, tokenizer.eos_token_id):

@@ -6,7 +6,8 @@ costs a copy of the batch. Here each layer's keys and values live in one buffer
 ``[rows, kv_heads, width, head_dim]``, grown by doubling (rows or width) and otherwise written in
 place. Row ``i`` holds slot ``i``, its tokens in columns ``[0, length_i)``; a step writes each row's
 new token at its own column and attends over the first ``max(length) + 1`` columns through a mask
-per row, so a row's numbers never depend on its batchmates' lengths. A row that leaves takes the
+per row, so a row's numbers never depend on its batchmates' lengths (the width is a whole number of
+attention blocks, which ``attention.py`` reduces in an order that no width changes). A row that leaves takes the
 last row into its slot (one row's copy): the rows in use stay ``0..n-1`` and a step computes
 exactly them.
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from textgen_core.engine.attention import BLOCK
 
 # Columns allocated at least; the width then doubles when a row outgrows it.
 MIN_WIDTH = 128
@@ -111,7 +114,7 @@ class SlotCache:
         """The attention mask ``[rows, 1, 1, width]`` and position ids ``[rows, 1]`` of the next
         decoding step (one new token per row), which the next :meth:`update` calls write at."""
         device = self.keys[0].device
-        self._width = max(self.lengths) + 1
+        self._width = _blocks(max(self.lengths) + 1)  # whole attention blocks (attention.py)
         self._reserve(self.rows, self._width)
         columns = torch.tensor(self.lengths, device=device)
         self._rows_at = torch.arange(self.rows, device=device)
@@ -145,7 +148,7 @@ class SlotCache:
         if rows <= have_rows and width <= have_width:
             return
         new_rows = max(rows, 2 * have_rows, MIN_ROWS) if rows > have_rows else have_rows
-        new_width = max(width, 2 * have_width, MIN_WIDTH) if width > have_width else have_width
+        new_width = _blocks(max(width, 2 * have_width, MIN_WIDTH)) if width > have_width else have_width
         old = self.keys + self.values
         shapes = old or (like.keys + like.values if like else [])
         # Zeros, not empty: a masked column still meets a zero weight, and 0 * NaN is NaN.
@@ -157,3 +160,8 @@ class SlotCache:
                 now[:n, :, :used] = was[:n, :, :used]
         half = len(fresh) // 2
         self.keys, self.values = fresh[:half], fresh[half:]
+
+
+def _blocks(width: int) -> int:
+    """``width`` rounded up to whole attention blocks."""
+    return -(-width // BLOCK) * BLOCK
