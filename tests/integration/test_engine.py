@@ -301,6 +301,45 @@ class OutOfMemoryAbove:
         return self.model(input_ids=input_ids, **kwargs)
 
 
+class PrefillOutOfMemory:
+    """The real model, out of memory on the prefills numbered ``failing`` (1 is the first)."""
+
+    def __init__(self, model: object, failing: set[int]):
+        self.model, self.failing, self.prefills = model, failing, 0
+        self.forward = model.forward  # type: ignore[attr-defined]  # the engine reads its signature
+
+    def __call__(self, *, input_ids: torch.Tensor, **kwargs: object) -> object:
+        if input_ids.shape[1] > 1:
+            self.prefills += 1
+            if self.prefills in self.failing:
+                raise torch.OutOfMemoryError("simulated: CUDA out of memory")
+        return self.model(input_ids=input_ids, **kwargs)
+
+
+def test_a_row_out_of_memory_alone_fails_and_one_beside_running_rows_waits_for_room(model: LoadedModel) -> None:
+    story, question = ids(model, "Write a long story about a dragon."), ids(model, "Say hi.")
+    params = SamplingParams(temperature=0, max_tokens=30)
+    plain = Engine(model, max_batch=4).start()
+    try:
+        expected = [plain.submit(f"p{i}", p, params).result(WAIT).text for i, p in enumerate((story, question))]
+    finally:
+        plain.stop()
+    oom = PrefillOutOfMemory(model.model, failing={1, 3})
+    eng = Engine(dataclasses.replace(model, model=oom), max_batch=4).start()
+    try:
+        alone = eng.submit("alone", question, params)  # prefill 1: nothing runs, so it cannot fit at all
+        assert isinstance(alone.exception(timeout=120), torch.OutOfMemoryError)
+        first = eng.submit("first", story, params)  # prefill 2
+        wait_until(lambda: eng.running == 1, "the first row never started")
+        second = eng.submit("second", question, params)  # prefill 3 fails: it waits for the first to finish
+        results = [first.result(WAIT), second.result(WAIT)]
+    finally:
+        eng.stop()
+    assert oom.prefills == 4
+    assert results[1].first_token_at is not None and results[1].first_token_at >= results[0].finished_at
+    assert [r.text for r in results] == expected
+
+
 def test_out_of_memory_splits_the_batch_and_loses_no_job(model: LoadedModel) -> None:
     plain = Engine(model, max_batch=8).start()
     try:

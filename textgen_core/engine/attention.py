@@ -11,8 +11,8 @@ Here the width is cut into blocks of ``BLOCK`` columns (the slots hand out width
 multiples of it). Within a block every reduction has the same shape whatever the width; across
 blocks the partial sums are added in column order by a cumulative sum, which is sequential, so the
 trailing blocks that only hold masked columns add exact zeros last. Linear layers, norms and the
-rest compute each row alone already; prefills are not batched across rows for the same reason
-(``batching.py``) and use the library's kernel. ``tests/unit/test_attention.py`` checks the
+rest compute each row alone already; in bf16 and fp16 prefills are not batched across rows for the
+same reason (``batching.py``), and use the library's kernel. ``tests/unit/test_attention.py`` checks the
 function, ``tests/integration/test_engine.py`` the whole engine's greedy text alone and in a batch,
 in float32 and bfloat16.
 """
