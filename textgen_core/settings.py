@@ -134,9 +134,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1,
                                       description="Torch threads. Unset: one per CPU the worker may use.")
     cpu_auto_bf16: bool = Field(
-        default=False, description="dtype `auto` on a CPU with native bf16 (AMX or AVX512-BF16) picks bfloat16: "
-                                   "about 1.6x the batched throughput, but a greedy job's text then depends "
-                                   "slightly on its batchmates.")
+        default=False, description="dtype `auto` on a CPU with native bf16 (AMX or AVX512-BF16) picks bfloat16. "
+                                   "Off by default: the flags do not say the kernels are fast (measure with "
+                                   "`bench/engine_step.py --dtype bfloat16`).")
     heartbeat_seconds: float = Field(default=5.0, gt=0,
                                      description="How often a worker renews its heartbeat and its jobs' leases.")
     lease_seconds: float = Field(

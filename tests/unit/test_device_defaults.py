@@ -29,7 +29,7 @@ def test_cuda_gets_float16_and_an_explicit_dtype_always_wins() -> None:
     assert resolve_dtype("auto", "cpu", cpu_flags(COOPER_LAKE), cpu_bf16=True) == "bfloat16"
 
 
-def test_bf16_on_a_cpu_is_opt_in_because_it_makes_greedy_text_depend_on_batchmates() -> None:
+def test_bf16_on_a_cpu_is_opt_in_because_native_flags_do_not_mean_fast_batches() -> None:
     assert auto_dtype("cpu", cpu_flags(SAPPHIRE_RAPIDS), cpu_bf16=False) == "float32"
     assert resolve_dtype("auto", "cpu", cpu_flags(SAPPHIRE_RAPIDS)) == "float32"
     assert resolve_dtype("auto", "cpu") == "float32"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from textgen_core.engine.attention import BLOCK
 from textgen_core.engine.slots import MIN_WIDTH, RowsKV, SlotCache
 
 LAYERS, HEADS, DIM = 2, 3, 4
@@ -38,7 +39,8 @@ def step(cache: SlotCache, value: float) -> torch.Tensor:
     new = torch.full((cache.rows, HEADS, 1, DIM), value)
     for layer in range(LAYERS):
         keys, values = cache.update(new, -new, layer)
-        assert keys.shape == (cache.rows, HEADS, max(cache.lengths) + 1, DIM)
+        # The longest row and its new token, in whole attention blocks (the rest is masked).
+        assert keys.shape == (cache.rows, HEADS, -(-(max(cache.lengths) + 1) // BLOCK) * BLOCK, DIM)
     cache.advance()
     return mask
 
