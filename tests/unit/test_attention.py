@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from textgen_core.engine.attention import BLOCK, blocked_attention
+from textgen_core.engine.attention import BLOCK, blocked_attention, whole_blocks
 
 
 class Layer(torch.nn.Module):
@@ -41,8 +41,7 @@ def test_a_row_reads_the_same_alone_at_its_own_width_and_in_a_wider_batch(dtype:
     query, key, value, mask = inputs(6, 4 * BLOCK, [30, 256, 70, 129, 1, 200], dtype)
     batch, _ = blocked_attention(Layer(9, 3), query, key, value, mask)
     for row, length in enumerate([30, 256, 70, 129, 1, 200]):
-        width = -(-(length + 1) // BLOCK) * BLOCK  # the narrowest whole blocks that hold it
-        width = min(width, 4 * BLOCK)
+        width = min(whole_blocks(length + 1), 4 * BLOCK)  # the narrowest whole blocks that hold it
         alone, _ = blocked_attention(Layer(9, 3), query[row:row + 1], key[row:row + 1, :, :width].contiguous(),
                                      value[row:row + 1, :, :width].contiguous(), mask[row:row + 1, ..., :width])
         assert torch.equal(alone[0], batch[row]), f"row {row} differs alone"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from textgen_core.engine.attention import BLOCK
+from textgen_core.engine.attention import whole_blocks
 from textgen_core.engine.slots import MIN_WIDTH, RowsKV, SlotCache
 
 LAYERS, HEADS, DIM = 2, 3, 4
@@ -40,7 +40,7 @@ def step(cache: SlotCache, value: float) -> torch.Tensor:
     for layer in range(LAYERS):
         keys, values = cache.update(new, -new, layer)
         # The longest row and its new token, in whole attention blocks (the rest is masked).
-        assert keys.shape == (cache.rows, HEADS, -(-(max(cache.lengths) + 1) // BLOCK) * BLOCK, DIM)
+        assert keys.shape == (cache.rows, HEADS, whole_blocks(max(cache.lengths) + 1), DIM)
     cache.advance()
     return mask
 

@@ -30,6 +30,11 @@ NAME = "textgen_blocked"
 BLOCK = 64
 
 
+def whole_blocks(width: int) -> int:
+    """``width`` rounded up to whole blocks: the widths the slots hand out."""
+    return -(-width // BLOCK) * BLOCK
+
+
 def blocked_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                       attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                       **kwargs: Any) -> tuple[torch.Tensor, None]:

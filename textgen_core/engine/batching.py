@@ -331,9 +331,7 @@ class Engine:
             except torch.OutOfMemoryError as exc:
                 _empty_device_cache()
                 if not self._rows:  # they do not fit even alone: they fail rather than retry forever
-                    for r in group.rows:
-                        if not r.future.done():
-                            r.future.set_exception(exc)
+                    self._fail(group.rows, exc)
                 else:  # they wait, parked, until running rows finish and give memory back
                     self._parked.insert(0, group)
                 return back
@@ -354,17 +352,7 @@ class Engine:
             if not group:
                 continue
             try:
-                try:
-                    logits, kv = self._prefill(group)
-                except torch.OutOfMemoryError:
-                    raise
-                except Exception as exc:  # the model refused these prompts: they fail, the running batch goes on
-                    # (they are in no list the engine's own handler fails, so they would wait forever)
-                    log.exception("prefill of %d rows failed", len(group))
-                    for r in group:
-                        r.future.set_exception(exc)
-                    continue
-                self._merge(group, logits, kv)  # may grow the slots: out of memory there is handled alike
+                self._join(group)
             except torch.OutOfMemoryError as exc:
                 _empty_device_cache()
                 later = [r for g in groups[i + 1:] for r in g]
@@ -379,10 +367,24 @@ class Engine:
                     self._cap, self._clean_steps = len(self._rows), 0
                     later = group + later
                 else:  # this row alone does not fit: it fails, the others wait their turn
-                    group[0].future.set_exception(exc)
+                    self._fail(group, exc)
                 for r in later:
                     self._put(r)
                 return
+
+    def _join(self, rows: list[_Row]) -> None:
+        """Prefill ``rows`` and merge them into the batch. Out of memory is raised for the caller to
+        split them; any other error fails these rows alone (they are in no list the engine's own
+        handler fails, so they would wait forever) and the running batch goes on."""
+        try:
+            logits, kv = self._prefill(rows)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as exc:  # the model refused these prompts
+            log.exception("prefill of %d rows failed", len(rows))
+            self._fail(rows, exc)
+            return
+        self._merge(rows, logits, kv)
 
     def _prefill(self, rows: list[_Row]) -> tuple[torch.Tensor, RowsKV]:
         """The rows' prompts (and tokens so far) through the model at once, left-padded."""
@@ -403,9 +405,8 @@ class Engine:
     def _merge(self, rows: list[_Row], logits: torch.Tensor, kv: RowsKV) -> None:
         """Rows join the batch: their keys and values go into free slots, the batch's stay put.
 
-        A join that fails leaves the batch as it was. Out of memory is raised for the caller to
-        split the rows; any other error fails the joining rows alone, since they are in no list
-        the engine's own handler fails and would otherwise wait forever."""
+        A join that fails leaves the batch as it was; out of memory is raised, any other error
+        fails the joining rows alone (as in :meth:`_join`)."""
         if self._cache is None or self._logits is None:
             self._cache, self._logits = SlotCache(), logits
             before = 0
@@ -423,9 +424,7 @@ class Engine:
             if isinstance(exc, torch.OutOfMemoryError):
                 raise
             log.exception("merging %d rows into the batch failed", len(rows))
-            for r in rows:
-                if not r.future.done():
-                    r.future.set_exception(exc)
+            self._fail(rows, exc)
             return
         self._rows = self._rows + rows
         size = len(self._rows)
@@ -527,7 +526,7 @@ class Engine:
         rows = self._rows
         self._rows, self._cache, self._logits = [], None, None
         if len(rows) == 1:
-            rows[0].future.set_exception(exc)
+            self._fail(rows, exc)
             return
         keep = len(rows) // 2
         self._cap, self._clean_steps = keep, 0
@@ -558,11 +557,16 @@ class Engine:
             )
         )
 
-    def _fail_all(self, exc: Exception) -> None:
-        for row in self._rows:
+    def _fail(self, rows: Iterable[_Row], exc: BaseException) -> None:
+        """End each row's job with ``exc``, unless it ended already."""
+        for row in rows:
             if not row.future.done():
                 row.future.set_exception(exc)
+
+    def _fail_all(self, exc: Exception) -> None:
+        self._fail(self._rows, exc)
         self._clear()
+
 
 
 def _empty_device_cache() -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from textgen_core.engine.attention import BLOCK
+from textgen_core.engine.attention import whole_blocks
 
 # Columns allocated at least; the width then doubles when a row outgrows it.
 MIN_WIDTH = 128
@@ -114,7 +114,7 @@ class SlotCache:
         """The attention mask ``[rows, 1, 1, width]`` and position ids ``[rows, 1]`` of the next
         decoding step (one new token per row), which the next :meth:`update` calls write at."""
         device = self.keys[0].device
-        self._width = _blocks(max(self.lengths) + 1)  # whole attention blocks (attention.py)
+        self._width = whole_blocks(max(self.lengths) + 1)  # whole attention blocks (attention.py)
         self._reserve(self.rows, self._width)
         columns = torch.tensor(self.lengths, device=device)
         self._rows_at = torch.arange(self.rows, device=device)
@@ -148,7 +148,7 @@ class SlotCache:
         if rows <= have_rows and width <= have_width:
             return
         new_rows = max(rows, 2 * have_rows, MIN_ROWS) if rows > have_rows else have_rows
-        new_width = _blocks(max(width, 2 * have_width, MIN_WIDTH)) if width > have_width else have_width
+        new_width = whole_blocks(max(width, 2 * have_width, MIN_WIDTH)) if width > have_width else have_width
         old = self.keys + self.values
         shapes = old or (like.keys + like.values if like else [])
         # Zeros, not empty: a masked column still meets a zero weight, and 0 * NaN is NaN.
@@ -161,7 +161,3 @@ class SlotCache:
         half = len(fresh) // 2
         self.keys, self.values = fresh[:half], fresh[half:]
 
-
-def _blocks(width: int) -> int:
-    """``width`` rounded up to whole attention blocks."""
-    return -(-width // BLOCK) * BLOCK
