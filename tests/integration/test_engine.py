@@ -287,6 +287,36 @@ def test_parked_rows_that_do_not_fit_even_alone_fail_and_never_hang(
     assert add.raised == 1
 
 
+class SlowFailingPrefill:
+    """The real model, whose next prefill raises after ``delay`` seconds (time to ask a cancel)."""
+
+    def __init__(self, model: object, delay: float):
+        self.model, self.delay, self.armed = model, delay, True
+        self.forward = model.forward  # type: ignore[attr-defined]  # the engine reads its signature
+
+    def __call__(self, *, input_ids: torch.Tensor, **kwargs: object) -> object:
+        if input_ids.shape[1] > 1 and self.armed:
+            self.armed = False
+            time.sleep(self.delay)
+            raise RuntimeError("simulated: the model refused the prompt")
+        return self.model(input_ids=input_ids, **kwargs)
+
+
+def test_a_cancel_asked_while_a_row_fails_does_not_cancel_the_next_attempt_under_its_id(
+        model: LoadedModel) -> None:
+    slow = SlowFailingPrefill(model.model, delay=1.0)
+    eng = Engine(dataclasses.replace(model, model=slow), max_batch=4).start()
+    try:
+        first = eng.submit("k", ids(model, "Say hi."), GREEDY)
+        time.sleep(0.3)  # inside the failing prefill
+        eng.cancel("k")
+        assert isinstance(first.exception(timeout=120), RuntimeError)
+        again = eng.submit("k", ids(model, "Say hi."), GREEDY).result(WAIT)  # a retry: same id
+    finally:
+        eng.stop()
+    assert again.finish_reason in ("stop", "length") and again.completion_tokens > 0
+
+
 class OutOfMemoryAbove:
     """The real model, on a device that runs out of memory above ``rows`` rows per forward."""
 

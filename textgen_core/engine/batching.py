@@ -558,8 +558,11 @@ class Engine:
         )
 
     def _fail(self, rows: Iterable[_Row], exc: BaseException) -> None:
-        """End each row's job with ``exc``, unless it ended already."""
+        """End each row's job with ``exc``, unless it ended already. A cancel asked meanwhile goes
+        with it: left behind, it would cancel the next attempt under the same id (a retry)."""
         for row in rows:
+            with self._lock:
+                self._cancel.discard(row.job_id)
             if not row.future.done():
                 row.future.set_exception(exc)
 
