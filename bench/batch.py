@@ -49,19 +49,17 @@ def prompts(n: int) -> list[str]:
 def offline_limit(n: int, max_tokens: int, max_batch: int) -> dict[str, float]:
     """Tokens/s of the engine alone, all prompts submitted at once on the bulk lane."""
     from textgen_core.engine.batching import Engine
+    from textgen_core.engine.device import own_parallelism, worker_threads
     from textgen_core.engine.loader import load
     from textgen_core.jobs import SamplingParams
     from textgen_core.modes import Mode, build_messages
 
     settings = Settings(_env_file=None)
-    if settings.torch_threads:  # as the worker does, so both sides compute alike
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
+    own_parallelism()  # as the worker does, so both sides compute alike
     spec = settings.model(DEFAULT_MODEL_ID)
     assert spec is not None
     loaded = load(spec, settings.cache_dir)
-    engine = Engine(loaded, max_batch=max_batch).start()
+    engine = Engine(loaded, max_batch=max_batch, threads=worker_threads(settings.torch_threads)).start()
     params = SamplingParams(max_tokens=max_tokens, temperature=0)
     ids = [loaded.tokenizer.apply_chat_template(build_messages(Mode.general, prompt=p), add_generation_prompt=True,
                                                 tokenize=True, return_dict=False) for p in prompts(n)]

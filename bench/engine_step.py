@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from textgen_core.engine.batching import Engine  # noqa: E402
+from textgen_core.engine.device import own_parallelism  # noqa: E402
 from textgen_core.engine.loader import LoadedModel, load  # noqa: E402
 from textgen_core.jobs import SamplingParams  # noqa: E402
 from textgen_core.modes import Mode, build_messages  # noqa: E402
@@ -56,9 +57,9 @@ def chat_ids(lm: LoadedModel, prompt: str) -> list[int]:
                                                  add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
-def run(lm: LoadedModel, batch: int, max_tokens: int) -> dict[str, float]:
+def run(lm: LoadedModel, batch: int, max_tokens: int, threads: int | None = None) -> dict[str, float]:
     timed = TimedModel(lm.model)
-    eng = Engine(_with_model(lm, timed), max_batch=batch, batch_wait_s=0.05).start()
+    eng = Engine(_with_model(lm, timed), max_batch=batch, batch_wait_s=0.05, threads=threads).start()
     params = SamplingParams(temperature=0, max_tokens=max_tokens)
     prompts = [chat_ids(lm, f"Write a short paragraph about {TOPICS[i % len(TOPICS)]} (note {i}).")
                for i in range(batch)]
@@ -89,22 +90,23 @@ def main() -> None:
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--weights", default="auto", choices=["auto", "int8", "full"])
     args = parser.parse_args()
     settings = Settings(_env_file=None)
-    spec = settings.model(DEFAULT_MODEL_ID).model_copy(update={"dtype": args.dtype})  # type: ignore[union-attr]
+    spec = settings.model(DEFAULT_MODEL_ID).model_copy(update={"dtype": args.dtype, "weights": args.weights})  # type: ignore[union-attr]
+    own_parallelism()  # as a worker does: the engine thread alone runs kernels (device.py)
     lm = load(spec, settings.cache_dir)
     torch.set_grad_enabled(False)
     figures: dict[str, dict[str, float]] = {}
     for threads in [int(t) for t in args.threads.split(",")]:
-        torch.set_num_threads(threads)
         for batch in [int(b) for b in args.batches.split(",")]:
-            f = run(lm, batch, args.max_tokens)
+            f = run(lm, batch, args.max_tokens, threads)
             figures[f"b{batch}_t{threads}"] = {k: round(v, 2) for k, v in f.items()}
             print(f"batch {batch:3d} threads {threads}: {f['tok_s']:7.1f} tok/s  step {f['step_ms']:6.1f} ms "
                   f"(forward {f['forward_ms']:6.1f}, rest {f['other_ms']:5.1f})  prefill {f['prefill_s']:.2f}s  "
                   f"load {os.getloadavg()[0]:.2f}", flush=True)
-    print(json.dumps({"dtype": lm.dtype, "load_avg": round(os.getloadavg()[0], 2), **figures}))
+    print(json.dumps({"dtype": lm.dtype, "weights": lm.weights, "load_avg": round(os.getloadavg()[0], 2), **figures}))
 
 
 if __name__ == "__main__":

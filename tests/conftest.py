@@ -3,6 +3,7 @@ one), a real Celery worker process with the real model, and the real API under u
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -31,6 +32,15 @@ IDLE_MODEL = "idle-model"
 KEY_B_WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 # Webhook retries in the tests: two, half a second apart (plus jitter).
 WEBHOOK_RETRY_SCHEDULE = [0.5, 0.5]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """As a worker does: in-process engines' threads run the kernels, and this one never makes an
+    OpenMP team that would slow theirs (``device.own_parallelism``)."""
+    if importlib.util.find_spec("torch"):
+        from textgen_core.engine.device import own_parallelism
+
+        own_parallelism()
 
 
 @dataclass

@@ -110,13 +110,15 @@ def weights_identity(loaded: LoadedModel, cache_dir: Path) -> str:
 
 
 def model_profile(loaded: LoadedModel, cache_dir: Path) -> str:
-    """Weights, device, dtype and engine of one loaded model: the worker's half of every cache key."""
+    """Weights (and their int8 form), device, dtype and engine of one loaded model: the worker's half
+    of every cache key."""
     device = loaded.device
     if device.startswith("cuda"):
         import torch
 
         device = f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
-    return f"{weights_identity(loaded, cache_dir)}|{device}|{loaded.dtype}|{loaded.engine}"
+    precision = loaded.dtype if loaded.weights == "full" else f"{loaded.dtype}+{loaded.weights}"
+    return f"{weights_identity(loaded, cache_dir)}|{device}|{precision}|{loaded.engine}"
 
 
 @dataclass(frozen=True)

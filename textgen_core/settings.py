@@ -20,6 +20,7 @@ DEFAULT_MODEL_ID = "smollm2-135m-instruct"
 FLOWER_DEV_AUTH = "admin:textgen-dev"
 
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
+Weights = Literal["auto", "int8", "full"]
 EngineName = Literal["transformers", "vllm"]
 
 
@@ -49,6 +50,9 @@ class ModelSpec(BaseModel):
     revision: str | None = None
     # auto: float16 on CUDA, float32 on a CPU (bfloat16 where native, with cpu_auto_bf16).
     dtype: Dtype = "auto"
+    # int8: linear layers as int8 with bfloat16 activations (CPU only); full: as ``dtype``;
+    # auto: int8 where the activations are bfloat16 on a CPU (engine/quantize.py), else full.
+    weights: Weights = "auto"
     max_batch: int | None = Field(default=None, ge=1, le=256)  # None: per device (64 on a CPU, 128 on CUDA)
     context_length: int | None = None  # None: read from the model config
     engine: EngineName = "transformers"  # vllm: vLLM's async engine in the worker (`make install-vllm`)

@@ -24,7 +24,7 @@ from textgen_core.batch_store import BatchStore
 from textgen_core.cache import ResultCache, model_profile
 from textgen_core.dispatch import Chunk, ChunkLeases
 from textgen_core.engine.batching import Engine
-from textgen_core.engine.device import default_max_batch, worker_threads
+from textgen_core.engine.device import default_max_batch, own_parallelism, worker_threads
 from textgen_core.engine.loader import LoadedModel, load
 from textgen_core.executor import JobExecutor
 from textgen_core.keys import Keys
@@ -141,9 +141,8 @@ def start_runtime(model_ids: list[str], name: str, sender: BulkSender) -> Runtim
     if _runtime is not None:
         return _runtime
     settings = get_settings()
-    import torch
-
-    torch.set_num_threads(worker_threads(settings.torch_threads))
+    threads = worker_threads(settings.torch_threads)
+    own_parallelism()  # the engines' threads run the kernels, `threads` each
     # A few quick retries ride out a Redis restart (stale connections, a second or two down); the
     # scripts are safe to run again (a lost claim or reap is left to lapse and reaped, see leases.py).
     client = redis.Redis.from_url(settings.redis_url, decode_responses=True, health_check_interval=30,
@@ -181,6 +180,7 @@ def start_runtime(model_ids: list[str], name: str, sender: BulkSender) -> Runtim
             bulk_rows_with_interactive=settings.bulk_rows_with_interactive,
             bulk_prefill_rows=settings.bulk_prefill_rows,
             priority_aging_s=settings.priority_aging_seconds,
+            threads=threads,
         ).start()
     webhooks = JobWebhooks(store, webhook_emitter(client, store.keys, sender), settings.webhook_output_interval_seconds,
                            settings.webhook_batch_progress_seconds, settings.webhook_outbox_grace_seconds)

@@ -89,7 +89,7 @@ def test_in_bfloat16_too_greedy_text_is_the_same_alone_admitted_together_and_joi
     grouped shows in its text within a few dozen tokens: what fp32's margin hides, this finds."""
     settings = Settings(_env_file=None)
     half = load(settings.models[0].model_copy(update={"dtype": "bfloat16"}), settings.cache_dir)
-    assert half.dtype == "bfloat16"
+    assert (half.dtype, half.weights) == ("bfloat16", "int8")  # on a CPU bf16 goes with int8 weights
     params = SamplingParams(temperature=0, max_tokens=64)
     prompts = OTHERS + ["Describe a red apple.", "Name three rivers and say something about each of them, please."]
     eng = Engine(half, max_batch=8, batch_wait_s=0.1).start()
@@ -110,6 +110,28 @@ def test_in_bfloat16_too_greedy_text_is_the_same_alone_admitted_together_and_joi
     assert [r.text for r in together_results] == [r.text for r in alone]
     assert [r.text for r in joining_results] == [r.text for r in alone]
     assert all(r.completion_tokens > 8 for r in alone)
+
+
+PASSAGE = ("The lighthouse stood at the edge of the cliff, its white paint worn by a hundred winters. Every "
+           "night the keeper climbed the narrow stairs, trimmed the wick and watched the beam sweep across the "
+           "dark water, so that the fishing boats could find their way home through the fog.")
+
+
+def perplexity(lm: LoadedModel, text: str) -> float:
+    ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
+    with torch.no_grad():
+        logits = lm.model(input_ids=ids).logits.float()
+    return float(torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).exp())
+
+
+def test_int8_weights_keep_the_models_perplexity_within_a_few_percent_of_float32(model: LoadedModel) -> None:
+    """The text stays the model's: int8 weights with bf16 activations predict a plain English passage
+    about as well as float32 does."""
+    settings = Settings(_env_file=None)
+    int8 = load(settings.models[0].model_copy(update={"dtype": "bfloat16", "weights": "int8"}), settings.cache_dir)
+    full, small = perplexity(model, PASSAGE), perplexity(int8, PASSAGE)
+    assert model.weights == "full" and model.dtype == "float32"
+    assert small < full * 1.05, (full, small)
 
 
 def test_seeded_sampling_is_reproducible_across_batches(model: LoadedModel, engine: Engine) -> None:
@@ -315,6 +337,35 @@ def test_a_cancel_asked_while_a_row_fails_does_not_cancel_the_next_attempt_under
     finally:
         eng.stop()
     assert again.finish_reason in ("stop", "length") and again.completion_tokens > 0
+
+
+class ThreadsSeen:
+    """The real model, noting the intra-op threads each forward ran with."""
+
+    def __init__(self, model: object):
+        self.model, self.seen = model, set()
+        self.forward = model.forward  # type: ignore[attr-defined]  # the engine reads its signature
+
+    def __call__(self, **kwargs: object) -> object:
+        self.seen.add(torch.get_num_threads())
+        return self.model(**kwargs)
+
+
+def test_the_engine_thread_computes_with_its_own_thread_count_whatever_the_callers_have(
+        model: LoadedModel) -> None:
+    """The worker's main thread keeps one thread (no OpenMP team of its own, device.own_parallelism);
+    the engine's kernels must still get the worker's thread count, or every step runs on one core."""
+    seen = ThreadsSeen(model.model)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    eng = Engine(dataclasses.replace(model, model=seen), max_batch=4, threads=2).start()
+    try:
+        eng.submit("t", ids(model, "Say hi."), SamplingParams(temperature=0, max_tokens=3)).result(WAIT)
+        assert torch.get_num_threads() == 1  # the caller's own setting is left alone
+    finally:
+        eng.stop()
+        torch.set_num_threads(before)
+    assert seen.seen == {2}
 
 
 class OutOfMemoryAbove:

@@ -2,7 +2,16 @@
 
 from pathlib import Path
 
-from textgen_core.engine.device import auto_dtype, cpu_flags, default_max_batch, resolve_dtype, worker_threads
+import pytest
+
+from textgen_core.engine.device import (
+    auto_dtype,
+    cpu_flags,
+    default_max_batch,
+    resolve_dtype,
+    resolve_weights,
+    worker_threads,
+)
 from textgen_core.settings import ModelSpec, Settings
 
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
@@ -34,6 +43,17 @@ def test_bf16_on_a_cpu_is_opt_in_because_native_flags_do_not_mean_fast_batches()
     assert resolve_dtype("auto", "cpu", cpu_flags(SAPPHIRE_RAPIDS)) == "float32"
     assert resolve_dtype("auto", "cpu") == "float32"
     assert Settings(_env_file=None).cpu_auto_bf16 is False
+
+
+def test_int8_weights_go_with_bf16_activations_on_a_cpu_only() -> None:
+    assert resolve_weights("auto", "cpu", "bfloat16") == "int8"
+    assert resolve_weights("auto", "cpu", "float32") == "full"
+    assert resolve_weights("auto", "cuda", "float16") == "full"
+    assert resolve_weights("full", "cpu", "bfloat16") == "full"
+    assert resolve_weights("int8", "cpu", "bfloat16") == "int8"
+    for device, dtype in (("cpu", "float32"), ("cuda", "bfloat16")):
+        with pytest.raises(ValueError, match="vllm.quantization"):
+            resolve_weights("int8", device, dtype)
 
 
 def test_auto_reads_this_machines_cpuinfo() -> None:

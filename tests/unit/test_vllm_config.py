@@ -111,3 +111,5 @@ def test_the_cache_profile_names_the_engine() -> None:
     cache_dir = Path("/nonexistent")
     assert model_profile(ours, cache_dir) == "org/model@abc|cpu|float32|transformers"
     assert model_profile(theirs, cache_dir) == "org/model@abc|cpu|float32|vllm-0.32.0"
+    int8 = LoadedModel(**{**ours.__dict__, "dtype": "bfloat16", "weights": "int8"})
+    assert model_profile(int8, cache_dir) == "org/model@abc|cpu|bfloat16+int8|transformers"

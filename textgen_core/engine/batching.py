@@ -31,6 +31,7 @@ import torch
 from transformers import DynamicCache
 
 from textgen_core import metrics
+from textgen_core.engine.device import worker_threads
 from textgen_core.engine.loader import LoadedModel
 from textgen_core.engine.sampling import choose_tokens, new_generator
 from textgen_core.engine.slots import RowsKV, SlotCache
@@ -147,8 +148,12 @@ class Engine:
         bulk_rows_with_interactive: int | None = None,
         bulk_prefill_rows: int | None = None,
         priority_aging_s: float = 30.0,
+        threads: int | None = None,
     ):
         self.loaded = loaded
+        # Intra-op threads of the engine thread, set there (None: one per CPU this process may use).
+        # torch runs a CPU kernel on an OpenMP team of the calling thread: ``device.own_parallelism``.
+        self.threads = worker_threads(threads)
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer
         self.device = torch.device(loaded.device)
@@ -240,6 +245,7 @@ class Engine:
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        torch.set_num_threads(self.threads)
         while not self._stop.is_set():
             try:
                 self._admit(self._take_new())

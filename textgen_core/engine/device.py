@@ -56,6 +56,17 @@ def resolve_dtype(requested: str, device: str, flags: frozenset[str] | None = No
     return auto_dtype(device, flags, cpu_bf16)
 
 
+def resolve_weights(requested: str, device: str, dtype: str) -> str:
+    """int8 where asked, or by default where the activations are bfloat16 on a CPU (its int8 kernel
+    takes bf16 and is the fast one there, ``quantize.py``); full elsewhere."""
+    if requested == "int8" and not (device == "cpu" and dtype == "bfloat16"):
+        raise ValueError(f"weights int8 runs on a CPU with dtype bfloat16, not {device} with {dtype}; "
+                         f"on a GPU use engine vllm with vllm.quantization")
+    if requested == "auto":
+        return "int8" if device == "cpu" and dtype == "bfloat16" else "full"
+    return requested
+
+
 def default_max_batch(device: str) -> int:
     return DEFAULT_MAX_BATCH["cuda" if device.startswith("cuda") else "cpu"]
 
@@ -68,3 +79,18 @@ def worker_threads(requested: int | None, available: int | None = None) -> int:
     if available is None:
         available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, available)
+
+
+def own_parallelism() -> None:
+    """Keep the calling thread (a worker's main thread, which loads the models) off OpenMP teams,
+    so the engine thread's team is the process's only one. Call it before any torch work.
+
+    torch runs a CPU kernel on an OpenMP team of the thread that calls it. Once a second thread has
+    a team, libgomp counts more threads than CPUs and stops its workers spinning between parallel
+    regions: every kernel in the engine thread then waits for a woken thread. On a 2-core virtual
+    machine small ops (an ``exp`` of 2,000 numbers) ran 10x slower and int8 products of one row 3x.
+    A team, once made, stays: this must run before the thread's first parallel kernel."""
+    import torch
+
+    torch.set_num_threads(1)
+

@@ -19,7 +19,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from textgen_core.engine.device import resolve_dtype
+from textgen_core.engine.device import resolve_dtype, resolve_weights
 from textgen_core.settings import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,7 @@ class LoadedModel:
     context_length: int
     eos_token_ids: frozenset[int]
     load_seconds: float
+    weights: str = "full"  # or "int8" (quantize.py)
     engine: str = "transformers"  # the backend and its version where it is not ours (result cache profile)
 
     @cached_property
@@ -128,6 +129,7 @@ def load(spec: ModelSpec, cache_dir: Path, device: str | None = None, *, cpu_bf1
     source = prepare(spec, cache_dir)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = resolve_dtype(spec.dtype, device, cpu_bf16=cpu_bf16)
+    weights = resolve_weights(spec.weights, device, dtype)
     kwargs: dict[str, Any] = {"revision": spec.revision} if spec.revision else {}
     tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     from textgen_core.engine import attention
@@ -136,6 +138,10 @@ def load(spec: ModelSpec, cache_dir: Path, device: str | None = None, *, cpu_bf1
     model = AutoModelForCausalLM.from_pretrained(source, dtype=getattr(torch, dtype),
                                                  attn_implementation=attention.register(), **kwargs)
     model.to(device).eval()
+    if weights == "int8":
+        from textgen_core.engine.quantize import int8_linears
+
+        int8_linears(model)
     eos: set[int] = set()
     for candidate in (model.generation_config.eos_token_id, tokenizer.eos_token_id):
         if isinstance(candidate, int):
@@ -149,6 +155,7 @@ def load(spec: ModelSpec, cache_dir: Path, device: str | None = None, *, cpu_bf1
         tokenizer=tokenizer,
         device=device,
         dtype=dtype,
+        weights=weights,
         context_length=context,
         eos_token_ids=frozenset(eos),
         load_seconds=time.monotonic() - started,
