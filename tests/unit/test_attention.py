@@ -1,5 +1,5 @@
-"""The engine's decode attention: the library's numbers, and a row's result the same to the bit
-whatever the width its batchmates set and whoever shares the call."""
+"""The engine's decode and prefill attention: the library's numbers, and a row's result the same to
+the bit whatever the width its batchmates set and whoever shares the call."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from textgen_core.engine.attention import BLOCK, blocked_attention, whole_blocks
+from textgen_core.engine import attention
+from textgen_core.engine.attention import BLOCK, PREFILL_BLOCK, blocked_attention, whole_blocks
 
 
 class Layer(torch.nn.Module):
@@ -52,3 +53,53 @@ def test_other_calls_go_to_the_library() -> None:
     ours, _ = blocked_attention(Layer(9, 3), query, key, value, mask)
     theirs, _ = sdpa_attention_forward(Layer(9, 3), query, key, value, mask)
     assert torch.equal(ours, theirs)
+
+
+def prefill_inputs(lengths: list[int], width: int, dtype: torch.dtype, seed: int = 1):
+    """Rows left-padded to ``width``; the mask as transformers builds it (True: may look)."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = len(lengths)
+    query = torch.randn(rows, 9, width, 64, generator=gen).to(dtype)
+    key = torch.randn(rows, 3, width, 64, generator=gen).to(dtype)
+    value = torch.randn(rows, 3, width, 64, generator=gen).to(dtype)
+    real = torch.arange(width)[None, :] >= (width - torch.tensor(lengths))[:, None]  # [rows, width]
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = (causal[None] & real[:, None, :])[:, None]
+    return query, key, value, mask
+
+
+def test_a_prefill_computes_what_the_library_computes() -> None:
+    query, key, value, mask = prefill_inputs([40, 17, 48], 48, torch.float32)
+    ours, _ = blocked_attention(Layer(9, 3), query, key, value, mask, scaling=0.125)
+    theirs, _ = sdpa_attention_forward(Layer(9, 3), query, key, value, mask, scaling=0.125)
+    assert ours.shape == theirs.shape == (3, 48, 9, 64)
+    for row, length in enumerate([40, 17, 48]):  # the real queries; padding queries are never read
+        torch.testing.assert_close(ours[row, -length:], theirs[row, -length:], atol=1e-5, rtol=1e-5)
+    alone, _ = blocked_attention(Layer(9, 3), query[2:], key[2:], value[2:], None, scaling=0.125)
+    torch.testing.assert_close(alone[0], theirs[2], atol=1e-5, rtol=1e-5)  # no mask: causal
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_prompt_prefilled_beside_longer_ones_reads_the_same_as_alone(dtype: torch.dtype) -> None:
+    """Alone a row is padded to its own whole prefill blocks; in a batch to the longest row's. Its
+    tokens keep their offsets within the blocks, so its numbers are the same to the bit."""
+    lengths = [5, 40, 16, 77, 33]
+    width = whole_blocks(max(lengths), PREFILL_BLOCK)
+    query, key, value, mask = prefill_inputs(lengths, width, dtype)
+    batch, _ = blocked_attention(Layer(9, 3), query, key, value, mask)
+    for row, length in enumerate(lengths):
+        own = whole_blocks(length, PREFILL_BLOCK)
+        part = slice(width - own, width)
+        alone, _ = blocked_attention(Layer(9, 3), query[row:row + 1, :, part].contiguous(),
+                                     key[row:row + 1, :, part].contiguous(), value[row:row + 1, :, part].contiguous(),
+                                     mask[row:row + 1, :, part, part])
+        assert torch.equal(alone[0, -length:], batch[row, -length:]), f"row {row} differs alone"
+        assert torch.isfinite(batch[row]).all()  # padding queries see nothing, and stay finite
+
+
+def test_a_long_prefill_is_taken_in_chunks_of_queries_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    query, key, value, mask = prefill_inputs([64, 50], 64, torch.float32)
+    whole, _ = blocked_attention(Layer(9, 3), query, key, value, mask)
+    monkeypatch.setattr(attention, "PREFILL_SCORES", 2 * 9 * 64 * 5)  # 5 queries a chunk
+    chunked, _ = blocked_attention(Layer(9, 3), query, key, value, mask)
+    assert torch.equal(whole, chunked)

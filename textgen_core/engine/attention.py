@@ -10,9 +10,16 @@ which jobs shared its steps.
 Here the width is cut into blocks of ``BLOCK`` columns (the slots hand out widths that are
 multiples of it). Within a block every reduction has the same shape whatever the width; across
 blocks the partial sums are added in column order by a cumulative sum, which is sequential, so the
-trailing blocks that only hold masked columns add exact zeros last. Linear layers, norms and the
-rest compute each row alone already; in bf16 and fp16 prefills are not batched across rows for the
-same reason (``batching.py``), and use the library's kernel. ``tests/unit/test_attention.py`` checks the
+trailing blocks that only hold masked columns add exact zeros last. Norms and the rest
+compute each row alone already; so do int8 linear layers (``quantize.py``), float32's by margin.
+
+A prefill (every prompt token at once, no cache yet) is batched left-padded to a width of whole
+``PREFILL_BLOCK`` columns, so a row's tokens sit at the same offsets within their blocks alone or
+beside longer rows: the extra padding is whole blocks of masked columns before them. Its attention
+works in float32, each query over key blocks of that size summed in column order, the same way;
+leading blocks that hold only padding add exact zeros first. The masked value is finite (the
+dtype's minimum), so a padding query that sees nothing stays finite and a zero weight never meets
+a NaN. ``tests/unit/test_attention.py`` checks the
 function, ``tests/integration/test_engine.py`` the whole engine's greedy text alone and in a batch,
 in float32 and bfloat16.
 """
@@ -28,11 +35,15 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 
 NAME = "textgen_blocked"
 BLOCK = 64
+PREFILL_BLOCK = 16  # small: a prompt is padded to whole blocks of it
+# Scores held at once by a prefill (float32 numbers); more queries are taken in chunks.
+PREFILL_SCORES = 16 << 20
 
 
-def whole_blocks(width: int) -> int:
-    """``width`` rounded up to whole blocks: the widths the slots hand out."""
-    return -(-width // BLOCK) * BLOCK
+def whole_blocks(width: int, block: int = BLOCK) -> int:
+    """``width`` rounded up to whole blocks: the widths the slots hand out (and, with
+    ``PREFILL_BLOCK``, the width of a batched prefill)."""
+    return -(-width // block) * block
 
 
 def blocked_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -43,6 +54,9 @@ def blocked_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     to the library's sdpa."""
     rows, heads, q_len, dim = query.shape
     kv_heads, width = key.shape[1], key.shape[2]
+    if q_len > 1 and q_len == width and not width % PREFILL_BLOCK and (
+            attention_mask is None or tuple(attention_mask.shape) == (rows, 1, q_len, width)):
+        return blocked_prefill(query, key, value, attention_mask, scaling), None
     if (q_len != 1 or width % BLOCK or attention_mask is None or not attention_mask.is_floating_point()
             or tuple(attention_mask.shape) != (rows, 1, 1, width)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
@@ -58,6 +72,44 @@ def blocked_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     parts = torch.matmul(weights.to(value.dtype), value.view(rows, kv_heads, blocks, BLOCK, dim)).float()
     out = parts.cumsum(2)[:, :, -1] / total[..., None]  # [rows, kv, groups, dim]
     return out.to(query.dtype).reshape(rows, 1, heads, dim), None
+
+
+def blocked_prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
+                    scaling: float | None) -> torch.Tensor:
+    """Causal self-attention of ``[rows, heads, width, dim]`` queries over as many keys (``mask``:
+    ``[rows, 1, width, width]``, True or 0 where a query may look, or None for causal alone), in the
+    column order the module's docstring describes. Returns ``[rows, width, heads, dim]``."""
+    rows, heads, width, dim = query.shape
+    kv_heads = key.shape[1]
+    groups, blocks = heads // kv_heads, width // PREFILL_BLOCK
+    scale = scaling if scaling is not None else dim ** -0.5
+    lowest = torch.finfo(torch.float32).min
+    keys_t = key.float().transpose(-1, -2)  # [rows, kv, dim, width]
+    values = value.float().view(rows, kv_heads, blocks, PREFILL_BLOCK, dim)
+    q = query.float().view(rows, kv_heads, groups, width, dim)
+    out = torch.empty(rows, kv_heads, groups, width, dim, dtype=torch.float32, device=query.device)
+    step = max(1, PREFILL_SCORES // max(1, rows * heads * width))  # queries per chunk
+    for start in range(0, width, step):
+        end = min(width, start + step)
+        n = end - start
+        scores = torch.matmul(q[:, :, :, start:end].reshape(rows, kv_heads, groups * n, dim), keys_t) * scale
+        scores = scores.view(rows, kv_heads, groups, n, width)
+        if mask is None:  # causal: a query sees the keys up to its own column
+            columns = torch.arange(width, device=query.device)
+            hidden = columns[None, :] > columns[start:end, None]
+            scores = scores.masked_fill(hidden, lowest)
+        elif mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask[:, :, None, start:end], lowest)
+        else:
+            scores = scores + mask[:, :, None, start:end].float().clamp(min=lowest)
+        weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+        cut = weights.view(rows, kv_heads, groups * n, blocks, PREFILL_BLOCK)
+        total = cut.sum(-1).cumsum(-1)[..., -1]  # [rows, kv, groups * n]
+        summed = torch.matmul(cut[:, :, :, 0], values[:, :, 0])  # [rows, kv, groups * n, dim]
+        for b in range(1, blocks):  # in column order, block by block (a cumsum over this dim is slow)
+            summed += torch.matmul(cut[:, :, :, b], values[:, :, b])
+        out[:, :, :, start:end] = (summed / total[..., None]).view(rows, kv_heads, groups, n, dim)
+    return out.view(rows, heads, width, dim).transpose(1, 2).to(query.dtype)
 
 
 def register() -> str:

@@ -31,6 +31,7 @@ import torch
 from transformers import DynamicCache
 
 from textgen_core import metrics
+from textgen_core.engine.attention import PREFILL_BLOCK, whole_blocks
 from textgen_core.engine.device import worker_threads
 from textgen_core.engine.loader import LoadedModel
 from textgen_core.engine.sampling import choose_tokens, new_generator
@@ -345,15 +346,16 @@ class Engine:
         return back
 
     def _admit(self, rows: list[_Row]) -> None:
-        """Prefill the rows and merge them into the batch: in float32 together, left-padded; in a
-        reduced precision each alone.
+        """Prefill the rows and merge them into the batch: together where the linear layers compute
+        each row alone (int8 weights; float32's by margin), else each row alone.
 
-        Padding moves a row's tokens within the attention's width and changes how its sums are
-        grouped. float32's margin absorbs that (the engine tests hold the same greedy text alone
-        and in a batch), bf16 and fp16 round it into another token within a few dozen; alone costs
-        one forward per row, about twice the prefill time of a batch on a CPU."""
+        The prefill's attention keeps a row's numbers whatever its batchmates (``attention.py``),
+        but bf16 and fp16 matrix kernels may take another path for another number of rows, and
+        round that into another greedy token within a few dozen; alone costs one forward per row,
+        about twice the prefill time of a batch on a CPU."""
         rows = [r for r in rows if not self._resolve_if_canceled(r)]
-        groups = [rows] if self.loaded.dtype == "float32" else [[r] for r in rows]
+        together = self.loaded.dtype == "float32" or self.loaded.weights == "int8"
+        groups = [rows] if together else [[r] for r in rows]
         for i, group in enumerate(groups):
             if not group:
                 continue
@@ -393,9 +395,14 @@ class Engine:
         self._merge(rows, logits, kv)
 
     def _prefill(self, rows: list[_Row]) -> tuple[torch.Tensor, RowsKV]:
-        """The rows' prompts (and tokens so far) through the model at once, left-padded."""
+        """The rows' prompts (and tokens so far) through the model at once, left-padded. With int8
+        weights the width is whole prefill blocks, so each row's tokens sit where they would alone
+        and its numbers are the same to the bit (``attention.py``); float32 keeps the library's
+        kernel over the exact width, faster, its margin holding the greedy text."""
         seqs = [r.context_ids() for r in rows]
         width = max(len(s) for s in seqs)
+        if self.loaded.weights == "int8":
+            width = whole_blocks(width, PREFILL_BLOCK)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
