@@ -13,7 +13,8 @@ blocks the partial sums are added in column order by a cumulative sum, which is 
 trailing blocks that only hold masked columns add exact zeros last. Norms and the rest
 compute each row alone already; so do int8 linear layers (``quantize.py``), float32's by margin.
 
-A prefill (every prompt token at once, no cache yet) is batched left-padded to a width of whole
+A bf16 or fp16 prefill (every prompt token at once, no cache yet; float32's goes to the
+library's kernel) is batched left-padded to a width of whole
 ``PREFILL_BLOCK`` columns, so a row's tokens sit at the same offsets within their blocks alone or
 beside longer rows: the extra padding is whole blocks of masked columns before them. Its attention
 works in float32, each query over key blocks of that size summed in column order, the same way;
@@ -54,7 +55,7 @@ def blocked_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     to the library's sdpa."""
     rows, heads, q_len, dim = query.shape
     kv_heads, width = key.shape[1], key.shape[2]
-    if q_len > 1 and q_len == width and not width % PREFILL_BLOCK and (
+    if q_len > 1 and q_len == width and not width % PREFILL_BLOCK and query.dtype != torch.float32 and (
             attention_mask is None or tuple(attention_mask.shape) == (rows, 1, q_len, width)):
         return blocked_prefill(query, key, value, attention_mask, scaling), None
     if (q_len != 1 or width % BLOCK or attention_mask is None or not attention_mask.is_floating_point()
