@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from tests.conftest import Stack, launch_stack
 from textgen_core.engine.batching import Engine, PromptTooLong
@@ -29,8 +30,9 @@ GREEDY = SamplingParams(temperature=0, max_tokens=24)
 
 @pytest.fixture(scope="module")
 def model() -> LoadedModel:
+    """float32, as on a CPU without native bf16 (the stack's workers take the machine's default)."""
     settings = Settings(_env_file=None)
-    return load(settings.models[0], settings.cache_dir)
+    return load(settings.models[0].model_copy(update={"dtype": "float32"}), settings.cache_dir)
 
 
 @pytest.fixture
@@ -118,9 +120,12 @@ PASSAGE = ("The lighthouse stood at the edge of the cliff, its white paint worn 
 
 
 def perplexity(lm: LoadedModel, text: str) -> float:
+    """Token by token, as decoding steps compute (with int8 weights, a prefill takes the bf16 ones)."""
     ids = torch.tensor([lm.tokenizer(text)["input_ids"]])
+    cache = DynamicCache()
     with torch.no_grad():
-        logits = lm.model(input_ids=ids).logits.float()
+        logits = torch.cat([lm.model(input_ids=ids[:, i:i + 1], use_cache=True, **{lm.cache_kwarg: cache}).logits
+                            for i in range(ids.shape[1])], dim=1).float()
     return float(torch.nn.functional.cross_entropy(logits[0, :-1], ids[0, 1:]).exp())
 
 

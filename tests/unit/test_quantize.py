@@ -48,3 +48,19 @@ def test_every_linear_of_a_model_is_replaced_and_a_tied_embedding_is_kept() -> N
     assert model.embed.weight.dtype == torch.bfloat16  # the lookup keeps its table
     ids = torch.tensor([[1, 2, 3]])
     assert model.head(model.block(model.embed(ids))).shape == (1, 3, 100)
+
+
+def test_a_prefill_takes_the_bf16_weights_and_a_decoding_step_the_int8_ones() -> None:
+    """Many tokens per row compute a lot per weight, where the bf16 kernel is the fast one; one token
+    per row (a decoding step) reads every weight once, where int8 is. Both keep a row's numbers
+    whatever its batchmates (the bf16 kernel for the many rows of a prefill: this CPU's, checked)."""
+    lin = layer(576, 1536).bfloat16()
+    q = Int8Linear(lin)
+    x = (torch.randn(8, 48, 576) * 2).bfloat16()
+    assert torch.equal(q(x), torch.nn.functional.linear(x, lin.weight))
+    step = x[:, :1]
+    assert torch.equal(q(step), torch.ops.aten._weight_int8pack_mm(step.reshape(8, 576), q.qweight, q.scale)
+                       .reshape(8, 1, 1536))
+    assert not torch.equal(q(step), torch.nn.functional.linear(step, lin.weight))
+    for rows, tokens in ((1, 16), (1, 48), (3, 32), (8, 48)):
+        assert torch.equal(q(x[:rows, :tokens])[0, :16], q(x[:1, :16])[0])
