@@ -58,7 +58,7 @@ def offline_limit(n: int, max_tokens: int, max_batch: int) -> dict[str, float]:
     own_parallelism()  # as the worker does, so both sides compute alike
     spec = settings.model(DEFAULT_MODEL_ID)
     assert spec is not None
-    loaded = load(spec, settings.cache_dir)
+    loaded = load(spec, settings.cache_dir, cpu_bf16=settings.cpu_auto_bf16)
     engine = Engine(loaded, max_batch=max_batch, threads=worker_threads(settings.torch_threads)).start()
     params = SamplingParams(max_tokens=max_tokens, temperature=0)
     ids = [loaded.tokenizer.apply_chat_template(build_messages(Mode.general, prompt=p), add_generation_prompt=True,

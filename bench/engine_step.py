@@ -2,7 +2,7 @@
 torch thread counts, its steps split into the model's forward (decode), prefill, and the rest
 (sampling, stop strings, streaming, the cache's bookkeeping: the engine's own Python).
 
-    python bench/engine_step.py [--batches 1,64] [--threads 1,2] [--max-tokens 64] [--dtype float32]
+    python bench/engine_step.py [--batches 1,64] [--threads 1,2] [--max-tokens 64] [--dtype auto]
 
 Prints one line per configuration, then one JSON object as the last line. The machine's load
 average is printed with it: on a shared machine the figures move with it.
@@ -90,13 +90,13 @@ def main() -> None:
     parser.add_argument("--batches", default="1,64")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--weights", default="auto", choices=["auto", "int8", "full"])
     args = parser.parse_args()
     settings = Settings(_env_file=None)
     spec = settings.model(DEFAULT_MODEL_ID).model_copy(update={"dtype": args.dtype, "weights": args.weights})  # type: ignore[union-attr]
     own_parallelism()  # as a worker does: the engine thread alone runs kernels (device.py)
-    lm = load(spec, settings.cache_dir)
+    lm = load(spec, settings.cache_dir, cpu_bf16=settings.cpu_auto_bf16)
     torch.set_grad_enabled(False)
     figures: dict[str, dict[str, float]] = {}
     for threads in [int(t) for t in args.threads.split(",")]:

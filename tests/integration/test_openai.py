@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from tests.conftest import IDLE_MODEL, KEY_A, KEY_B, Stack, wait_job
+from textgen_core.engine.device import resolve_dtype
 
 pytestmark = pytest.mark.integration
 
@@ -42,7 +43,7 @@ def test_models_list_and_retrieve(sdk: openai.OpenAI) -> None:
     served = models[MODEL].model_dump()
     assert served["object"] == "model" and served["owned_by"] == "textgen" and served["created"] > 0
     assert served["workers"] == ["worker@test"]
-    assert served["device"] == "cpu" and served["dtype"] == "float32"
+    assert served["device"] == "cpu" and served["dtype"] == resolve_dtype("auto", "cpu")
     assert served["max_batch"] == 8 and served["context_length"] >= 2048
     assert models[IDLE_MODEL].model_dump()["workers"] == []
     assert sdk.models.retrieve(MODEL).id == MODEL

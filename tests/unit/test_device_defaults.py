@@ -38,11 +38,12 @@ def test_cuda_gets_float16_and_an_explicit_dtype_always_wins() -> None:
     assert resolve_dtype("auto", "cpu", cpu_flags(COOPER_LAKE), cpu_bf16=True) == "bfloat16"
 
 
-def test_bf16_on_a_cpu_is_opt_in_because_native_flags_do_not_mean_fast_batches() -> None:
+def test_a_worker_picks_bf16_on_a_native_cpu_unless_turned_off() -> None:
+    assert Settings(_env_file=None).cpu_auto_bf16 is True
+    assert resolve_dtype("auto", "cpu", cpu_flags(SAPPHIRE_RAPIDS)) == "bfloat16"
     assert auto_dtype("cpu", cpu_flags(SAPPHIRE_RAPIDS), cpu_bf16=False) == "float32"
-    assert resolve_dtype("auto", "cpu", cpu_flags(SAPPHIRE_RAPIDS)) == "float32"
-    assert resolve_dtype("auto", "cpu") == "float32"
-    assert Settings(_env_file=None).cpu_auto_bf16 is False
+    assert resolve_dtype("auto", "cpu", cpu_flags(SAPPHIRE_RAPIDS), cpu_bf16=False) == "float32"
+    assert resolve_dtype("auto", "cpu", cpu_bf16=False) == "float32"
 
 
 def test_int8_weights_go_with_bf16_activations_on_a_cpu_only() -> None:

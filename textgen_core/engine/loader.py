@@ -121,7 +121,7 @@ class LoadedModel:
         return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
 
-def load(spec: ModelSpec, cache_dir: Path, device: str | None = None, *, cpu_bf16: bool = False) -> LoadedModel:
+def load(spec: ModelSpec, cache_dir: Path, device: str | None = None, *, cpu_bf16: bool = True) -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

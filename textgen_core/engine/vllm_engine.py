@@ -430,6 +430,7 @@ def load_for_vllm(spec: ModelSpec, cache_dir: Path, dtype: str | None = None) ->
             eos.update(candidate)
     context = spec.vllm.max_model_len or spec.context_length or int(getattr(config, "max_position_embeddings", 2048))
     return VllmModel(spec=spec, model=None, tokenizer=tokenizer, device=device,
-                     dtype=resolve_dtype(dtype or spec.vllm.dtype or spec.dtype, device), context_length=context,
+                     dtype=resolve_dtype(dtype or spec.vllm.dtype or spec.dtype, device, cpu_bf16=False),
+                     context_length=context,
                      eos_token_ids=frozenset(eos), load_seconds=time.monotonic() - started,
                      engine=engine_profile(), source=source)
