@@ -50,7 +50,7 @@ class ModelSpec(BaseModel):
     revision: str | None = None
     # auto: float16 on CUDA; on a CPU bfloat16 where native (unless cpu_auto_bf16 is off), else float32.
     dtype: Dtype = "auto"
-    # int8: linear layers as int8 with bfloat16 activations (CPU only); full: as ``dtype``;
+    # int8: linear layers' weights and activations as int8 (CPU, bfloat16 only); full: as ``dtype``;
     # auto: int8 where the activations are bfloat16 on a CPU (engine/quantize.py), else full.
     weights: Weights = "auto"
     max_batch: int | None = Field(default=None, ge=1, le=256)  # None: per device (64 on a CPU, 128 on CUDA)
@@ -139,7 +139,7 @@ class Settings(BaseSettings):
                                       description="Torch threads. Unset: one per CPU the worker may use.")
     cpu_auto_bf16: bool = Field(
         default=True, description="dtype `auto` on a CPU with native bf16 (AMX or AVX512-BF16) picks bfloat16, "
-                                  "with int8 weights for decoding (`weights: auto`). `false` keeps float32 "
+                                  "with int8 weights and activations (`weights: auto`). `false` keeps float32 "
                                   "(compare with `bench/engine_step.py --dtype float32`).")
     heartbeat_seconds: float = Field(default=5.0, gt=0,
                                      description="How often a worker renews its heartbeat and its jobs' leases.")

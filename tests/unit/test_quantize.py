@@ -1,4 +1,4 @@
-"""int8 weights (engine/quantize.py): close to the float layer, and each row computed alone."""
+"""int8 weights and activations (engine/quantize.py): close to the float layer, and each row computed alone."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def test_an_int8_layer_stays_close_to_the_float_one_and_keeps_shapes_and_bias() 
     got = Int8Linear(lin)(x.bfloat16())
     assert got.shape == (2, 5, 192) and got.dtype == torch.bfloat16
     rel = (got.float() - want).norm() / want.norm()
-    assert rel < 0.02, rel  # int8 per channel plus bf16 activations: about 1% of the output's size
+    assert rel < 0.02, rel  # int8 weights per channel, int8 activations per row: about 1% of the output's size
 
 
 def test_a_rows_result_does_not_depend_on_the_other_rows() -> None:
@@ -50,17 +50,47 @@ def test_every_linear_of_a_model_is_replaced_and_a_tied_embedding_is_kept() -> N
     assert model.head(model.block(model.embed(ids))).shape == (1, 3, 100)
 
 
-def test_a_prefill_takes_the_bf16_weights_and_a_decoding_step_the_int8_ones() -> None:
-    """Many tokens per row compute a lot per weight, where the bf16 kernel is the fast one; one token
-    per row (a decoding step) reads every weight once, where int8 is. Both keep a row's numbers
-    whatever its batchmates (the bf16 kernel for the many rows of a prefill: this CPU's, checked)."""
-    lin = layer(576, 1536).bfloat16()
-    q = Int8Linear(lin)
+def test_a_token_gets_the_same_numbers_in_a_prefill_as_in_a_decoding_step() -> None:
+    """Integer sums are exact: a token's result does not depend on its row's other tokens or on the
+    other rows, whatever the kernel's blocking (many tokens per row as a prefill, one as a step)."""
+    q = Int8Linear(layer(576, 1536))
     x = (torch.randn(8, 48, 576) * 2).bfloat16()
-    assert torch.equal(q(x), torch.nn.functional.linear(x, lin.weight))
-    step = x[:, :1]
-    assert torch.equal(q(step), torch.ops.aten._weight_int8pack_mm(step.reshape(8, 576), q.qweight, q.scale)
-                       .reshape(8, 1, 1536))
-    assert not torch.equal(q(step), torch.nn.functional.linear(step, lin.weight))
-    for rows, tokens in ((1, 16), (1, 48), (3, 32), (8, 48)):
-        assert torch.equal(q(x[:rows, :tokens])[0, :16], q(x[:1, :16])[0])
+    prefill = q(x)
+    assert prefill.shape == (8, 48, 1536) and prefill.dtype == torch.bfloat16
+    for rows, tokens in ((1, 1), (1, 16), (3, 32), (8, 48)):
+        assert torch.equal(q(x[:rows, :tokens]), prefill[:rows, :tokens])
+    assert torch.equal(q(x[5:6, 20:21]), prefill[5:6, 20:21])
+
+
+def test_layers_that_read_one_input_share_its_product_and_match_their_own() -> None:
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.q_proj, self.k_proj, self.v_proj = layer(64, 96), layer(64, 32, bias=True), layer(64, 32)
+            self.o_proj = layer(96, 64)
+
+    block = Block()
+    alone = {name: Int8Linear(getattr(block, name)) for name in ("q_proj", "k_proj", "v_proj")}
+    assert int8_linears(block) == 4
+    assert block.q_proj.product is block.k_proj.product is block.v_proj.product
+    assert block.o_proj.product is not block.q_proj.product
+    x = torch.randn(3, 5, 64)
+    for name, own in alone.items():  # each column range of the stacked product is that layer's
+        assert torch.allclose(getattr(block, name)(x), own(x), atol=1e-5)
+    shared = block.q_proj.product
+    assert shared._last is None  # read by all three: nothing held
+    y = x.clone()
+    block.q_proj(y)
+    y.add_(1)  # changed in place after q read it: k must not take q's product
+    assert torch.allclose(block.k_proj(y), alone["k_proj"](y), atol=1e-5)
+
+
+def test_a_zero_row_stays_zero_and_no_product_overflows() -> None:
+    big = torch.nn.Linear(8192, 4, bias=False)
+    with torch.no_grad():
+        big.weight.fill_(1.0)
+    q = Int8Linear(big)
+    x = torch.full((2, 8192), 1000.0)
+    x[1] = 0
+    y = q(x)
+    assert torch.allclose(y[0], torch.full((4,), 8192 * 1000.0), rtol=1e-2) and torch.equal(y[1], torch.zeros(4))

@@ -3,12 +3,12 @@
 Pure functions over what the machine reports (``/proc/cpuinfo`` flags, the CPUs this process
 may use), so each choice is unit-tested without the hardware. bf16 only pays on CPUs that compute
 it natively (AMX or AVX512-BF16); elsewhere it is emulated and slower than fp32. Where it is native
-it is the default (``cpu_auto_bf16``), with int8 weights for the decoding steps and bf16 ones for
-prefills (``quantize.py``): on a 2-core AVX512-BF16 CPU one request decoded 2.5x as fast as in
-fp32 and 64 prompts prefilled in 3.3 s instead of 4.6-6.2 s. On a virtual machine that reported
-AMX, bf16 products of 64 rows once measured 3x slower than fp32: ``cpu_auto_bf16=false`` is the
-way back, and ``bench/engine_step.py`` the way to tell. Greedy text is the same alone and in a
-batch either way (``attention.py``, ``quantize.py``).
+it is the default (``cpu_auto_bf16``), with int8 weights and activations in the linear layers
+(``quantize.py``): on a 2-core AVX512-BF16 CPU one request decoded 2-3x as fast as in fp32, 64 at
+once 2-3x, and 64 prompts prefilled in 2 s instead of 4.6-6.2 s. On a virtual machine that
+reported AMX, bf16 products of 64 rows once measured 3x slower than fp32: ``cpu_auto_bf16=false``
+is the way back, and ``bench/engine_step.py`` the way to tell. Greedy text is the same alone and
+in a batch either way (``attention.py``, ``quantize.py``).
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def resolve_dtype(requested: str, device: str, flags: frozenset[str] | None = No
 
 
 def resolve_weights(requested: str, device: str, dtype: str) -> str:
-    """int8 where asked, or by default where the activations are bfloat16 on a CPU (its int8 kernel
-    takes bf16 and is the fast one there, ``quantize.py``); full elsewhere."""
+    """int8 where asked, or by default where the activations are bfloat16 on a CPU (``quantize.py``);
+    full elsewhere (a GPU quantizes with vLLM's own kernels)."""
     if requested == "int8" and not (device == "cpu" and dtype == "bfloat16"):
         raise ValueError(f"weights int8 runs on a CPU with dtype bfloat16, not {device} with {dtype}; "
                          f"on a GPU use engine vllm with vllm.quantization")

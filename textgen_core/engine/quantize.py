@@ -1,70 +1,120 @@
-"""int8 weights for a model's decoding steps on a CPU: a quarter of float32's bytes per step.
+"""int8 weights and activations for a model's linear layers on a CPU (W8A8): exact integer products.
 
-A decode step of a small batch reads every weight once and computes little, so its time is the
-time to read them. Each linear layer's weight becomes int8 with one scale per output channel
-(symmetric, ``round(w / (max|w| / 127))``), and the product runs in torch's
-``_weight_int8pack_mm`` kernel, which takes bfloat16 activations and widens the int8 weights in
-registers. Measured on a 2-core AVX512-BF16 CPU, one row through a 1536x576 layer: 112 us in
-float32, 36 us here; 64 rows: the same as float32. That kernel computes every row alone, in the
-same order whatever the number of rows, so a greedy row's text does not depend on its batchmates
-(bf16's own matrix kernels switch paths between one row and several and differ in the last bit).
+A decoding step of a small batch reads every weight once and computes little, so its time is the
+time to read them; a big batch or a prefill computes a lot per weight. int8 helps both: a quarter
+of float32's bytes, and the CPU's int8 dot products (VNNI) run at four times float32's rate. Each
+weight row (output channel) is stored as int8 with its own scale (``round(w / (max|w| / 127))``);
+each activation row (one token) is quantized the same way when it enters a layer, and the product
+``torch._int_mm`` sums int8 x int8 into int32. Measured on a 2-core AVX512 CPU, a 1536x576 layer:
+one row 10 us (bf16 96 us, weight-only int8 30 us), 64 rows 100 us (bf16 230 us), 3,072 rows 4 ms
+(bf16 10 ms). Per-token quantization keeps the text the model's: perplexity on a test passage
+within 2% of float32's (``tests/integration/test_engine.py``).
 
-A prefill (many tokens per row) is the opposite: it computes a lot per weight, and there the int8
-kernel runs at a third of the speed of the bf16 one (a 1536x576 layer over 3,072 tokens: 31 ms,
-8 ms in bf16). So each layer keeps its bf16 weights too, and a call with more than one token per
-row uses them: every prompt is prefilled by the bf16 kernel and every step decoded by the int8
-one, whatever the batch, so a row's numbers still do not depend on its batchmates as long as the
-bf16 kernel computes each of many rows alone (``tests/unit/test_quantize.py`` checks this CPU's,
-the engine tests the whole text). The cost is memory: 3 bytes a weight instead of 2.
+Integer sums are exact, so a row's result does not depend on how the kernel splits the work,
+on any CPU: with the per-row scales, its numbers are the same alone, in a batch of 64, or as one
+token of a prefill (``tests/unit/test_quantize.py``). That is the property the engine's greedy
+text rests on (``attention.py`` keeps it for attention).
 
+Layers that read the same input (a transformer's q, k and v projections; gate and up) form a
+group: the input is quantized once and one product covers them all, each layer taking its columns.
 The embedding table stays as it is (a lookup reads one row); a tied output head gets its own int8
-copy and shares the table as its bf16 weights. ``tests/integration/test_engine.py`` checks the
-text against float32's perplexity.
+copy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-# Activations the kernel takes. float32 activations go through a slow path (600 us for one row).
-ACTIVATION_DTYPE = torch.bfloat16
+# Layers of one block that read the same input, by the names Llama-style models give them.
+SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row of ``x`` ``[rows, in]`` as int8 with its own float32 scale ``[rows, 1]``."""
+    scale = x.abs().amax(-1, keepdim=True).float().clamp_(min=_TINY).div_(127)  # a max is exact in any dtype
+    return torch.round_(x / scale).to(torch.int8), scale
+
+
+class Int8Product:
+    """The int8 weights of one or more layers that read the same input, stacked ``[sum(out), in]``,
+    and the product of the last input they were given (so the group's layers share it)."""
+
+    def __init__(self, linears: Sequence[torch.nn.Linear]):
+        weight = torch.cat([linear.weight.detach().float() for linear in linears])
+        scale = (weight.abs().amax(dim=1) / 127).clamp(min=_TINY)
+        self.qweight = torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8)
+        self.scale = scale
+        self.in_features = weight.shape[1]
+        self.layers = len(linears)
+        # The last input's product, until the group's other layers have read it (or another input comes).
+        self._last: tuple[torch.Tensor, int, torch.Tensor] | None = None
+        self._unread = 0
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``x @ w.T`` ``[rows, sum(out)]`` in ``x``'s dtype, for ``x`` ``[..., in]``."""
+        last = self._last
+        if last is not None and last[0] is x and last[1] == x._version:
+            self._unread -= 1
+            if not self._unread:
+                self._last = None
+            return last[2]
+        xq, xscale = quantize_rows(x.reshape(-1, self.in_features))
+        product = torch._int_mm(xq, self.qweight.t())  # the [out, in] layout is the kernel's fast one
+        y = product.float().mul_(xscale).mul_(self.scale).to(x.dtype)
+        self._last, self._unread = ((x, x._version, y), self.layers - 1) if self.layers > 1 else (None, 0)
+        return y
 
 
 class Int8Linear(torch.nn.Module):
-    """``y = x @ (q * scale).T + bias``, with ``q`` int8 ``[out, in]`` and ``scale`` per output channel."""
+    """``y = (q(x) @ q(w).T) * x_scale * w_scale + bias``: columns ``[start, stop)`` of a (shared)
+    :class:`Int8Product`."""
 
-    def __init__(self, linear: torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear, product: Int8Product | None = None, start: int = 0):
         super().__init__()
-        weight = linear.weight.detach().float()
-        scale = (weight.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)
+        self.product = product or Int8Product([linear])
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.register_buffer("qweight", torch.round(weight / scale[:, None]).clamp(-127, 127).to(torch.int8))
-        self.register_buffer("scale", scale.to(ACTIVATION_DTYPE))
-        bias = linear.bias.detach().to(ACTIVATION_DTYPE) if linear.bias is not None else None
-        self.register_buffer("bias", bias)
-        # For prefills (a model loaded in bf16 shares the tensor; a tied head shares the embedding).
-        self.register_buffer("weight", linear.weight.detach().to(ACTIVATION_DTYPE))
+        self.start, self.stop = start, start + linear.out_features
+        self.bias = linear.bias.detach() if linear.bias is not None else None
+
+    @property
+    def qweight(self) -> torch.Tensor:
+        return self.product.qweight[self.start:self.stop]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 3 and x.shape[1] > 1:  # a prefill: [rows, tokens, in], compute-bound
-            return torch.nn.functional.linear(x.to(ACTIVATION_DTYPE), self.weight, self.bias)
-        flat = x.reshape(-1, self.in_features)
-        if flat.dtype != ACTIVATION_DTYPE or not flat.is_contiguous():
-            flat = flat.to(ACTIVATION_DTYPE).contiguous()
-        y = torch.ops.aten._weight_int8pack_mm(flat, self.qweight, self.scale)
+        y = self.product(x)
+        if self.stop - self.start != y.shape[1]:  # a group's: its columns, a view
+            y = y[:, self.start:self.stop]
         if self.bias is not None:
-            y = y + self.bias
+            y = y + self.bias.to(y.dtype)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, weights=int8"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, weights=int8, "
+                f"activations=int8 per row")
 
 
 def int8_linears(model: torch.nn.Module) -> int:
-    """Replace every ``nn.Linear`` of ``model`` (on a CPU, in bfloat16) by an :class:`Int8Linear`, in
-    place; returns how many. Each keeps its bf16 weights for prefills."""
+    """Replace every ``nn.Linear`` of ``model`` by an :class:`Int8Linear`, in place (layers that read
+    the same input sharing one product); returns how many. The float weights they held are freed
+    unless something else shares them (a tied embedding)."""
     replaced = 0
     for parent in list(model.modules()):
+        children = dict(parent.named_children())
+        for names in SHARED_INPUT:
+            group = [children.get(name) for name in names]
+            if not all(isinstance(c, torch.nn.Linear) for c in group):
+                continue
+            linears = [c for c in group if isinstance(c, torch.nn.Linear)]
+            if len({c.in_features for c in linears}) != 1:
+                continue
+            product, start = Int8Product(linears), 0
+            for name, linear in zip(names, linears, strict=True):
+                setattr(parent, name, Int8Linear(linear, product, start))
+                start += linear.out_features
+                replaced += 1
         for name, child in list(parent.named_children()):
             if isinstance(child, torch.nn.Linear):
                 setattr(parent, name, Int8Linear(child))
