@@ -150,7 +150,7 @@ class JobExecutor:
             engine.cancel(job_id)
 
     def _fail(self, job: JobRecord, attempt: str, message: str, kind: str = "generation_error") -> JobStatus:
-        error_type = "prompt_too_long" if kind == "PromptTooLong" else "generation_error"
+        error_type = {"PromptTooLong": "prompt_too_long", "EmptyPrompt": "empty_prompt"}.get(kind, "generation_error")
         if self.store.finish(
             job,
             attempt_token=attempt,

@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from tests.conftest import Stack, launch_stack
-from textgen_core.engine.batching import Engine, PromptTooLong
+from textgen_core.engine.batching import EmptyPrompt, Engine, PromptTooLong
 from textgen_core.engine.loader import LoadedModel, load
 from textgen_core.engine.slots import MIN_WIDTH, RowsKV, SlotCache
 from textgen_core.jobs import SamplingParams
@@ -197,15 +197,24 @@ def test_prompt_longer_than_the_context_is_refused(model: LoadedModel, engine: E
         engine.submit("big", [1] * (model.context_length - 10), SamplingParams(max_tokens=64))
 
 
+def test_an_empty_prompt_is_refused_at_submit_alone_or_beside_others(model: LoadedModel, engine: Engine) -> None:
+    """Regression: alone it failed inside the model; beside another row it was padded and 'succeeded'."""
+    other = engine.submit("other", ids(model, "Name a colour."), GREEDY)
+    with pytest.raises(EmptyPrompt, match="empty"):
+        engine.submit("empty", [], GREEDY)
+    assert other.result(WAIT).completion_tokens > 0
+
+
 def test_a_prompt_the_model_cannot_take_fails_alone_and_never_hangs(model: LoadedModel, engine: Engine) -> None:
-    """A prefill that raises (here: no tokens at all) fails its own rows; rows already running go on."""
+    """A prefill that raises (here: a token id past the vocabulary) fails its own rows; rows already
+    running go on."""
     running = engine.submit("long", ids(model, "Write a long story about a dragon."),
                             SamplingParams(temperature=0, max_tokens=40))
     deadline = time.monotonic() + WAIT
     while not engine.running:
         assert time.monotonic() < deadline, "the first row never started"
         time.sleep(0.01)
-    bad = engine.submit("empty", [], GREEDY)
+    bad = engine.submit("unknown", [10 ** 9], GREEDY)
     assert bad.exception(timeout=120) is not None  # a TimeoutError here: the row was lost, its job would hang
     result = running.result(WAIT)  # raised before: its batch was failed with the bad row's error
     assert result.finish_reason in ("length", "stop") and result.completion_tokens > 0

@@ -14,13 +14,13 @@ trailing blocks that only hold masked columns add exact zeros last. Norms and th
 compute each row alone already; so do int8 linear layers (``quantize.py``), float32's by margin.
 
 A bf16 or fp16 prefill (every prompt token at once, no cache yet; float32's goes to the
-library's kernel) is batched left-padded to a width of whole
-``PREFILL_BLOCK`` columns, so a row's tokens sit at the same offsets within their blocks alone or
-beside longer rows: the extra padding is whole blocks of masked columns before them. Its attention
-works in float32, each query over key blocks of that size summed in column order, the same way;
-leading blocks that hold only padding add exact zeros first. The masked value is finite (the
-dtype's minimum), so a padding query that sees nothing stays finite and a zero weight never meets
-a NaN. ``tests/unit/test_attention.py`` checks the
+library's kernel) is batched left-padded to the longest row, so every row's last token sits in the
+last column. Its attention works in float32, each query over key blocks of ``PREFILL_BLOCK``
+columns counted from that last column, summed in column order: a row's tokens sit at the same
+offsets within their blocks alone or beside longer rows, and the extra padding only adds leading
+blocks of masked columns, exact zeros (skipped where no query of the call sees them). The masked
+value is finite (the dtype's minimum), so a padding query that sees nothing stays finite and a
+zero weight never meets a NaN. ``tests/unit/test_attention.py`` checks the
 function, ``tests/integration/test_engine.py`` the whole engine's greedy text alone and in a batch,
 in float32 and bfloat16.
 """
@@ -36,14 +36,13 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 
 NAME = "textgen_blocked"
 BLOCK = 64
-PREFILL_BLOCK = 16  # small: a prompt is padded to whole blocks of it
+PREFILL_BLOCK = 64
 # Scores held at once by a prefill (float32 numbers); more queries are taken in chunks.
-PREFILL_SCORES = 16 << 20
+PREFILL_SCORES = 4 << 20
 
 
 def whole_blocks(width: int, block: int = BLOCK) -> int:
-    """``width`` rounded up to whole blocks: the widths the slots hand out (and, with
-    ``PREFILL_BLOCK``, the width of a batched prefill)."""
+    """``width`` rounded up to whole blocks: the widths the slots hand out."""
     return -(-width // block) * block
 
 
@@ -55,7 +54,7 @@ def blocked_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     to the library's sdpa."""
     rows, heads, q_len, dim = query.shape
     kv_heads, width = key.shape[1], key.shape[2]
-    if q_len > 1 and q_len == width and not width % PREFILL_BLOCK and query.dtype != torch.float32 and (
+    if q_len > 1 and q_len == width and query.dtype != torch.float32 and (
             attention_mask is None or tuple(attention_mask.shape) == (rows, 1, q_len, width)):
         return blocked_prefill(query, key, value, attention_mask, scaling), None
     if (q_len != 1 or width % BLOCK or attention_mask is None or not attention_mask.is_floating_point()
@@ -77,38 +76,54 @@ def blocked_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 
 def blocked_prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,
                     scaling: float | None) -> torch.Tensor:
-    """Causal self-attention of ``[rows, heads, width, dim]`` queries over as many keys (``mask``:
-    ``[rows, 1, width, width]``, True or 0 where a query may look, or None for causal alone), in the
-    column order the module's docstring describes. Returns ``[rows, width, heads, dim]``."""
+    """Causal self-attention of left-padded ``[rows, heads, width, dim]`` queries over as many keys
+    (``mask``: ``[rows, 1, width, width]``, True or 0 where a query may look, or None for causal
+    alone), in the column order the module's docstring describes. Returns ``[rows, width, heads, dim]``.
+
+    Blocks are counted from the last column (left padding puts every row's last token there), the
+    first one filled on the left with masked columns. Blocks no query of a chunk sees (the batch's
+    common padding; under a causal mask, the keys after the chunk's last query) hold only zero
+    weights and are skipped: leaving out an exact zero changes no sum, so the cost follows the real
+    tokens."""
     rows, heads, width, dim = query.shape
     kv_heads = key.shape[1]
-    groups, blocks = heads // kv_heads, width // PREFILL_BLOCK
+    groups = heads // kv_heads
     scale = scaling if scaling is not None else dim ** -0.5
     lowest = torch.finfo(torch.float32).min
-    keys_t = key.float().transpose(-1, -2)  # [rows, kv, dim, width]
-    values = value.float().view(rows, kv_heads, blocks, PREFILL_BLOCK, dim)
+    extra = -width % PREFILL_BLOCK  # masked key columns before the first, to whole blocks
+    keys, values = key.float(), value.float()
+    if mask is None:  # causal: a query sees the keys up to its own column
+        mask = torch.ones(width, width, dtype=torch.bool, device=query.device).tril()[None, None]
+    elif mask.dtype != torch.bool:
+        mask = mask >= 0  # additive: 0 where a query may look, the dtype's minimum elsewhere
+    if extra:
+        keys = torch.nn.functional.pad(keys, (0, 0, extra, 0))
+        values = torch.nn.functional.pad(values, (0, 0, extra, 0))
+        mask = torch.nn.functional.pad(mask, (extra, 0), value=False)
     q = query.float().view(rows, kv_heads, groups, width, dim)
-    out = torch.empty(rows, kv_heads, groups, width, dim, dtype=torch.float32, device=query.device)
+    out = torch.zeros(rows, kv_heads, groups, width, dim, dtype=torch.float32, device=query.device)
     step = max(1, PREFILL_SCORES // max(1, rows * heads * width))  # queries per chunk
     for start in range(0, width, step):
         end = min(width, start + step)
         n = end - start
-        scores = torch.matmul(q[:, :, :, start:end].reshape(rows, kv_heads, groups * n, dim), keys_t) * scale
-        scores = scores.view(rows, kv_heads, groups, n, width)
-        if mask is None:  # causal: a query sees the keys up to its own column
-            columns = torch.arange(width, device=query.device)
-            hidden = columns[None, :] > columns[start:end, None]
-            scores = scores.masked_fill(hidden, lowest)
-        elif mask.dtype == torch.bool:
-            scores = scores.masked_fill(~mask[:, :, None, start:end], lowest)
-        else:
-            scores = scores + mask[:, :, None, start:end].float().clamp(min=lowest)
+        seen = mask[:, :, start:end].any(dim=(0, 1, 2)).nonzero()  # the key columns these queries see
+        if not len(seen):
+            continue  # every query here is padding and sees nothing; it is never read
+        lo = int(seen[0]) // PREFILL_BLOCK * PREFILL_BLOCK
+        hi = whole_blocks(int(seen[-1]) + 1, PREFILL_BLOCK)
+        blocks = (hi - lo) // PREFILL_BLOCK
+        scores = torch.matmul(q[:, :, :, start:end].reshape(rows, kv_heads, groups * n, dim),
+                              keys[:, :, lo:hi].transpose(-1, -2)) * scale
+        scores = scores.view(rows, kv_heads, groups, n, hi - lo)
+        scores.masked_fill_(~mask[:, :, None, start:end, lo:hi], lowest)
         weights = torch.exp(scores - scores.amax(-1, keepdim=True))
         cut = weights.view(rows, kv_heads, groups * n, blocks, PREFILL_BLOCK)
         total = cut.sum(-1).cumsum(-1)[..., -1]  # [rows, kv, groups * n]
-        summed = torch.matmul(cut[:, :, :, 0], values[:, :, 0])  # [rows, kv, groups * n, dim]
+        block_values = values[:, :, lo:hi].reshape(rows, kv_heads, blocks, PREFILL_BLOCK, dim)
+        parts = torch.matmul(cut.transpose(2, 3), block_values)  # [rows, kv, blocks, groups * n, dim]
+        summed = parts[:, :, 0].clone()
         for b in range(1, blocks):  # in column order, block by block (a cumsum over this dim is slow)
-            summed += torch.matmul(cut[:, :, :, b], values[:, :, b])
+            summed += parts[:, :, b]
         out[:, :, :, start:end] = (summed / total[..., None]).view(rows, kv_heads, groups, n, dim)
     return out.view(rows, heads, width, dim).transpose(1, 2).to(query.dtype)
 
