@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
+import sys
+import traceback
 from typing import Any
 
 from celery import Celery
@@ -20,6 +23,9 @@ app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
 broker_compat.install()
 
 log = logging.getLogger(__name__)
+
+# A worker that cannot start its runtime (a model that does not load) exits with this status.
+EXIT_BOOT_FAILED = 3
 
 
 def served_models() -> list[str]:
@@ -50,7 +56,17 @@ def _boot(sender: Any = None, **_: Any) -> None:
     from workers.runtime import start_runtime
     from workers.tasks import resend, resend_chunk
 
-    rt = start_runtime(served_models(), name=getattr(sender, "hostname", None) or "worker", sender=CelerySender(app))
+    try:
+        rt = start_runtime(served_models(), name=getattr(sender, "hostname", None) or "worker",
+                           sender=CelerySender(app))
+    except Exception:
+        # Celery logs a worker_init handler's error where no one reads it and goes on, consuming
+        # nothing: a worker that says ready and serves no model. It exits instead, and says why.
+        sys.stderr.write(f"textgen worker could not start:\n{traceback.format_exc()}")
+        sys.stderr.flush()
+        log.critical("worker could not start", exc_info=True)
+        logging.shutdown()
+        os._exit(EXIT_BOOT_FAILED)
     rt.start_reaper(resend, resend_chunk)
     start_deadline_sweeper(rt)
 

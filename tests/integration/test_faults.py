@@ -114,6 +114,19 @@ def finish_all(api: httpx.Client, ids: list[str]) -> list[dict]:
     return [wait_done(api, job_id) for job_id in ids]
 
 
+def test_a_worker_whose_model_cannot_load_exits_and_says_why(faults: Stack) -> None:
+    """Regression: the load error went to a logger with no handler and the worker stayed up, said
+    ready, and served nothing, so every request met 503 with no error anywhere."""
+    broken = json.dumps([{"id": DEFAULT_MODEL_ID, "dtype": "float32", "weights": "int8"}])
+    proc = faults.start_worker("broken", TEXTGEN_MODELS=broken)
+    try:
+        assert proc.wait(240) == 3
+    finally:
+        faults.procs.pop("broken", None)
+    log = (faults.logs / "broken.log").read_text()
+    assert "could not start" in log and "weights int8 runs on a CPU with dtype bfloat16" in log
+
+
 def test_a_worker_started_while_jobs_wait_picks_them_up(faults: Stack, api: httpx.Client) -> None:
     assert not running_workers(faults)
     ids = [submit(api, prompt=f"Name a colour, number {i}.", **SHORT) for i in range(3)]
