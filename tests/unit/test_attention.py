@@ -100,6 +100,23 @@ def test_a_prompt_prefilled_beside_longer_ones_reads_the_same_as_alone(dtype: to
 def test_a_long_prefill_is_taken_in_chunks_of_queries_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
     query, key, value, mask = prefill_inputs([64, 50], 64, torch.bfloat16)
     whole, _ = blocked_attention(Layer(9, 3), query, key, value, mask)
-    monkeypatch.setattr(attention, "PREFILL_SCORES", 2 * 9 * 64 * 5)  # 5 queries a chunk
+    monkeypatch.setattr(attention, "PREFILL_QUERIES", 5)
     chunked, _ = blocked_attention(Layer(9, 3), query, key, value, mask)
     assert torch.equal(whole[0], chunked[0]) and torch.equal(whole[1, -50:], chunked[1, -50:])  # padding: never read
+    monkeypatch.setattr(attention, "PREFILL_SCORES", 1)  # one row a slice
+    sliced, _ = blocked_attention(Layer(9, 3), query, key, value, mask)
+    assert torch.equal(sliced[0], chunked[0]) and torch.equal(sliced[1, -50:], chunked[1, -50:])
+
+
+def test_a_rows_prefill_does_not_depend_on_how_many_rows_share_the_call() -> None:
+    """Regression: chunks were sized by rows x width, and at one query a chunk (64 long prompts) the
+    numbers changed; now every call takes the same number of queries at a time."""
+    lengths = [200, 190, 170, 199]
+    query, key, value, mask = prefill_inputs(lengths, 200, torch.bfloat16)
+    batch, _ = blocked_attention(Layer(9, 3), query, key, value, mask)
+    for row, length in enumerate(lengths):
+        part = slice(200 - length, 200)
+        alone, _ = blocked_attention(Layer(9, 3), query[row:row + 1, :, part].contiguous(),
+                                     key[row:row + 1, :, part].contiguous(), value[row:row + 1, :, part].contiguous(),
+                                     mask[row:row + 1, :, part, part])
+        assert torch.equal(alone[0, -length:], batch[row, -length:]), f"row {row} differs alone"

@@ -37,7 +37,10 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 NAME = "textgen_blocked"
 BLOCK = 64
 PREFILL_BLOCK = 64
-# Scores held at once by a prefill (float32 numbers); more queries are taken in chunks.
+# A prefill takes its queries this many at a time, whatever the batch, and never one alone: one
+# query a chunk took another kernel path, and a row's numbers changed with its batchmates.
+PREFILL_QUERIES = 32
+# Scores held at once by a prefill (float32 numbers): more rows are taken in slices.
 PREFILL_SCORES = 4 << 20
 
 
@@ -89,7 +92,6 @@ def blocked_prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     kv_heads = key.shape[1]
     groups = heads // kv_heads
     scale = scaling if scaling is not None else dim ** -0.5
-    lowest = torch.finfo(torch.float32).min
     extra = -width % PREFILL_BLOCK  # masked key columns before the first, to whole blocks
     keys, values = key.float(), value.float()
     if mask is None:  # causal: a query sees the keys up to its own column
@@ -102,9 +104,24 @@ def blocked_prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         mask = torch.nn.functional.pad(mask, (extra, 0), value=False)
     q = query.float().view(rows, kv_heads, groups, width, dim)
     out = torch.zeros(rows, kv_heads, groups, width, dim, dtype=torch.float32, device=query.device)
-    step = max(1, PREFILL_SCORES // max(1, rows * heads * width))  # queries per chunk
-    for start in range(0, width, step):
-        end = min(width, start + step)
+    per = max(1, PREFILL_SCORES // (heads * PREFILL_QUERIES * (width + extra)))  # rows a slice
+    for r0 in range(0, rows, per):
+        r1 = min(rows, r0 + per)
+        _prefill_rows(q[r0:r1], keys[r0:r1], values[r0:r1], mask[r0:r1] if mask.shape[0] > 1 else mask,
+                      out[r0:r1], scale)
+    return out.view(rows, heads, width, dim).transpose(1, 2).to(query.dtype)
+
+
+def _prefill_rows(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                  out: torch.Tensor, scale: float) -> None:
+    """``blocked_prefill`` for some rows, their queries ``PREFILL_QUERIES`` at a time, into ``out``."""
+    rows, kv_heads, groups, width, dim = q.shape
+    lowest = torch.finfo(torch.float32).min
+    starts = list(range(0, width, PREFILL_QUERIES))
+    if width > 1 and width - starts[-1] == 1:  # no chunk of one query (another kernel path): take two
+        starts[-1] -= 1
+    for start in starts:
+        end = min(width, start + PREFILL_QUERIES)
         n = end - start
         seen = mask[:, :, start:end].any(dim=(0, 1, 2)).nonzero()  # the key columns these queries see
         if not len(seen):
@@ -125,7 +142,6 @@ def blocked_prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
         for b in range(1, blocks):  # in column order, block by block (a cumsum over this dim is slow)
             summed += parts[:, :, b]
         out[:, :, :, start:end] = (summed / total[..., None]).view(rows, kv_heads, groups, n, dim)
-    return out.view(rows, heads, width, dim).transpose(1, 2).to(query.dtype)
 
 
 def register() -> str:
