@@ -94,3 +94,21 @@ def test_a_zero_row_stays_zero_and_no_product_overflows() -> None:
     x[1] = 0
     y = q(x)
     assert torch.allclose(y[0], torch.full((4,), 8192 * 1000.0), rtol=1e-2) and torch.equal(y[1], torch.zeros(4))
+
+
+def test_a_group_works_under_inference_mode_too() -> None:
+    """Regression: the shared product read the input's version counter, which inference-mode tensors
+    do not keep, and every forward under ``torch.inference_mode`` (bench/throughput.py) raised."""
+    class Block(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.gate_proj, self.up_proj = layer(64, 96), layer(64, 96)
+
+    block = Block()
+    int8_linears(block)
+    x = torch.randn(2, 3, 64)
+    with torch.no_grad():
+        want = block.gate_proj(x) * block.up_proj(x)
+    with torch.inference_mode():
+        y = x.clone()
+        assert torch.equal(block.gate_proj(y) * block.up_proj(y), want)

@@ -38,6 +38,11 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.round_(x / scale).to(torch.int8), scale
 
 
+def _version(x: torch.Tensor) -> int:
+    """How many times ``x`` was written in place; an inference-mode tensor keeps no count (-1)."""
+    return -1 if x.is_inference() else x._version
+
+
 class Int8Product:
     """The int8 weights of one or more layers that read the same input, stacked ``[sum(out), in]``,
     and the product of the last input they were given (so the group's layers share it)."""
@@ -55,8 +60,9 @@ class Int8Product:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``x @ w.T`` ``[rows, sum(out)]`` in ``x``'s dtype, for ``x`` ``[..., in]``."""
+        version = _version(x)
         last = self._last
-        if last is not None and last[0] is x and last[1] == x._version:
+        if last is not None and last[0] is x and last[1] == version:
             self._unread -= 1
             if not self._unread:
                 self._last = None
@@ -64,7 +70,7 @@ class Int8Product:
         xq, xscale = quantize_rows(x.reshape(-1, self.in_features))
         product = torch._int_mm(xq, self.qweight.t())  # the [out, in] layout is the kernel's fast one
         y = product.float().mul_(xscale).mul_(self.scale).to(x.dtype)
-        self._last, self._unread = ((x, x._version, y), self.layers - 1) if self.layers > 1 else (None, 0)
+        self._last, self._unread = ((x, version, y), self.layers - 1) if self.layers > 1 else (None, 0)
         return y
 
 
