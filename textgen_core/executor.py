@@ -98,7 +98,7 @@ class JobExecutor:
             log.warning("job %s failed: %s", job_id, exc)
             if flight is not None:
                 flight.abandon()
-            return self._fail(job, attempt, str(exc), type(exc).__name__)
+            return self._fail(job, attempt, str(exc), getattr(exc, "error_type", "generation_error"))
         finally:
             with self._lock:
                 self._inflight.pop(job_id, None)
@@ -149,8 +149,7 @@ class JobExecutor:
         if engine is not None:
             engine.cancel(job_id)
 
-    def _fail(self, job: JobRecord, attempt: str, message: str, kind: str = "generation_error") -> JobStatus:
-        error_type = {"PromptTooLong": "prompt_too_long", "EmptyPrompt": "empty_prompt"}.get(kind, "generation_error")
+    def _fail(self, job: JobRecord, attempt: str, message: str, error_type: str = "generation_error") -> JobStatus:
         if self.store.finish(
             job,
             attempt_token=attempt,

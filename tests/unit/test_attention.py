@@ -68,6 +68,15 @@ def prefill_inputs(lengths: list[int], width: int, dtype: torch.dtype, seed: int
     return query, key, value, mask
 
 
+def prefilled_alone(query, key, value, mask, row: int, length: int) -> torch.Tensor:
+    """Row ``row``'s last ``length`` columns (its tokens) prefilled alone, at its own width."""
+    part = slice(query.shape[2] - length, query.shape[2])
+    alone, _ = blocked_attention(Layer(9, 3), query[row:row + 1, :, part].contiguous(),
+                                 key[row:row + 1, :, part].contiguous(), value[row:row + 1, :, part].contiguous(),
+                                 mask[row:row + 1, :, part, part])
+    return alone[0]
+
+
 def test_a_prefill_computes_what_the_library_computes() -> None:
     query, key, value, mask = prefill_inputs([40, 17, 48], 48, torch.float32)
     ours = blocked_prefill(query, key, value, mask, scaling=0.125)  # float32 calls go to sdpa
@@ -89,11 +98,8 @@ def test_a_prompt_prefilled_beside_longer_ones_reads_the_same_as_alone(dtype: to
     query, key, value, mask = prefill_inputs(lengths, width, dtype)
     batch, _ = blocked_attention(Layer(9, 3), query, key, value, mask)
     for row, length in enumerate(lengths):
-        part = slice(width - length, width)
-        alone, _ = blocked_attention(Layer(9, 3), query[row:row + 1, :, part].contiguous(),
-                                     key[row:row + 1, :, part].contiguous(), value[row:row + 1, :, part].contiguous(),
-                                     mask[row:row + 1, :, part, part])
-        assert torch.equal(alone[0, -length:], batch[row, -length:]), f"row {row} differs alone"
+        alone = prefilled_alone(query, key, value, mask, row, length)
+        assert torch.equal(alone[-length:], batch[row, -length:]), f"row {row} differs alone"
         assert torch.isfinite(batch[row]).all()  # padding queries see nothing, and stay finite
 
 
@@ -115,8 +121,5 @@ def test_a_rows_prefill_does_not_depend_on_how_many_rows_share_the_call() -> Non
     query, key, value, mask = prefill_inputs(lengths, 200, torch.bfloat16)
     batch, _ = blocked_attention(Layer(9, 3), query, key, value, mask)
     for row, length in enumerate(lengths):
-        part = slice(200 - length, 200)
-        alone, _ = blocked_attention(Layer(9, 3), query[row:row + 1, :, part].contiguous(),
-                                     key[row:row + 1, :, part].contiguous(), value[row:row + 1, :, part].contiguous(),
-                                     mask[row:row + 1, :, part, part])
-        assert torch.equal(alone[0, -length:], batch[row, -length:]), f"row {row} differs alone"
+        alone = prefilled_alone(query, key, value, mask, row, length)
+        assert torch.equal(alone[-length:], batch[row, -length:]), f"row {row} differs alone"

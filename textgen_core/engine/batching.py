@@ -45,9 +45,13 @@ log = logging.getLogger(__name__)
 class PromptTooLong(ValueError):
     """The prompt plus max_tokens does not fit the model's context."""
 
+    error_type = "prompt_too_long"  # the failed job's error type (executor.py)
+
 
 class EmptyPrompt(ValueError):
     """A prompt of no tokens: nothing to predict the first token from."""
+
+    error_type = "empty_prompt"
 
 
 @dataclass
@@ -379,7 +383,7 @@ class Engine:
         about twice the prefill time of a batch on a CPU."""
         rows = [r for r in rows if not self._resolve_if_canceled(r)]
         together = self.loaded.dtype == "float32" or self.loaded.weights == "int8"
-        groups = [[rows[i] for i in g] for g in length_groups([len(r.context_ids()) for r in rows])] \
+        groups = [[rows[i] for i in g] for g in length_groups([len(r.prompt_ids) + len(r.generated) for r in rows])] \
             if together else [[r] for r in rows]
         for i, group in enumerate(groups):
             if not group:

@@ -85,13 +85,9 @@ class Int8Linear(torch.nn.Module):
         self.start, self.stop = start, start + linear.out_features
         self.bias = linear.bias.detach() if linear.bias is not None else None
 
-    @property
-    def qweight(self) -> torch.Tensor:
-        return self.product.qweight[self.start:self.stop]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.product(x)
-        if self.stop - self.start != y.shape[1]:  # a group's: its columns, a view
+        if self.product.layers > 1:  # a group's: its columns, a view
             y = y[:, self.start:self.stop]
         if self.bias is not None:
             y = y + self.bias.to(y.dtype)
@@ -110,11 +106,8 @@ def int8_linears(model: torch.nn.Module) -> int:
     for parent in list(model.modules()):
         children = dict(parent.named_children())
         for names in SHARED_INPUT:
-            group = [children.get(name) for name in names]
-            if not all(isinstance(c, torch.nn.Linear) for c in group):
-                continue
-            linears = [c for c in group if isinstance(c, torch.nn.Linear)]
-            if len({c.in_features for c in linears}) != 1:
+            linears = [c for name in names if isinstance(c := children.get(name), torch.nn.Linear)]
+            if len(linears) != len(names) or len({c.in_features for c in linears}) != 1:
                 continue
             product, start = Int8Product(linears), 0
             for name, linear in zip(names, linears, strict=True):
