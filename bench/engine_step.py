@@ -3,8 +3,11 @@ torch thread counts, its steps split into the model's forward (decode), prefill,
 (sampling, stop strings, streaming, the cache's bookkeeping: the engine's own Python).
 
     python bench/engine_step.py [--batches 1,64] [--threads 1,2] [--max-tokens 64] [--dtype auto]
+                                [--library-decode]
 
-Prints one line per configuration, then one JSON object as the last line. The machine's load
+``--library-decode`` runs every configuration a second time with decoding steps through the
+library's forward instead of the engine's own step (``decode.py``), alternating the two, and
+prints the ratio. Prints one line per configuration, then one JSON object as the last line. The machine's load
 average is printed with it: on a shared machine the figures move with it.
 """
 
@@ -43,12 +46,27 @@ class TimedModel:
     def __call__(self, *, input_ids: torch.Tensor, **kwargs: Any) -> Any:
         started = time.perf_counter()
         out = self.model(input_ids=input_ids, **kwargs)
-        took = time.perf_counter() - started
+        self.count(input_ids, time.perf_counter() - started)
+        return out
+
+    def count(self, input_ids: torch.Tensor, took: float) -> None:
         if input_ids.shape[1] == 1:
             self.decode_s += took
             self.decode_calls += 1
         else:
             self.prefill_s += took
+
+
+class TimedDecoder:
+    """The engine's own decoding step (decode.py), its seconds counted as the model's decodes."""
+
+    def __init__(self, decoder: Any, timed: TimedModel):
+        self.decoder, self.timed = decoder, timed
+
+    def __call__(self, next_ids: torch.Tensor, *args: Any) -> torch.Tensor:
+        started = time.perf_counter()
+        out = self.decoder(next_ids, *args)
+        self.timed.count(next_ids, time.perf_counter() - started)
         return out
 
 
@@ -57,9 +75,13 @@ def chat_ids(lm: LoadedModel, prompt: str) -> list[int]:
                                                  add_generation_prompt=True, tokenize=True, return_dict=False))
 
 
-def run(lm: LoadedModel, batch: int, max_tokens: int, threads: int | None = None) -> dict[str, float]:
+def run(lm: LoadedModel, batch: int, max_tokens: int, threads: int | None = None, *,
+        library_decode: bool = False) -> dict[str, float]:
+    eng = Engine(lm, max_batch=batch, batch_wait_s=0.05, threads=threads)
     timed = TimedModel(lm.model)
-    eng = Engine(_with_model(lm, timed), max_batch=batch, batch_wait_s=0.05, threads=threads).start()
+    eng.model = timed
+    eng.decoder = None if library_decode or eng.decoder is None else TimedDecoder(eng.decoder, timed)
+    eng.start()
     params = SamplingParams(temperature=0, max_tokens=max_tokens)
     prompts = [chat_ids(lm, f"Write a short paragraph about {TOPICS[i % len(TOPICS)]} (note {i}).")
                for i in range(batch)]
@@ -79,12 +101,6 @@ def run(lm: LoadedModel, batch: int, max_tokens: int, threads: int | None = None
             "other_ms": 1000 * other / max(steps, 1), "prefill_s": timed.prefill_s, "steps": steps}
 
 
-def _with_model(lm: LoadedModel, model: Any) -> LoadedModel:
-    import dataclasses
-
-    return dataclasses.replace(lm, model=model)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batches", default="1,64")
@@ -92,6 +108,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--weights", default="auto", choices=["auto", "int8", "full"])
+    parser.add_argument("--library-decode", action="store_true", help="also decode through transformers' forward")
     args = parser.parse_args()
     settings = Settings(_env_file=None)
     spec = settings.model(DEFAULT_MODEL_ID).model_copy(update={"dtype": args.dtype, "weights": args.weights})  # type: ignore[union-attr]
@@ -101,11 +118,18 @@ def main() -> None:
     figures: dict[str, dict[str, float]] = {}
     for threads in [int(t) for t in args.threads.split(",")]:
         for batch in [int(b) for b in args.batches.split(",")]:
-            f = run(lm, batch, args.max_tokens, threads)
-            figures[f"b{batch}_t{threads}"] = {k: round(v, 2) for k, v in f.items()}
-            print(f"batch {batch:3d} threads {threads}: {f['tok_s']:7.1f} tok/s  step {f['step_ms']:6.1f} ms "
-                  f"(forward {f['forward_ms']:6.1f}, rest {f['other_ms']:5.1f})  prefill {f['prefill_s']:.2f}s  "
-                  f"load {os.getloadavg()[0]:.2f}", flush=True)
+            for library in ([False, True] if args.library_decode else [False]):
+                f = run(lm, batch, args.max_tokens, threads, library_decode=library)
+                name = f"b{batch}_t{threads}" + ("_library" if library else "")
+                figures[name] = {k: round(v, 2) for k, v in f.items()}
+                print(f"batch {batch:3d} threads {threads}{' library decode' if library else ''}: "
+                      f"{f['tok_s']:7.1f} tok/s  step {f['step_ms']:6.1f} ms (forward {f['forward_ms']:6.1f}, "
+                      f"rest {f['other_ms']:5.1f})  prefill {f['prefill_s']:.2f}s  load {os.getloadavg()[0]:.2f}",
+                      flush=True)
+            if args.library_decode:
+                ours, theirs = figures[f"b{batch}_t{threads}"], figures[f"b{batch}_t{threads}_library"]
+                ours["vs_library"] = round(ours["tok_s"] / theirs["tok_s"], 2)
+                print(f"  own decoding step vs the library's: {ours['vs_library']:.2f}x", flush=True)
     print(json.dumps({"dtype": lm.dtype, "weights": lm.weights, "load_avg": round(os.getloadavg()[0], 2), **figures}))
 
 

@@ -56,7 +56,7 @@ def blocked_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
     additive ``[rows, 1, 1, width]`` mask; any other call (a prefill, a width not cut in blocks) goes
     to the library's sdpa."""
     rows, heads, q_len, dim = query.shape
-    kv_heads, width = key.shape[1], key.shape[2]
+    width = key.shape[2]
     if q_len > 1 and q_len == width and query.dtype != torch.float32 and (
             attention_mask is None or tuple(attention_mask.shape) == (rows, 1, q_len, width)):
         return blocked_prefill(query, key, value, attention_mask, scaling), None
@@ -64,17 +64,35 @@ def blocked_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
             or tuple(attention_mask.shape) != (rows, 1, 1, width)):
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
                                       dropout=dropout, **kwargs)
-    groups, blocks = heads // kv_heads, width // BLOCK
     scale = scaling if scaling is not None else dim ** -0.5
+    return blocked_decode(query, key, value, decode_bias(attention_mask), scale).reshape(rows, 1, heads, dim), None
+
+
+def decode_bias(mask: torch.Tensor) -> torch.Tensor:
+    """An additive ``[rows, 1, 1, width]`` decode mask as :func:`blocked_decode` adds it (once per
+    step rather than once per layer)."""
+    rows, width = mask.shape[0], mask.shape[-1]
+    return mask.float().view(rows, 1, width // BLOCK, 1, BLOCK)
+
+
+def blocked_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: torch.Tensor,
+                   scale: float) -> torch.Tensor:
+    """One query token per row (``query`` ``[rows, heads, ..., dim]``, 1 token) over ``[rows,
+    kv_heads, width, dim]`` keys and values, ``bias`` from :func:`decode_bias`; returns
+    ``[rows, heads, dim]`` in the query's dtype."""
+    rows, dim = query.shape[0], query.shape[-1]
+    kv_heads, width = key.shape[1], key.shape[2]
+    heads = query.numel() // (rows * dim)
+    groups, blocks = heads // kv_heads, width // BLOCK
     # Query heads grouped by the key/value head they share (as transformers' repeat_kv orders them).
     q = query.reshape(rows, kv_heads, 1, groups, dim)
     scores = torch.matmul(q, key.view(rows, kv_heads, blocks, BLOCK, dim).transpose(-1, -2)).float() * scale
-    scores = scores + attention_mask.float().view(rows, 1, blocks, 1, BLOCK)  # [rows, kv, blocks, groups, BLOCK]
+    scores = scores + bias  # [rows, kv, blocks, groups, BLOCK]
     weights = torch.exp(scores - scores.amax(dim=(2, 4), keepdim=True))
     total = weights.sum(-1).cumsum(2)[:, :, -1]  # [rows, kv, groups]
     parts = torch.matmul(weights.to(value.dtype), value.view(rows, kv_heads, blocks, BLOCK, dim)).float()
     out = parts.cumsum(2)[:, :, -1] / total[..., None]  # [rows, kv, groups, dim]
-    return out.to(query.dtype).reshape(rows, 1, heads, dim), None
+    return out.to(query.dtype).reshape(rows, heads, dim)
 
 
 def blocked_prefill(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: torch.Tensor | None,

@@ -31,6 +31,7 @@ import torch
 from transformers import DynamicCache
 
 from textgen_core import metrics
+from textgen_core.engine.decode import decoder_for
 from textgen_core.engine.device import worker_threads
 from textgen_core.engine.loader import LoadedModel
 from textgen_core.engine.sampling import choose_tokens, new_generator
@@ -182,6 +183,8 @@ class Engine:
         # torch runs a CPU kernel on an OpenMP team of the calling thread: ``device.own_parallelism``.
         self.threads = worker_threads(threads)
         self.model = loaded.model
+        # Decoding steps skip the library's module machinery where the architecture allows (decode.py).
+        self.decoder = decoder_for(loaded.model)
         self.tokenizer = loaded.tokenizer
         self.device = torch.device(loaded.device)
         self.max_batch = max_batch
@@ -547,13 +550,17 @@ class Engine:
         assert self._cache is not None
         mask, positions = self._cache.step_inputs()
         try:
-            out = self.model(input_ids=next_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                             **{self.loaded.cache_kwarg: self._cache})
+            if self.decoder is not None:
+                logits = self.decoder(next_ids, self._cache, mask, positions)
+            else:
+                out = self.model(input_ids=next_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                                 **{self.loaded.cache_kwarg: self._cache})
+                logits = out.logits[:, -1, :].float()
         except torch.OutOfMemoryError as exc:
             self._preempt_half(exc)
             return
         self._cache.advance()
-        self._logits = out.logits[:, -1, :].float()
+        self._logits = logits
         if self._cap < self.max_batch:
             self._clean_steps += 1
             if self._clean_steps >= RECOVER_STEPS:

@@ -67,11 +67,16 @@ class Int8Product:
             if not self._unread:
                 self._last = None
             return last[2]
-        xq, xscale = quantize_rows(x.reshape(-1, self.in_features))
-        product = torch._int_mm(xq, self.qweight.t())  # the [out, in] layout is the kernel's fast one
-        y = product.float().mul_(xscale).mul_(self.scale).to(x.dtype)
+        y = self.compute(x)
         self._last, self._unread = ((x, version, y), self.layers - 1) if self.layers > 1 else (None, 0)
         return y
+
+
+    def compute(self, x: torch.Tensor) -> torch.Tensor:
+        """The product, always computed (no sharing): ``[rows, sum(out)]`` in ``x``'s dtype."""
+        xq, xscale = quantize_rows(x.reshape(-1, self.in_features))
+        product = torch._int_mm(xq, self.qweight.t())  # the [out, in] layout is the kernel's fast one
+        return torch.mul(product, xscale).mul_(self.scale).to(x.dtype)  # int32 x float32: float32
 
 
 class Int8Linear(torch.nn.Module):
