@@ -70,3 +70,16 @@ def test_an_engine_decodes_with_its_own_step_and_a_wrapped_model_through_the_lib
             self.inner, self.forward = inner, inner.forward  # type: ignore[attr-defined]
 
     assert Engine(dataclasses.replace(model, model=Wrapped(model.model)), max_batch=2).decoder is None
+
+
+def test_a_model_on_another_attention_decodes_through_the_library(model: LoadedModel) -> None:
+    """The engine's step computes attention as the blocked kernel does; a model loaded with sdpa
+    (outside ``loader.load``) would get other numbers from it than from its own forward."""
+    config = model.model.config
+    mine = config._attn_implementation
+    try:
+        config._attn_implementation = "sdpa"
+        assert decoder_for(model.model) is None
+    finally:
+        config._attn_implementation = mine
+    assert decoder_for(model.model) is not None

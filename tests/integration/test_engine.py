@@ -365,6 +365,17 @@ class ThreadsSeen:
         return self.model(**kwargs)
 
 
+def test_a_cancel_that_comes_after_a_job_ended_does_not_cancel_its_next_attempt(
+        model: LoadedModel, engine: Engine) -> None:
+    """The executor forwards a cancel while the job is in its in-flight table, which it leaves just
+    after the result: a cancel landing there, for a row already gone, must not wait for the id."""
+    first = engine.submit("again", ids(model, "Say hi."), GREEDY).result(WAIT)
+    engine.cancel("again")  # the row has ended: nothing to cancel
+    retry = engine.submit("again", ids(model, "Say hi."), GREEDY).result(WAIT)
+    assert retry.finish_reason == first.finish_reason != "canceled"
+    assert retry.text == first.text
+
+
 def test_the_engine_thread_computes_with_its_own_thread_count_whatever_the_callers_have(
         model: LoadedModel) -> None:
     """The worker's main thread keeps one thread (no OpenMP team of its own, device.own_parallelism);

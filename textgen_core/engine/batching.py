@@ -241,6 +241,11 @@ class Engine:
                 f"prompt is {len(prompt_ids)} tokens; with max_tokens={params.max_tokens} it exceeds "
                 f"the model's context of {limit} tokens"
             )
+        with self._lock:
+            # A cancel asked for this id after its last row ended (the executor forwards one until
+            # the job leaves its in-flight table) must not cancel this attempt: the executor checks
+            # the job's own cancel request again right after submitting.
+            self._cancel.discard(job_id)
         future: Future[Result] = Future()
         row = _Row(
             job_id=job_id,

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from textgen_core.engine import attention
 from textgen_core.engine.attention import blocked_decode, decode_bias
 from textgen_core.engine.quantize import Int8Linear
 from textgen_core.engine.slots import SlotCache
@@ -136,10 +137,13 @@ class LlamaDecoder:
 
 def decoder_for(model: Any) -> LlamaDecoder | None:
     """The lean step for ``model``, or None where the library's forward must decode (an architecture
-    not listed, a sliding window, layers of other kinds, or not a transformers model at all)."""
+    not listed, another attention than the engine's blocked one, a sliding window, layers of other
+    kinds, or not a transformers model at all)."""
     if type(model).__name__ not in LLAMA_LIKE or not isinstance(model, torch.nn.Module):
         return None
     config = model.config
+    if getattr(config, "_attn_implementation", None) != attention.NAME:  # its decode is blocked_decode
+        return None
     if getattr(config, "sliding_window", None) or getattr(config, "hidden_act", "silu") != "silu":
         return None
     if getattr(config, "pretraining_tp", 1) != 1:
