@@ -79,22 +79,15 @@ class CompletionSession:
     # -- waiting for the whole answer ---------------------------------------------------
 
     async def collect(self, request: Request) -> list[JobRecord]:
-        """Every job's final record; raises :class:`ClientGone` if the client leaves first.
-
-        It waits on the end-of-job events (``EventHub``), not on the token streams: a waiter that
-        read every delta woke once per token per request, which at 64 requests at once cost the
-        API and Redis a share of the CPU the engine needs."""
-        pending = dict(enumerate(self.job_ids))
-        while pending:
-            for i, job_id in list(pending.items()):
-                job = await self.state.hub.wait(job_id, DISCONNECT_CHECK_SECONDS,
-                                                lambda job_id=job_id: self.state.store.get(job_id, self.owner))
-                if job is not None and not job.status.terminal:
-                    break  # still running: look at the client, then wait again
-                self._ended[i] = job
-                del pending[i]
-            if pending and await request.is_disconnected():
-                raise ClientGone
+        """Every job's final record; raises :class:`ClientGone` if the client leaves first."""
+        checked = time.monotonic()
+        async for event in follow(self.state, self.job_ids, self.owner):
+            if isinstance(event, Ended):
+                self._ended[event.index] = event.job
+            if time.monotonic() - checked >= DISCONNECT_CHECK_SECONDS:
+                checked = time.monotonic()
+                if await request.is_disconnected():
+                    raise ClientGone
         records = [self._ended.get(i) for i in range(len(self.jobs))]
         for record in records:
             failure = failure_of(record, self.kind)
