@@ -76,7 +76,8 @@ class Int8Product:
         """The product, always computed (no sharing): ``[rows, sum(out)]`` in ``x``'s dtype."""
         xq, xscale = quantize_rows(x.reshape(-1, self.in_features))
         product = torch._int_mm(xq, self.qweight.t())  # the [out, in] layout is the kernel's fast one
-        return torch.mul(product, xscale).mul_(self.scale).to(x.dtype)  # int32 x float32: float32
+        # float() first: a mul that promotes int32 to float32 itself measured 1.3x slower.
+        return product.float().mul_(xscale).mul_(self.scale).to(x.dtype)
 
 
 class Int8Linear(torch.nn.Module):
