@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from textgen_core.engine.quantize import Int8Linear, int8_linears
+from textgen_core.engine.quantize import PRODUCT_ROWS, Int8Linear, int8_linears
 
 
 def layer(inp: int, out: int, bias: bool = False) -> torch.nn.Linear:
@@ -31,6 +31,23 @@ def test_a_rows_result_does_not_depend_on_the_other_rows() -> None:
     for i in (0, 1, 17, 63):
         assert torch.equal(q(x[i:i + 1]), together[i:i + 1])
     assert torch.equal(q(x[:5])[0], together[0])
+
+
+def test_a_prefill_of_many_rows_taken_in_slices_gives_each_row_its_own_numbers() -> None:
+    """More than PRODUCT_ROWS rows go through the product a slice at a time; a row's bits are the
+    same in any slice, at a slice's edge, and alone. The input is left as the caller had it."""
+    q = Int8Linear(layer(576, 3072))
+    x = (torch.randn(2 * PRODUCT_ROWS + 37, 576) * torch.rand(2 * PRODUCT_ROWS + 37, 1) * 4).bfloat16()
+    kept = x.clone()
+    together = q(x)
+    assert together.shape == (2 * PRODUCT_ROWS + 37, 3072) and together.dtype == torch.bfloat16
+    for i in (0, PRODUCT_ROWS - 1, PRODUCT_ROWS, 2 * PRODUCT_ROWS + 36):
+        assert torch.equal(q(x[i:i + 1]), together[i:i + 1])
+    assert torch.equal(x, kept)
+    x32 = torch.randn(3, 576)
+    before = x32.clone()
+    Int8Linear(layer(576, 96))(x32)
+    assert torch.equal(x32, before)  # a float32 input is not divided in place
 
 
 def test_every_linear_of_a_model_is_replaced_and_a_tied_embedding_is_kept() -> None:

@@ -18,8 +18,8 @@ library's kernel) is batched left-padded to the longest row, so every row's last
 last column. Its attention works in float32, each query over key blocks of ``PREFILL_BLOCK``
 columns counted from that last column, summed in column order: a row's tokens sit at the same
 offsets within their blocks alone or beside longer rows, and the extra padding only adds leading
-blocks of masked columns, exact zeros (skipped where no query of the call sees them). The masked
-value is finite (the dtype's minimum), so a padding query that sees nothing stays finite and a
+blocks of masked columns, exact zeros (skipped where no query of the call sees them). Masked
+columns get a weight of exactly 0 and a padding query that sees nothing gets zeros, finite, so a
 zero weight never meets a NaN. ``tests/unit/test_attention.py`` checks the
 function, ``tests/integration/test_engine.py`` the whole engine's greedy text alone and in a batch,
 in float32 and bfloat16.
@@ -42,6 +42,18 @@ PREFILL_BLOCK = 64
 PREFILL_QUERIES = 32
 # Scores held at once by a prefill (float32 numbers): more rows are taken in slices.
 PREFILL_SCORES = 4 << 20
+
+
+# Scores this far below a row's largest are weighted exp(EXP_FLOOR), about 2e-35, rather than less:
+# the CPU's vectorized exp leaves its fast path below about -87 (a masked column's -3e38 made it 8x
+# slower), and beside the largest weight, 1, such a weight adds nothing to a float32 sum.
+EXP_FLOOR = -80.0
+MASKED = -1e30  # an additive mask's hidden columns hold the dtype's minimum, far below this
+
+
+def _exp_seen(shifted: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """``exp`` of scores less their row's largest, with the columns ``hidden`` (broadcast) exactly 0."""
+    return torch.exp(shifted.clamp_(min=EXP_FLOOR)).masked_fill_(hidden, 0.0)
 
 
 def whole_blocks(width: int, block: int = BLOCK) -> int:
@@ -88,7 +100,7 @@ def blocked_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     q = query.reshape(rows, kv_heads, 1, groups, dim)
     scores = torch.matmul(q, key.view(rows, kv_heads, blocks, BLOCK, dim).transpose(-1, -2)).float() * scale
     scores = scores + bias  # [rows, kv, blocks, groups, BLOCK]
-    weights = torch.exp(scores - scores.amax(dim=(2, 4), keepdim=True))
+    weights = _exp_seen(scores - scores.amax(dim=(2, 4), keepdim=True), bias < MASKED)
     total = weights.sum(-1).cumsum(2)[:, :, -1]  # [rows, kv, groups]
     parts = torch.matmul(weights.to(value.dtype), value.view(rows, kv_heads, blocks, BLOCK, dim)).float()
     out = parts.cumsum(2)[:, :, -1] / total[..., None]  # [rows, kv, groups, dim]
@@ -150,10 +162,13 @@ def _prefill_rows(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mas
         scores = torch.matmul(q[:, :, :, start:end].reshape(rows, kv_heads, groups * n, dim),
                               keys[:, :, lo:hi].transpose(-1, -2)) * scale
         scores = scores.view(rows, kv_heads, groups, n, hi - lo)
-        scores.masked_fill_(~mask[:, :, None, start:end, lo:hi], lowest)
-        weights = torch.exp(scores - scores.amax(-1, keepdim=True))
+        hidden = ~mask[:, :, None, start:end, lo:hi]
+        scores.masked_fill_(hidden, lowest)
+        weights = _exp_seen(scores - scores.amax(-1, keepdim=True), hidden)
         cut = weights.view(rows, kv_heads, groups * n, blocks, PREFILL_BLOCK)
-        total = cut.sum(-1).cumsum(-1)[..., -1]  # [rows, kv, groups * n]
+        # A query that sees a column has a total of at least 1 (its largest weight is exp(0)); one
+        # that sees none (padding) gets zeros, finite, rather than 0 / 0.
+        total = cut.sum(-1).cumsum(-1)[..., -1].clamp_(min=1)  # [rows, kv, groups * n]
         block_values = values[:, :, lo:hi].reshape(rows, kv_heads, blocks, PREFILL_BLOCK, dim)
         parts = torch.matmul(cut.transpose(2, 3), block_values)  # [rows, kv, blocks, groups * n, dim]
         summed = parts[:, :, 0].clone()

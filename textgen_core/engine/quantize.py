@@ -30,12 +30,15 @@ import torch
 # Layers of one block that read the same input, by the names Llama-style models give them.
 SHARED_INPUT = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 _TINY = torch.finfo(torch.float32).tiny
+PRODUCT_ROWS = 256  # rows a product takes at a time (Int8Product.compute)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each row of ``x`` ``[rows, in]`` as int8 with its own float32 scale ``[rows, 1]``."""
     scale = x.abs().amax(-1, keepdim=True).float().clamp_(min=_TINY).div_(127)  # a max is exact in any dtype
-    return torch.round_(x / scale).to(torch.int8), scale
+    # A float32 copy first (never ``x`` itself, which the caller keeps): a division that promotes
+    # bf16 itself measured 4x slower on a prefill's rows.
+    return x.to(torch.float32, copy=True).div_(scale).round_().to(torch.int8), scale
 
 
 def _version(x: torch.Tensor) -> int:
@@ -73,11 +76,23 @@ class Int8Product:
 
 
     def compute(self, x: torch.Tensor) -> torch.Tensor:
-        """The product, always computed (no sharing): ``[rows, sum(out)]`` in ``x``'s dtype."""
-        xq, xscale = quantize_rows(x.reshape(-1, self.in_features))
+        """The product, always computed (no sharing): ``[rows, sum(out)]`` in ``x``'s dtype. Many rows
+        (a prefill) go ``PRODUCT_ROWS`` at a time, so the int32 and float32 intermediates stay in the
+        CPU's caches: 2,496 rows through a 576x3072 layer took 31 ms whole, 10 ms in slices. Rows are
+        computed alone either way, so slicing changes no number."""
+        x = x.reshape(-1, self.in_features)
+        if x.shape[0] <= PRODUCT_ROWS:
+            return self._rows(x).to(x.dtype)
+        out = torch.empty(x.shape[0], self.qweight.shape[0], dtype=x.dtype, device=x.device)
+        for start in range(0, x.shape[0], PRODUCT_ROWS):
+            out[start:start + PRODUCT_ROWS] = self._rows(x[start:start + PRODUCT_ROWS])
+        return out
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        xq, xscale = quantize_rows(x)
         product = torch._int_mm(xq, self.qweight.t())  # the [out, in] layout is the kernel's fast one
-        # float() first: a mul that promotes int32 to float32 itself measured 1.3x slower.
-        return product.float().mul_(xscale).mul_(self.scale).to(x.dtype)
+        # float() first: a multiply that promotes int32 itself measured 1.3x slower.
+        return product.float().mul_(xscale).mul_(self.scale)
 
 
 class Int8Linear(torch.nn.Module):
