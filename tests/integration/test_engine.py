@@ -376,6 +376,30 @@ def test_a_cancel_that_comes_after_a_job_ended_does_not_cancel_its_next_attempt(
     assert retry.text == first.text
 
 
+def test_a_cancel_reaches_every_row_of_its_id_the_engine_holds(model: LoadedModel) -> None:
+    """Two rows under one id (a retry submitted while the first attempt still runs; or one running
+    and one waiting in the bulk lane): a cancel asked while both are held ends both, whatever order
+    the engine meets them in."""
+    long = SamplingParams(temperature=0, max_tokens=400)
+    eng = Engine(model, max_batch=4, batch_wait_s=0.05, interactive_headroom=1, bulk_rows_with_interactive=0).start()
+    try:
+        running = eng.submit("same", ids(model, "Write a long story about a fox."), long)
+        wait_until(lambda: eng.running == 1, "the first row never started")
+        eng.cancel("same")
+        again = eng.submit("same", ids(model, "Write a long story about a fox."), long)  # at once, as a retry
+        assert running.result(WAIT).finish_reason == "canceled"
+        assert again.result(WAIT).finish_reason == "canceled"  # held when the cancel came: canceled too
+        interactive = eng.submit("both", ids(model, "Write a long story about a fox."), long)
+        wait_until(lambda: eng.running == 1, "the interactive row never started")
+        bulk = eng.submit("both", ids(model, "Say hi."), long, lane="bulk")  # waits: no bulk rows beside it
+        eng.cancel("both")
+        assert bulk.result(WAIT).finish_reason == "canceled"
+        assert interactive.result(WAIT).finish_reason == "canceled"
+        assert interactive.result().completion_tokens < 400
+    finally:
+        eng.stop()
+
+
 def test_the_engine_thread_computes_with_its_own_thread_count_whatever_the_callers_have(
         model: LoadedModel) -> None:
     """The worker's main thread keeps one thread (no OpenMP team of its own, device.own_parallelism);

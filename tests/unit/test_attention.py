@@ -48,6 +48,19 @@ def test_a_row_reads_the_same_alone_at_its_own_width_and_in_a_wider_batch(dtype:
         assert torch.equal(alone[0], batch[row]), f"row {row} differs alone"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_a_decoding_row_that_sees_nothing_gets_zeros_and_its_batchmates_are_untouched(dtype: torch.dtype) -> None:
+    """Every dtype's mask minimum counts as hidden (float16's is only -65504): hidden columns weigh
+    exactly 0, so a row that sees no column gets zeros, never 0 / 0 or the mean of its values."""
+    query, key, value, mask = inputs(3, 2 * BLOCK, [5, 0, 100], dtype)
+    ours, _ = blocked_attention(Layer(9, 3), query, key, value, mask, scaling=0.125)
+    assert torch.equal(ours[1], torch.zeros_like(ours[1]))
+    for row in (0, 2):
+        alone, _ = blocked_attention(Layer(9, 3), query[row:row + 1], key[row:row + 1], value[row:row + 1],
+                                     mask[row:row + 1], scaling=0.125)
+        assert torch.equal(alone[0], ours[row])
+
+
 def test_other_calls_go_to_the_library() -> None:
     query, key, value, mask = inputs(2, 100, [50, 100], torch.float32)  # not whole blocks
     ours, _ = blocked_attention(Layer(9, 3), query, key, value, mask)

@@ -48,7 +48,8 @@ PREFILL_SCORES = 4 << 20
 # the CPU's vectorized exp leaves its fast path below about -87 (a masked column's -3e38 made it 8x
 # slower), and beside the largest weight, 1, such a weight adds nothing to a float32 sum.
 EXP_FLOOR = -80.0
-MASKED = -1e30  # an additive mask's hidden columns hold the dtype's minimum, far below this
+# An additive mask's hidden columns hold its dtype's minimum; float16's (-65504) is the highest.
+MASKED = torch.finfo(torch.float16).min / 2
 
 
 def _exp_seen(shifted: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
@@ -101,7 +102,7 @@ def blocked_decode(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     scores = torch.matmul(q, key.view(rows, kv_heads, blocks, BLOCK, dim).transpose(-1, -2)).float() * scale
     scores = scores + bias  # [rows, kv, blocks, groups, BLOCK]
     weights = _exp_seen(scores - scores.amax(dim=(2, 4), keepdim=True), bias < MASKED)
-    total = weights.sum(-1).cumsum(2)[:, :, -1]  # [rows, kv, groups]
+    total = weights.sum(-1).cumsum(2)[:, :, -1].clamp_(min=1)  # [rows, kv, groups]; see _prefill_rows
     parts = torch.matmul(weights.to(value.dtype), value.view(rows, kv_heads, blocks, BLOCK, dim)).float()
     out = parts.cumsum(2)[:, :, -1] / total[..., None]  # [rows, kv, groups, dim]
     return out.to(query.dtype).reshape(rows, heads, dim)

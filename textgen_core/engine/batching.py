@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -201,7 +201,10 @@ class Engine:
         self._bulk_intake = _Intake(priority_aging_s)
         self._parked: list[_Parked] = []  # bulk rows set aside for interactive rows, oldest first
         self._arrived = threading.Event()
+        # Ids asked to cancel, kept until the last row under the id ends (rows of one id: a retry
+        # submitted while an attempt is still in the engine), and the rows held per id.
         self._cancel: set[str] = set()
+        self._live: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -241,11 +244,6 @@ class Engine:
                 f"prompt is {len(prompt_ids)} tokens; with max_tokens={params.max_tokens} it exceeds "
                 f"the model's context of {limit} tokens"
             )
-        with self._lock:
-            # A cancel asked for this id after its last row ended (the executor forwards one until
-            # the job leaves its in-flight table) must not cancel this attempt: the executor checks
-            # the job's own cancel request again right after submitting.
-            self._cancel.discard(job_id)
         future: Future[Result] = Future()
         row = _Row(
             job_id=job_id,
@@ -258,6 +256,8 @@ class Engine:
             lane=lane,
             priority=priority,
         )
+        with self._lock:
+            self._live[job_id] += 1
         self._put(row)
         return future
 
@@ -266,7 +266,11 @@ class Engine:
         self._arrived.set()
 
     def cancel(self, job_id: str) -> None:
+        """Cancel every row of ``job_id`` the engine holds; an id it holds none of is ignored (a
+        cancel that arrives after its row ended would otherwise cancel the next attempt)."""
         with self._lock:
+            if job_id not in self._live:
+                return
             self._cancel.add(job_id)
         self._arrived.set()  # an idle engine wakes to settle a row still waiting in its intake
 
@@ -340,16 +344,12 @@ class Engine:
 
     def _settle_canceled(self, rows: Iterable[_Row]) -> None:
         for row in rows:
-            with self._lock:
-                self._cancel.discard(row.job_id)
             self._resolve(row, "canceled")
 
     def _cancel_parked(self, wanted: set[str]) -> None:
         canceled = wanted & {r.job_id for group in self._parked for r in group.rows}
         if not canceled:
             return
-        with self._lock:
-            self._cancel -= canceled
         groups = []
         for group in self._parked:
             keep = [i for i, r in enumerate(group.rows) if r.job_id not in canceled]
@@ -488,7 +488,6 @@ class Engine:
         self._batch_size.observe(len(self._rows))
         with self._lock:
             canceled = self._cancel & {r.job_id for r in self._rows}
-            self._cancel -= canceled
         deltas: dict[str, str] = {}
         done: list[tuple[_Row, str]] = [(r, "canceled") for r in self._rows if r.job_id in canceled]
         live = [i for i, r in enumerate(self._rows) if r.job_id not in canceled]
@@ -590,13 +589,21 @@ class Engine:
         with self._lock:
             if row.job_id not in self._cancel:
                 return False
-            self._cancel.discard(row.job_id)
         self._resolve(row, "canceled")
         return True
+
+    def _ended(self, row: _Row) -> None:
+        """``row`` leaves the engine for good: with the last row of its id goes any cancel for it."""
+        with self._lock:
+            self._live[row.job_id] -= 1
+            if self._live[row.job_id] <= 0:
+                del self._live[row.job_id]
+                self._cancel.discard(row.job_id)
 
     def _resolve(self, row: _Row, reason: str) -> None:
         if row.future.done():
             return
+        self._ended(row)
         row.future.set_result(
             Result(
                 text=row.text.text,
@@ -611,11 +618,10 @@ class Engine:
 
     def _fail(self, rows: Iterable[_Row], exc: BaseException) -> None:
         """End each row's job with ``exc``, unless it ended already. A cancel asked meanwhile goes
-        with it: left behind, it would cancel the next attempt under the same id (a retry)."""
+        with it (``_ended``): left behind, it would cancel the next attempt under the same id."""
         for row in rows:
-            with self._lock:
-                self._cancel.discard(row.job_id)
             if not row.future.done():
+                self._ended(row)
                 row.future.set_exception(exc)
 
     def _fail_all(self, exc: Exception) -> None:
