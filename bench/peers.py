@@ -145,9 +145,7 @@ def run_textgen(texts: list[str], single: int, max_tokens: int, *, models: list[
     with tempfile.TemporaryDirectory() as tmp:
         stack = LocalStack(Path(tmp), extra_env=env, **({"models": models} if models else {}))
         with stack:
-            stack.start(workers=0)
-            stack.start_worker("worker0")
-            stack.wait_for_worker("worker0", timeout=worker_timeout)
+            stack.start(worker_timeout=worker_timeout)
             return asyncio.run(_measure(Server(stack.url, DEFAULT_MODEL_ID, stack.api_keys[0]), texts, single,
                                         max_tokens))
 

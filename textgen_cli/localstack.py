@@ -60,7 +60,8 @@ class LocalStack:
     env: dict[str, str] = field(default_factory=dict)
     keys: Keys = field(default_factory=lambda: Keys("textgen"))
 
-    def start(self, *, workers: int = 1, api: bool = True, redis_appendonly: bool = True) -> LocalStack:
+    def start(self, *, workers: int = 1, api: bool = True, redis_appendonly: bool = True,
+              worker_timeout: float = 300) -> LocalStack:
         self.root.mkdir(parents=True, exist_ok=True)
         self.redis_url, self.procs["redis"] = start_redis(self.root / "redis", appendonly=redis_appendonly)
         prefix = f"tg{uuid.uuid4().hex[:8]}"
@@ -81,7 +82,7 @@ class LocalStack:
         for i in range(workers):
             self.start_worker(f"worker{i}")
         for i in range(workers):
-            self.wait_for_worker(f"worker{i}")
+            self.wait_for_worker(f"worker{i}", worker_timeout)
         if api:
             self._wait_http("/health")
         return self

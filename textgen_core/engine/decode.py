@@ -41,20 +41,18 @@ class _Projection:
     def __init__(self, linears: Sequence[Any]):
         self.linears = list(linears)
         first = self.linears[0]
-        self.product = None
-        if (all(isinstance(m, Int8Linear) for m in self.linears)
-                and all(m.product is first.product for m in self.linears)
-                and first.product.layers == len(self.linears)):
-            self.product = first.product
-            self.spans = [(m.start, m.stop, m.bias) for m in self.linears]
+        shared = (all(isinstance(m, Int8Linear) for m in self.linears)
+                  and all(m.product is first.product for m in self.linears)
+                  and first.product.layers == len(self.linears))
+        self.product = first.product if shared else None
+        # The layers' outputs are adjacent columns of one product, with no bias added: views of it.
+        self.adjacent = shared and all(m.bias is None for m in self.linears)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.product is None:
             return [_linear(m, x) for m in self.linears]
         y = self.product.compute(x)
-        if len(self.spans) == 1 and self.spans[0][2] is None:
-            return [y]
-        return [y[:, a:b] if bias is None else y[:, a:b] + bias.to(y.dtype) for a, b, bias in self.spans]
+        return [m.columns(y) for m in self.linears]
 
 
 def _linear(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +93,6 @@ class LlamaDecoder:
 
     def __init__(self, model: Any):
         config = model.config
-        self.model = model
         self.embed = model.model.embed_tokens.weight
         self.rotary = model.model.rotary_emb
         self.norm, self.norm_eps = model.model.norm.weight, model.model.norm.variance_epsilon
@@ -117,7 +114,7 @@ class LlamaDecoder:
         for layer in self.layers:
             x = _rms_norm(h, layer.ln_in, layer.eps_in)
             q, k, v = layer.qkv(x)
-            if q.data_ptr() + q.shape[1] * q.element_size() == k.data_ptr() and q.stride() == k.stride():
+            if layer.qkv.adjacent:  # q and k side by side in one product: rotated as one tensor
                 qk = _rotate(torch.as_strided(q, (rows, heads + kv_heads, dim), (q.stride(0), dim, 1)), cos, sin)
                 q, k = qk[:, :heads], qk[:, heads:]
             else:  # separate tensors: each rotated alone

@@ -74,7 +74,6 @@ class Int8Product:
         self._last, self._unread = ((x, version, y), self.layers - 1) if self.layers > 1 else (None, 0)
         return y
 
-
     def compute(self, x: torch.Tensor) -> torch.Tensor:
         """The product, always computed (no sharing): ``[rows, sum(out)]`` in ``x``'s dtype. Many rows
         (a prefill) go ``PRODUCT_ROWS`` at a time, so the int32 and float32 intermediates stay in the
@@ -107,12 +106,13 @@ class Int8Linear(torch.nn.Module):
         self.bias = linear.bias.detach() if linear.bias is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.product(x)
+        return self.columns(self.product(x)).reshape(*x.shape[:-1], self.out_features)
+
+    def columns(self, y: torch.Tensor) -> torch.Tensor:
+        """This layer's output ``[rows, out]`` from its product's ``[rows, sum(out)]``, with its bias."""
         if self.product.layers > 1:  # a group's: its columns, a view
             y = y[:, self.start:self.stop]
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias.to(y.dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, weights=int8, "
