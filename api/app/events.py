@@ -2,7 +2,8 @@
 
 Workers publish ``{"id", "status"}`` on the events channel when a job ends. A waiter
 registers, then reads the job (so an event that came before it registered is not missed),
-then sleeps until its event or a slow re-check.
+then sleeps until its event or a slow re-check. A :class:`Watch` covers several jobs (a
+completion's choices) and says which of them ended, so each is read once more, not all.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -25,11 +26,31 @@ log = logging.getLogger(__name__)
 RECHECK_SECONDS = 5.0
 
 
+class Watch:
+    """Jobs one waiter follows: ``event`` is set when one of them may have ended, and ``take``
+    says which (every one, after a reconnect in which events may have been missed)."""
+
+    def __init__(self, job_ids: Iterable[str]):
+        self.job_ids = list(job_ids)
+        self.event = asyncio.Event()
+        self._fired: set[str] = set()
+
+    def fire(self, job_id: str | None = None) -> None:
+        self._fired.update(self.job_ids if job_id is None else (job_id,))
+        self.event.set()
+
+    def take(self) -> set[str]:
+        """The jobs that may have ended since the last call."""
+        fired, self._fired = self._fired, set()
+        self.event.clear()
+        return fired
+
+
 class EventHub:
     def __init__(self, client: aioredis.Redis, channel: str):
         self.client = client
         self.channel = channel
-        self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._waiters: dict[str, set[Watch]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -57,20 +78,32 @@ class EventHub:
                 await asyncio.sleep(1.0)
 
     def _wake(self, job_id: str) -> None:
-        for event in self._waiters.get(job_id, ()):
-            event.set()
+        for watch in self._waiters.get(job_id, ()):
+            watch.fire(job_id)
 
     def _wake_all(self) -> None:
-        for events in self._waiters.values():
-            for event in events:
-                event.set()
+        for watch in {w for watches in self._waiters.values() for w in watches}:
+            watch.fire()
+
+    @contextlib.contextmanager
+    def watching(self, job_ids: Iterable[str]) -> Iterator[Watch]:
+        """A :class:`Watch` of ``job_ids`` while the block runs. Read the jobs after entering it, so an
+        event that came first is not missed."""
+        watch = Watch(job_ids)
+        for job_id in watch.job_ids:
+            self._waiters[job_id].add(watch)
+        try:
+            yield watch
+        finally:
+            for job_id in watch.job_ids:
+                self._waiters[job_id].discard(watch)
+                if not self._waiters[job_id]:
+                    del self._waiters[job_id]
 
     async def wait(self, job_id: str, timeout: float,
                    read: Callable[[], Awaitable[JobRecord | None]]) -> JobRecord | None:
         """Return the job once it is terminal or ``timeout`` seconds pass."""
-        event = asyncio.Event()
-        self._waiters[job_id].add(event)
-        try:
+        with self.watching([job_id]) as watch:
             deadline = time.monotonic() + timeout
             while True:
                 job = await read()
@@ -78,9 +111,5 @@ class EventHub:
                 if job is None or job.status.terminal or remaining <= 0:
                     return job
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), min(remaining, RECHECK_SECONDS))
-                event.clear()
-        finally:
-            self._waiters[job_id].discard(event)
-            if not self._waiters[job_id]:
-                del self._waiters[job_id]
+                    await asyncio.wait_for(watch.event.wait(), min(remaining, RECHECK_SECONDS))
+                watch.take()
