@@ -62,6 +62,37 @@ def test_the_engines_step_gives_the_librarys_logits_to_the_bit(model: LoadedMode
         assert torch.equal(mine[:n], library[:n])
 
 
+def _padded(lengths: list[int], seed: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random prompts of ``lengths`` left-padded as the engine pads them: ids, mask, positions."""
+    gen = torch.Generator().manual_seed(seed)
+    width = max(lengths)
+    ids = torch.zeros(len(lengths), width, dtype=torch.long)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, width - n:] = torch.randint(100, 5000, (n,), generator=gen)
+        mask[i, width - n:] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+@pytest.mark.parametrize("lengths", [[37, 5, 1, 130], [40, 40]], ids=["padded", "equal"])
+def test_the_engines_prefill_gives_the_librarys_logits_keys_and_values(model: LoadedModel, lengths: list[int]) -> None:
+    decoder = decoder_for(model.model)
+    assert decoder is not None
+    if not decoder.prefills:  # float32 prefills through the library's sdpa
+        assert model.dtype == "float32"
+        return
+    ids, mask, positions = _padded(lengths)
+    kv = DynamicCache()
+    with torch.no_grad():
+        expected = model.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                               logits_to_keep=1, **{model.cache_kwarg: kv}).logits[:, -1, :].float()
+        got, keys, values = decoder.prefill(ids, mask, positions)
+    assert torch.equal(got, expected)
+    for mine, library in zip(keys + values, [layer.keys for layer in kv.layers] + [layer.values for layer in kv.layers],
+                             strict=True):
+        assert torch.equal(mine, library)
+
+
 def test_an_engine_decodes_with_its_own_step_and_a_wrapped_model_through_the_library(model: LoadedModel) -> None:
     assert Engine(model, max_batch=2).decoder is not None
 

@@ -435,19 +435,23 @@ class Engine:
         """The rows' prompts (and tokens so far) through the model at once, left-padded to the longest.
         In bf16 or fp16 the attention counts its blocks from the last column, so each row's tokens
         sit where they would alone and its numbers are the same to the bit (``attention.py``);
-        float32 keeps the library's kernel, faster, its margin holding the greedy text."""
+        float32 keeps the library's kernel, faster, its margin holding the greedy text. Where the
+        engine has its own decoding step it has its own prefill too (``decode.py``), the same numbers."""
         seqs = [r.context_ids() for r in rows]
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
         mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        lengths, starts = [len(s) for s in seqs], [width - len(s) for s in seqs]
+        if self.decoder is not None and self.decoder.prefills and width > 1:  # one token: the library's kernel
+            logits, keys, values = self.decoder.prefill(ids, mask, positions)
+            return logits, RowsKV(keys, values, lengths, starts)
         cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1, **{self.loaded.cache_kwarg: cache})
         # The model filled ``cache`` in place.
-        kv = RowsKV([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers],
-                    [len(s) for s in seqs], [width - len(s) for s in seqs])
+        kv = RowsKV([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers], lengths, starts)
         return out.logits[:, -1, :].float(), kv
 
     def _merge(self, rows: list[_Row], logits: torch.Tensor, kv: RowsKV) -> None:
