@@ -5,8 +5,8 @@ torch thread counts, its steps split into the model's forward (decode), prefill,
     python bench/engine_step.py [--batches 1,64] [--threads 1,2] [--max-tokens 64] [--dtype auto]
                                 [--library-decode]
 
-``--library-decode`` runs every configuration a second time with decoding steps through the
-library's forward instead of the engine's own step (``decode.py``), alternating the two, and
+``--library-decode`` runs every configuration a second time with decoding steps and prefills
+through the library's forward instead of the engine's own (``decode.py``), alternating the two, and
 prints the ratio. Prints one line per configuration, then one JSON object as the last line. The machine's load
 average is printed with it: on a shared machine the figures move with it.
 """
@@ -58,10 +58,17 @@ class TimedModel:
 
 
 class TimedDecoder:
-    """The engine's own decoding step (decode.py), its seconds counted as the model's decodes."""
+    """The engine's own decoding step and prefill (decode.py), their seconds counted as the model's."""
 
     def __init__(self, decoder: Any, timed: TimedModel):
         self.decoder, self.timed = decoder, timed
+        self.prefills = decoder.prefills
+
+    def prefill(self, ids: torch.Tensor, *args: Any) -> Any:
+        started = time.perf_counter()
+        out = self.decoder.prefill(ids, *args)
+        self.timed.prefill_s += time.perf_counter() - started
+        return out
 
     def __call__(self, next_ids: torch.Tensor, *args: Any) -> torch.Tensor:
         started = time.perf_counter()
@@ -108,7 +115,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--weights", default="auto", choices=["auto", "int8", "full"])
-    parser.add_argument("--library-decode", action="store_true", help="also decode through transformers' forward")
+    parser.add_argument("--library-decode", action="store_true", help="also decode and prefill through transformers' forward")
     args = parser.parse_args()
     settings = Settings(_env_file=None)
     spec = settings.model(DEFAULT_MODEL_ID).model_copy(update={"dtype": args.dtype, "weights": args.weights})  # type: ignore[union-attr]
