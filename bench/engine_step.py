@@ -115,7 +115,8 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--weights", default="auto", choices=["auto", "int8", "full"])
-    parser.add_argument("--library-decode", action="store_true", help="also decode and prefill through transformers' forward")
+    parser.add_argument("--library-decode", action="store_true",
+                        help="also decode and prefill through transformers' forward")
     args = parser.parse_args()
     settings = Settings(_env_file=None)
     spec = settings.model(DEFAULT_MODEL_ID).model_copy(update={"dtype": args.dtype, "weights": args.weights})  # type: ignore[union-attr]
