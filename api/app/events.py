@@ -17,13 +17,22 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from textgen_core.jobs import JobRecord
 
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 5.0
+
+
+def event_job_id(data: str | bytes) -> str | None:
+    """The job id an event names, or None for anything else on the channel (it wakes no one)."""
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    job_id = event.get("id") if isinstance(event, dict) else None
+    return job_id if isinstance(job_id, str) else None
 
 
 class Watch:
@@ -70,10 +79,10 @@ class EventHub:
                     self._wake_all()  # events may have been missed while disconnected
                     async for message in pubsub.listen():
                         if message.get("type") == "message":
-                            self._wake(json.loads(message["data"]).get("id", ""))
+                            self._wake(event_job_id(message["data"]) or "")
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, ValueError) as exc:
+            except Exception as exc:  # any: a dead listener would leave every waiter to its 5 s re-check
                 log.warning("event listener reconnecting: %s", exc)
                 await asyncio.sleep(1.0)
 

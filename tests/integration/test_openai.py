@@ -12,6 +12,7 @@ import httpx
 import openai
 import pytest
 
+from api.app.events import RECHECK_SECONDS
 from tests.conftest import IDLE_MODEL, KEY_A, KEY_B, Stack, wait_job
 from textgen_core.engine.device import resolve_dtype
 
@@ -227,6 +228,22 @@ def test_raw_sse_framing(client: httpx.Client) -> None:
     assert all(c["usage"] is None for c in chunks[:-1])
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
     assert chunks[-2]["choices"][0]["finish_reason"] in ("stop", "length")
+
+
+def test_junk_on_the_events_channel_does_not_slow_the_answers(stack: Stack, client: httpx.Client) -> None:
+    """A non-streaming completion answers when its job's end event comes. Messages that name no job
+    (a stray publisher's) are ignored, and the listener lives on: answers do not fall back to the
+    re-check every RECHECK_SECONDS."""
+    for junk in ("[1]", "42", "null", '"x"', '{"id": 5}', "{not json"):
+        stack.redis().publish(stack.keys.events_channel, junk)
+    for _ in range(2):
+        resp = client.post("/v1/chat/completions", json={"model": MODEL, "messages": QUESTION, "max_tokens": 4,
+                                                         "temperature": 0})
+        answered = time.time()
+        assert resp.status_code == 200
+        [job_id] = resp.headers["X-Job-Ids"].split(",")
+        finished = wait_job(client, job_id)["timings"]["finished_at"]
+        assert answered - finished < RECHECK_SECONDS - 1, "answered by the re-check, not by the job's event"
 
 
 def test_client_disconnect_cancels_a_streamed_job(client: httpx.Client) -> None:
