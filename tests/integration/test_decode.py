@@ -91,6 +91,8 @@ def test_the_engines_prefill_gives_the_librarys_logits_keys_and_values(model: Lo
     for mine, library in zip(keys + values, [layer.keys for layer in kv.layers] + [layer.values for layer in kv.layers],
                              strict=True):
         assert torch.equal(mine, library)
+        # Until the slots copy them, each holds its own numbers only (not a whole layer's product).
+        assert mine.untyped_storage().nbytes() == mine.numel() * mine.element_size()
 
 
 def test_an_engine_decodes_with_its_own_step_and_a_wrapped_model_through_the_library(model: LoadedModel) -> None:

@@ -126,7 +126,8 @@ class LlamaDecoder:
             q, k, v = layer.qkv(x)
             q = _rotate(q.view(rows, width, heads, dim).transpose(1, 2), cos, sin)
             k = _rotate(k.reshape(rows, width, kv_heads, dim).transpose(1, 2), cos, sin)
-            v = v.reshape(rows, width, kv_heads, dim).transpose(1, 2)
+            # Its own storage: a view would keep the whole q/k/v product of every layer alive.
+            v = v.reshape(rows, width, kv_heads, dim).transpose(1, 2).contiguous()
             out = blocked_prefill(q, k, v, seen, layer.scaling)  # [rows, width, heads, dim]
             (o,) = layer.o(out.reshape(rows, width, heads * dim))
             h = h + o.view(h.shape)
